@@ -1,0 +1,50 @@
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+
+.PHONY: install system-tools services dev test lint lock bench
+
+## install: Python packages into .venv (pinned by requirements.lock) and the system tools
+install: system-tools $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+system-tools:
+	bash scripts/install-system-tools.sh
+
+## services: PostgreSQL, Redis and RabbitMQ (with management) up on localhost
+services:
+	bash scripts/ensure-services.sh
+
+## dev: the Dagster UI and daemon on http://127.0.0.1:3000 with the local defaults
+dev: install
+	mkdir -p "$(DAGSTER_HOME)"
+	cp dagster.yaml "$(DAGSTER_HOME)/dagster.yaml"
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+## test: install, make sure the services are up, lint, run the whole suite
+test: install services lint
+	$(BIN)/pytest
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+## lock: re-pin every Python dependency after a change to pyproject.toml
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install -q --upgrade pip
+	.lock-venv/bin/pip install -q -e '.[test]'
+	.lock-venv/bin/pip freeze --exclude-editable | grep -v '^backup.pipelines' > requirements.lock
+	rm -rf .lock-venv
+
+bench: install services
+	$(BIN)/python bench/pipeline.py

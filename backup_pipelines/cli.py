@@ -1,0 +1,149 @@
+"""The `backup-pipelines` command: list, verify, restore and prune without Dagster.
+
+On the worst day Dagster may be down with everything else; this command
+needs only the `BACKUP_*` environment and the store. Exit codes: 0 success,
+1 failure, 2 usage or configuration error; errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from backup_pipelines.errors import BackupError, ConfigurationError
+from backup_pipelines.redaction import redact
+from backup_pipelines.settings import SOURCES, BackupSettings, load_settings
+from backup_pipelines.snapshot import store_from_settings
+from backup_pipelines.snapshot.reader import verify_snapshot
+from backup_pipelines.snapshot.store import LATEST, SnapshotStore, StoredSnapshot
+from backup_pipelines.snapshot.streams import human_bytes
+from backup_pipelines.sources import registered_sources
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="backup-pipelines",
+        description="List, verify, restore and prune backup snapshots (works without Dagster).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    snapshots = commands.add_parser("snapshots", help="list complete snapshots, newest first")
+    snapshots.add_argument("source", nargs="?", choices=SOURCES)
+    snapshots.add_argument("--json", action="store_true", help="print manifests as JSON")
+
+    verify = commands.add_parser("verify", help="re-read a snapshot and check it")
+    verify.add_argument("source", choices=SOURCES)
+    verify.add_argument("--snapshot", default=LATEST, metavar="ID|latest")
+    verify.add_argument("--deep", action="store_true", help="also prove it restorable")
+
+    restore = commands.add_parser("restore", help="restore a snapshot into a target")
+    targets = restore.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    for name, source in registered_sources().items():
+        target = targets.add_parser(name, help=f"restore a {name} snapshot")
+        target.add_argument("--snapshot", default=LATEST, metavar="ID|latest")
+        target.add_argument("--force", action="store_true", help="overwrite a non-empty target")
+        source.add_restore_arguments(target)
+
+    prune = commands.add_parser("prune", help="delete snapshots the retention rules drop")
+    prune.add_argument("--dry-run", action="store_true")
+    prune.add_argument("--json", action="store_true")
+    return parser
+
+
+def _listing(snapshot: StoredSnapshot) -> dict:
+    return {**snapshot.manifest.model_dump(mode="json"), "location": snapshot.location}
+
+
+def cmd_snapshots(args: argparse.Namespace, store: SnapshotStore, _: BackupSettings) -> int:
+    sources = [args.source] if args.source else list(SOURCES)
+    snapshots = sorted(store.iter_all(sources), key=lambda s: s.manifest.started_at, reverse=True)
+    if args.json:
+        print(json.dumps([_listing(snapshot) for snapshot in snapshots], indent=2))
+        return EXIT_OK
+    for snapshot in snapshots:
+        manifest = snapshot.manifest
+        print(
+            f"{manifest.source:<10} {manifest.snapshot_id:<26} "
+            f"{human_bytes(manifest.size_bytes):>10}  {len(manifest.files):>3} files  "
+            f"{snapshot.location}"
+        )
+    if not snapshots:
+        print(f"no complete snapshots in {store.describe()}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace, store: SnapshotStore, settings: BackupSettings) -> int:
+    snapshot = store.find(args.source, args.snapshot)
+    problems = verify_snapshot(store, snapshot)
+    if args.deep and not problems:
+        source = registered_sources().get(args.source)
+        if source is None:
+            raise ConfigurationError(f"--deep is not available for {args.source} yet")
+        problems = source.deep_verify(store, snapshot, settings)
+    where = f"{snapshot.source}/{snapshot.snapshot_id}"
+    if problems:
+        for problem in problems:
+            print(f"{where}: {problem}", file=sys.stderr)
+        return EXIT_FAILURE
+    depth = "deep-verified" if args.deep else "verified"
+    print(
+        f"{where}: {depth}, {len(snapshot.manifest.files)} files, "
+        f"{human_bytes(snapshot.manifest.size_bytes)}"
+    )
+    return EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace, store: SnapshotStore, settings: BackupSettings) -> int:
+    print(registered_sources()[args.source].restore(args, store, settings))
+    return EXIT_OK
+
+
+def cmd_prune(args: argparse.Namespace, store: SnapshotStore, settings: BackupSettings) -> int:
+    raise ConfigurationError("prune: retention is not available in this version yet")
+
+
+COMMANDS = {
+    "snapshots": cmd_snapshots,
+    "verify": cmd_verify,
+    "restore": cmd_restore,
+    "prune": cmd_prune,
+}
+
+
+def secrets_of(settings: BackupSettings) -> list[str]:
+    """Every secret value in the settings, to mask in any message we print."""
+    values = []
+    for name in BackupSettings.model_fields:
+        value = getattr(settings, name)
+        if hasattr(value, "get_secret_value"):
+            values.append(value.get_secret_value())
+    return values
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    args = _parser().parse_args(argv)
+    settings = None
+    try:
+        settings = load_settings()
+        store = store_from_settings(settings)
+        return COMMANDS[args.command](args, store, settings)
+    except ConfigurationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BackupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception as exc:  # one line, never a traceback with a secret in it
+        secrets = secrets_of(settings) if settings else []
+        print(f"error: {type(exc).__name__}: {redact(str(exc), secrets)}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""The few error types that carry a message meant for an operator.
+
+Each says what went wrong and what to fix, and never holds a secret: the CLI
+prints them as one line, and Dagster shows them as the step's failure.
+"""
+
+
+class BackupError(Exception):
+    """A backup, verify or restore could not be done; the message says why."""
+
+
+class ConfigurationError(BackupError):
+    """A setting is missing or wrong; the message names the variable or option."""
+
+
+class ProducerFailed(BackupError):
+    """A dump tool exited non-zero or produced nothing usable."""
+
+
+class IntegrityError(BackupError):
+    """Stored bytes do not match the manifest, or an artifact does not parse."""
+
+
+class SnapshotNotFound(BackupError):
+    """No complete snapshot with that id (or none at all) for a source."""
+
+
+class StoreError(BackupError):
+    """The snapshot store (local disk or S3) could not be read or written."""

@@ -1,0 +1,39 @@
+"""Keeping secrets out of logs, metadata, events and error messages."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from urllib.parse import urlsplit, urlunsplit
+
+MASK = "***"
+_KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def mask_url(url: str) -> str:
+    """`scheme://user:secret@host/db` → `scheme://user:***@host/db`.
+
+    Also masks libpq keyword DSNs (`host=db password=secret`) so whatever
+    form the operator wrote, what is shown is safe to show.
+    """
+    url = _KEYWORD_PASSWORD.sub(rf"\g<1>{MASK}", url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return MASK
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}{port}"))
+
+
+def redact(text: str, secrets: Iterable[str | None]) -> str:
+    """Replace every occurrence of each non-empty secret in `text`."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, MASK)
+    return text

@@ -1,0 +1,55 @@
+"""age keys: public recipients to encrypt to, private identities to read back.
+
+Encryption uses pyrage (the Rust `age` implementation) so no `age` binary is
+needed, and the format stays readable with the standard `age` tool:
+`zstd -d < <(age -d -i key.txt crm.dump.zst.age)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from pyrage import x25519
+
+from backup_pipelines.errors import ConfigurationError
+
+
+def parse_recipients(keys: Sequence[str]) -> list[x25519.Recipient]:
+    """Parse `age1...` public keys; a bad one names its position, never a secret."""
+    recipients = []
+    for position, key in enumerate(keys, start=1):
+        try:
+            recipients.append(x25519.Recipient.from_str(key.strip()))
+        except Exception:
+            raise ValueError(
+                f"recipient {position} is not an age public key (expected 'age1...')"
+            ) from None
+    return recipients
+
+
+def load_identities(path: Path | None) -> list[x25519.Identity]:
+    """Read the `AGE-SECRET-KEY-...` lines of an age identity file (as `age-keygen` writes)."""
+    if path is None:
+        raise ConfigurationError(
+            "this snapshot is encrypted: set BACKUP_AGE_IDENTITY_FILE to the age identity file"
+        )
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigurationError(
+            f"BACKUP_AGE_IDENTITY_FILE: cannot read {path}: {exc.strerror}"
+        ) from None
+    identities = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("AGE-SECRET-KEY-"):
+            try:
+                identities.append(x25519.Identity.from_str(line))
+            except Exception:
+                raise ConfigurationError(
+                    f"BACKUP_AGE_IDENTITY_FILE: {path} holds a malformed age secret key"
+                ) from None
+    if not identities:
+        raise ConfigurationError(f"BACKUP_AGE_IDENTITY_FILE: {path} holds no age secret key")
+    return identities

@@ -1,0 +1,244 @@
+"""Assembling a snapshot: source bytes → zstd → age (optional) → sha256 → staging file.
+
+A source module hands each artifact over as a running command (its stdout)
+or as an iterator of chunks; this module streams it into the staging area
+with bounded memory and decides whether the artifact is good enough to
+count: the producer exited 0, it produced bytes, and those bytes start the
+way the format says. Anything less raises `ProducerFailed`, and `stage()`
+removes the whole staging directory, so no half-written snapshot survives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pyrage
+import zstandard
+from pyrage import x25519
+
+from backup_pipelines.errors import ProducerFailed
+from backup_pipelines.redaction import redact
+from backup_pipelines.snapshot.manifest import FileEntry, Manifest, new_snapshot_id, utc_now
+from backup_pipelines.snapshot.streams import (
+    CHUNK_SIZE,
+    HashingWriter,
+    IteratorReader,
+    MeteredReader,
+    copy_stream,
+    human_bytes,
+)
+
+logger = logging.getLogger(__name__)
+
+ZSTD_LEVEL = 3
+STDERR_TAIL_BYTES = 2000
+LEFTOVER_AGE = timedelta(hours=24)
+
+
+def stored_name(name: str, encrypted: bool) -> str:
+    """The name an artifact is stored under: compressed, then (maybe) encrypted."""
+    return f"{name}.zst.age" if encrypted else f"{name}.zst"
+
+
+def logical_name(stored: str) -> str:
+    """The inverse of `stored_name`: `crm.dump.zst.age` → `crm.dump`."""
+    return stored.removesuffix(".age").removesuffix(".zst")
+
+
+@dataclass
+class StagedSnapshot:
+    """A snapshot being assembled; it exists only in the staging area until a store commits it."""
+
+    source: str
+    snapshot_id: str
+    run_id: str
+    started_at: datetime
+    directory: Path
+    recipients: Sequence[x25519.Recipient] = ()
+    progress: Callable[[str], None] | None = None
+    files: list[FileEntry] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+    monotonic_start: float = field(default_factory=time.monotonic)
+
+    @property
+    def encryption(self) -> str | None:
+        return "age" if self.recipients else None
+
+    def path_of(self, entry: FileEntry) -> Path:
+        return self.directory / entry.name
+
+    def add_stream(
+        self, name: str, chunks: Iterable[bytes], *, expect_prefix: bytes = b""
+    ) -> FileEntry:
+        """Store an artifact produced by Python code (an HTTP body, a generator)."""
+        reader = IteratorReader(chunks)
+        entry, metered = self._write(name, reader, label=name)
+        self._accept(entry, metered, label=name, expect_prefix=expect_prefix)
+        return entry
+
+    def add_file(self, name: str, path: Path, *, expect_prefix: bytes = b"") -> FileEntry:
+        """Store a copy of a local file (an AOF segment, for example)."""
+        with path.open("rb") as source:
+            entry, metered = self._write(name, source, label=str(path))
+        self._accept(entry, metered, label=str(path), expect_prefix=expect_prefix)
+        return entry
+
+    def add_command(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        label: str,
+        env: Mapping[str, str] | None = None,
+        expect_prefix: bytes = b"",
+        secrets: Sequence[str | None] = (),
+    ) -> FileEntry:
+        """Store what a command writes to stdout; fail unless it exits 0.
+
+        `label` is what the operator sees ("pg_dump of crm on db1:5432"): it is
+        used instead of argv in every message so no secret on a command line
+        could leak, and `secrets` are masked in the command's stderr.
+        """
+        with tempfile.TemporaryFile() as stderr:
+            try:
+                process = subprocess.Popen(
+                    list(argv),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=stderr,
+                    env=dict(env) if env is not None else None,
+                )
+            except FileNotFoundError:
+                raise ProducerFailed(
+                    f"{label}: '{argv[0]}' is not installed (run 'make install')"
+                ) from None
+            assert process.stdout is not None
+            try:
+                entry, metered = self._write(name, process.stdout, label=label)
+            except BaseException:
+                process.kill()
+                raise
+            finally:
+                process.stdout.close()
+                returncode = process.wait()
+            if returncode != 0:
+                raise ProducerFailed(
+                    f"{label} failed ({_describe_exit(returncode)}): "
+                    f"{_tail(stderr, secrets) or 'no error output'}"
+                )
+        self._accept(entry, metered, label=label, expect_prefix=expect_prefix)
+        return entry
+
+    def _write(self, name: str, source: BinaryIO, *, label: str) -> tuple[FileEntry, MeteredReader]:
+        target_name = stored_name(name, bool(self.recipients))
+        if any(entry.name == target_name for entry in self.files):
+            raise ValueError(f"artifact {name!r} is already part of this snapshot")
+        metered = MeteredReader(source, label, self.progress)
+        compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1)
+        path = self.directory / target_name
+        with path.open("xb") as out:
+            sink = HashingWriter(out)
+            with compressor.stream_reader(metered, read_size=CHUNK_SIZE) as compressed:
+                try:
+                    if self.recipients:
+                        pyrage.encrypt_io(compressed, sink, list(self.recipients))
+                    else:
+                        copy_stream(compressed, sink)
+                except Exception:
+                    if metered.error is not None:
+                        raise metered.error from None
+                    raise
+        return FileEntry(name=target_name, size=sink.size, sha256=sink.hexdigest()), metered
+
+    def _accept(
+        self, entry: FileEntry, metered: MeteredReader, *, label: str, expect_prefix: bytes
+    ) -> None:
+        if metered.total == 0:
+            raise ProducerFailed(f"{label} produced no data")
+        if not metered.head.startswith(expect_prefix):
+            raise ProducerFailed(f"{label} did not produce the expected format")
+        self.files.append(entry)
+        logger.debug("staged %s", entry.name)
+        if self.progress:
+            self.progress(
+                f"{label}: {human_bytes(metered.total)} → {human_bytes(entry.size)} stored"
+            )
+
+    def manifest(self, finished_at: datetime) -> Manifest:
+        return Manifest(
+            source=self.source,
+            snapshot_id=self.snapshot_id,
+            started_at=self.started_at,
+            finished_at=finished_at,
+            run_id=self.run_id,
+            encryption=self.encryption,
+            files=list(self.files),
+            stats=dict(self.stats),
+        )
+
+    def discard(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _describe_exit(returncode: int) -> str:
+    return f"killed by signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
+
+
+def _tail(stream: BinaryIO, secrets: Sequence[str | None]) -> str:
+    stream.seek(0, os.SEEK_END)
+    stream.seek(max(0, stream.tell() - STDERR_TAIL_BYTES))
+    text = stream.read().decode("utf-8", "replace").strip()
+    return redact(" ".join(text.split()), secrets)
+
+
+def _remove_leftovers(staging_root: Path) -> None:
+    """Staging directories of killed workers, older than a day, are removed."""
+    cutoff = time.time() - LEFTOVER_AGE.total_seconds()
+    for directory in staging_root.glob("*"):
+        with contextlib.suppress(OSError):
+            if directory.stat().st_mtime < cutoff:
+                shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def stage(
+    staging_dir: Path,
+    source: str,
+    run_id: str,
+    *,
+    recipients: Sequence[x25519.Recipient] = (),
+    progress: Callable[[str], None] | None = None,
+) -> Iterator[StagedSnapshot]:
+    """A fresh staging directory for one snapshot; removed if the block raises."""
+    started_at = utc_now()
+    snapshot_id = new_snapshot_id(run_id, started_at)
+    staging_root = staging_dir / source
+    staging_root.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(staging_root)
+    directory = staging_root / snapshot_id
+    directory.mkdir()
+    staged = StagedSnapshot(
+        source=source,
+        snapshot_id=snapshot_id,
+        run_id=run_id,
+        started_at=started_at,
+        directory=directory,
+        recipients=recipients,
+        progress=progress,
+    )
+    try:
+        yield staged
+    except BaseException:
+        staged.discard()
+        raise

@@ -1,0 +1,65 @@
+"""A loopback TCP proxy that can go dark mid-transfer, to make a real endpoint unreachable."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+
+
+class CuttingProxy:
+    """Forwards 127.0.0.1:<port> to an upstream port until `cut_after` bytes went upstream.
+
+    Then it closes every connection and its listening socket, so the endpoint
+    behaves like a server that died mid-upload: resets, then refusals.
+    """
+
+    def __init__(self, upstream_port: int, cut_after: int):
+        self._upstream_port = upstream_port
+        self._cut_after = cut_after
+        self._sent = 0
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.cut = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while not self.cut.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self._upstream_port))
+            with self._lock:
+                self._sockets += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket, counts: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if counts:
+                    with self._lock:
+                        self._sent += len(data)
+                        over = self._sent > self._cut_after
+                    if over:
+                        self.close()
+                        return
+                target.sendall(data)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.cut.set()
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in [self._listener, *sockets]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()

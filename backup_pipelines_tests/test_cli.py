@@ -1,0 +1,104 @@
+"""The backup-pipelines command: listing, verifying, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from backup_pipelines.cli import main
+from backup_pipelines.settings import load_settings
+from backup_pipelines.snapshot import store_from_settings
+from backup_pipelines_tests.conftest import S3_SECRET_KEY, commit_snapshot
+from backup_pipelines_tests.test_snapshot_store import flip_byte
+
+
+def make_snapshots(count: int, source: str = "redis"):
+    settings = load_settings()
+    store = store_from_settings(settings)
+    return store, [
+        commit_snapshot(
+            store,
+            settings.staging_dir,
+            {"dump.rdb": b"REDIS0011" + bytes([n])},
+            source=source,
+            run_id=f"{n:08x}-run",
+        )
+        for n in range(count)
+    ]
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_env(request, backup_env):
+    """Run the test with the environment pointing at the local store, then at S3."""
+    if request.param == "s3":
+        request.getfixturevalue("s3_env")
+
+
+def test_snapshots_lists_newest_first_with_locations(any_env, capsys):
+    _, made = make_snapshots(3)
+    assert main(["snapshots", "redis", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [m["snapshot_id"] for m in listed] == [s.snapshot_id for s in reversed(made)]
+    assert listed[0]["location"] == made[-1].location
+    assert listed[0]["format"] == "backup-pipelines-snapshot"
+    assert listed[0]["files"][0]["name"] == "dump.rdb.zst"
+
+    assert main(["snapshots"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[0].startswith("redis ")
+
+
+def test_verify_is_sound_until_a_byte_flips(any_env, capsys):
+    store, [snapshot] = make_snapshots(1)
+    assert main(["verify", "redis"]) == 0
+    assert "verified, 1 files" in capsys.readouterr().out
+
+    flip_byte(store, snapshot.snapshot_id, "dump.rdb.zst", offset=5, source="redis")
+    assert main(["verify", "redis", "--snapshot", snapshot.snapshot_id]) == 1
+    err = capsys.readouterr().err
+    assert f"redis/{snapshot.snapshot_id}: dump.rdb.zst: sha256 does not match" in err
+
+
+def test_verify_of_a_missing_snapshot_fails(backup_env, capsys):
+    assert main(["verify", "postgres"]) == 1
+    assert "there is no complete postgres snapshot" in capsys.readouterr().err
+    make_snapshots(1)
+    assert main(["verify", "redis", "--snapshot", "20200101T000000Z-deadbeef"]) == 1
+    assert "backup-pipelines snapshots redis" in capsys.readouterr().err
+
+
+def test_unreachable_s3_is_one_clear_line(backup_env, monkeypatch, capsys):
+    monkeypatch.setenv("BACKUP_S3_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("BACKUP_S3_BUCKET", "backups")
+    monkeypatch.setenv("BACKUP_S3_ACCESS_KEY", "AKIAEXAMPLE")
+    monkeypatch.setenv("BACKUP_S3_SECRET_KEY", S3_SECRET_KEY)
+    assert main(["snapshots"]) == 1
+    err = capsys.readouterr().err
+    assert "S3 listing of postgres snapshots failed at s3://backups/backups/" in err
+    assert S3_SECRET_KEY not in err
+
+
+def test_bad_configuration_exits_2_with_one_line_and_no_traceback(backup_env):
+    env = {**os.environ, "BACKUP_REDIS_PORT": "not-a-port"}
+    command = Path(sys.executable).with_name("backup-pipelines")
+    result = subprocess.run([command, "snapshots"], env=env, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: invalid configuration: BACKUP_REDIS_PORT: "
+        "Input should be a valid integer, unable to parse string as an integer"
+    )
+
+
+def test_usage_errors_exit_2(backup_env, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["verify", "mysql"])
+    assert exit_.value.code == 2
+    assert main(["verify", "consul", "--deep"]) == 1  # no snapshot yet: a failure, not usage
+    make_snapshots(1, source="consul")
+    assert main(["verify", "consul", "--deep"]) == 2
+    assert "--deep is not available for consul" in capsys.readouterr().err

@@ -1,0 +1,106 @@
+"""BACKUP_* settings: defaults, aliases, empty strings, validation messages, secrets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pyrage import x25519
+
+from backup_pipelines.errors import ConfigurationError
+from backup_pipelines.redaction import mask_url
+from backup_pipelines.settings import load_settings
+
+
+def test_defaults_are_the_contracts(backup_env):
+    settings = load_settings()
+    assert settings.postgres_backup_dsn.get_secret_value() == (
+        "postgresql://postgres@localhost:5432/postgres"
+    )
+    assert (settings.redis_host, settings.redis_port) == ("localhost", 6379)
+    assert settings.rabbitmq_management_url == "http://localhost:15672"
+    assert settings.consul_http_addr == "http://localhost:8500"
+    assert settings.s3_region == "us-east-1" and settings.s3_prefix == "backups"
+    assert [
+        settings.cron_for(s) for s in ("postgres", "redis", "rabbitmq", "consul", "documents")
+    ] == ["0 * * * *", "15 * * * *", "30 2 * * *", "45 2 * * *", "0 3 * * *"]
+    assert (settings.retention_daily, settings.retention_weekly) == (7, 4)
+    assert (settings.retention_monthly, settings.retention_yearly) == (12, "unlimited")
+    assert settings.retention_days is None
+    assert settings.postgres_databases == [] and settings.encryption_recipients == []
+    assert not settings.s3_enabled
+
+
+def test_empty_strings_count_as_unset_and_aliases_work(backup_env, monkeypatch):
+    monkeypatch.setenv("BACKUP_REDIS_PORT", "")
+    monkeypatch.setenv("BACKUP_S3_ENDPOINT", "http://minio:9000")
+    monkeypatch.setenv("DOCUMENTS_STORAGE_ROOT", "/srv/documents")
+    monkeypatch.setenv("BACKUP_POSTGRES_DATABASES", "crm, billing ,")
+    monkeypatch.setenv("BACKUP_RETENTION_YEARLY", "3")
+    settings = load_settings()
+    assert settings.redis_port == 6379
+    assert settings.s3_endpoint_url == "http://minio:9000"
+    assert settings.documents_root == Path("/srv/documents")
+    assert settings.postgres_databases == ["crm", "billing"]
+    assert settings.retention_yearly == 3
+
+
+def test_s3_needs_bucket_and_both_keys(backup_env, monkeypatch):
+    monkeypatch.setenv("BACKUP_S3_BUCKET", "backups")
+    monkeypatch.setenv("BACKUP_S3_ACCESS_KEY", "key")
+    assert not load_settings().s3_enabled
+    monkeypatch.setenv("BACKUP_S3_SECRET_KEY", "secret")
+    assert load_settings().s3_enabled
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "complaint"),
+    [
+        ("BACKUP_REDIS_PORT", "six-three-seven-nine", "valid integer"),
+        ("BACKUP_REDIS_PORT", "70000", "less than or equal to 65535"),
+        ("BACKUP_RETENTION_WEEKLY", "forever", "whole number of snapshots or 'unlimited'"),
+        ("BACKUP_RETENTION_DAILY", "-1", "whole number of snapshots or 'unlimited'"),
+        ("BACKUP_RETENTION_DAYS", "a week", "valid integer"),
+        ("BACKUP_POSTGRES_CRON", "every hour", "not a valid cron expression"),
+        ("BACKUP_ENCRYPTION_RECIPIENTS", "age1-not-a-key", "recipient 1 is not an age public key"),
+        ("BACKUP_POSTGRES_RESTORE_DRILL", "perhaps", "valid boolean"),
+    ],
+)
+def test_bad_values_name_the_variable(backup_env, monkeypatch, variable, value, complaint):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError) as failure:
+        load_settings()
+    message = str(failure.value)
+    assert f"{variable}: " in message and complaint in message
+    assert value not in message
+
+
+def test_valid_recipients_are_accepted(backup_env, monkeypatch):
+    keys = [str(x25519.Identity.generate().to_public()) for _ in range(2)]
+    monkeypatch.setenv("BACKUP_ENCRYPTION_RECIPIENTS", ",".join(keys))
+    assert load_settings().encryption_recipients == keys
+
+
+def test_secrets_do_not_print(backup_env, monkeypatch):
+    monkeypatch.setenv("BACKUP_POSTGRES_BACKUP_DSN", "postgresql://app:hunter2@db:5432/crm")
+    monkeypatch.setenv("BACKUP_S3_SECRET_KEY", "s3-hunter2")
+    monkeypatch.setenv("BACKUP_RESTIC_PASSWORD", "restic-hunter2")
+    settings = load_settings()
+    assert "hunter2" not in repr(settings) and "hunter2" not in str(settings.model_dump())
+
+
+@pytest.mark.parametrize(
+    ("dsn", "shown"),
+    [
+        ("postgresql://app:hunter2@db:5432/crm", "postgresql://app:***@db:5432/crm"),
+        ("postgresql://app@db/crm", "postgresql://app@db/crm"),
+        ("amqp://guest:guest@[::1]:5672/%2F", "amqp://guest:***@[::1]:5672/%2F"),
+        (
+            "host=db user=app password=hunter2 dbname=crm",
+            "host=db user=app password=*** dbname=crm",
+        ),
+        ("host=db password='hun ter2' dbname=crm", "host=db password=*** dbname=crm"),
+    ],
+)
+def test_dsns_print_with_the_password_masked(dsn, shown):
+    assert mask_url(dsn) == shown

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs, with apt-get, the command-line tools backup_pipelines drives when
+# they are missing. Backups shell out to the tools the operators already trust
+# (pg_dump, redis-cli, restic) instead of re-implementing their protocols.
+set -euo pipefail
+
+declare -A package_of=(
+  [pg_dump]=postgresql-client [pg_restore]=postgresql-client [pg_dumpall]=postgresql-client
+  [psql]=postgresql-client [redis-cli]=redis-tools [restic]=restic [zstd]=zstd
+  [/usr/bin/time]=time
+)
+missing=()
+for tool in "${!package_of[@]}"; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("${package_of[$tool]}")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+sudo=""
+[ "$(id -u)" -ne 0 ] && sudo="sudo"
+packages=$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')
+echo "installing system tools: $packages"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $packages
