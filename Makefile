@@ -24,13 +24,16 @@ services:
 	bash scripts/ensure-services.sh
 
 ## dev: the Dagster UI and daemon on http://127.0.0.1:3000 with the local defaults
-dev: install
-	mkdir -p "$(DAGSTER_HOME)"
-	cp dagster.yaml "$(DAGSTER_HOME)/dagster.yaml"
+dev: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
+# Dagster reads its instance config from $$DAGSTER_HOME/dagster.yaml.
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p "$(DAGSTER_HOME)"
+	cp dagster.yaml "$@"
+
 ## test: install, make sure the services are up, lint, run the whole suite
-test: install services lint
+test: install services lint $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/pytest
 
 lint: $(VENV)/.installed

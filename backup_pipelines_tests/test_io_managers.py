@@ -1,5 +1,6 @@
 """The IO managers under a real Dagster run: commit, metadata, downstream handles, failures."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -102,11 +103,12 @@ def test_failed_backup_fails_the_run_and_leaves_no_snapshot(env):
     assert list(Path(settings.staging_dir, "postgres").iterdir()) == []
 
 
-def test_definitions_load_and_validate(backup_env):
+def test_definitions_load_and_validate(backup_env, tmp_path):
     dagster = Path(sys.executable).with_name("dagster")
     result = subprocess.run(
         [dagster, "definitions", "validate", "-m", "backup_pipelines.definitions"],
         capture_output=True,
         text=True,
+        env={**os.environ, "DAGSTER_HOME": str(tmp_path)},
     )
     assert result.returncode == 0, result.stderr
