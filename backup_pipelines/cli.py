@@ -20,9 +20,10 @@ from backup_pipelines.snapshot import store_from_settings
 from backup_pipelines.snapshot.reader import verify_snapshot
 from backup_pipelines.snapshot.store import LATEST, SnapshotStore, StoredSnapshot
 from backup_pipelines.snapshot.streams import human_bytes
-from backup_pipelines.sources import registered_sources
+from backup_pipelines.sources import RestoreRequest, registered_sources
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+logger = logging.getLogger("backup_pipelines.cli")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,7 +85,9 @@ def cmd_verify(args: argparse.Namespace, store: SnapshotStore, settings: BackupS
         source = registered_sources().get(args.source)
         if source is None:
             raise ConfigurationError(f"--deep is not available for {args.source} yet")
-        problems = source.deep_verify(store, snapshot, settings)
+        problems = source.deep_verify(
+            store, snapshot, settings.age_identity_file, settings.staging_dir / "verify"
+        )
     where = f"{snapshot.source}/{snapshot.snapshot_id}"
     if problems:
         for problem in problems:
@@ -98,8 +101,21 @@ def cmd_verify(args: argparse.Namespace, store: SnapshotStore, settings: BackupS
     return EXIT_OK
 
 
+COMMON_RESTORE_ARGUMENTS = {"command", "source", "snapshot", "target", "force"}
+
+
 def cmd_restore(args: argparse.Namespace, store: SnapshotStore, settings: BackupSettings) -> int:
-    print(registered_sources()[args.source].restore(args, store, settings))
+    options = {k: v for k, v in vars(args).items() if k not in COMMON_RESTORE_ARGUMENTS}
+    request = RestoreRequest(
+        snapshot=args.snapshot,
+        target=args.target,
+        force=args.force,
+        work_dir=settings.staging_dir / "restore",
+        identity_file=settings.age_identity_file,
+        options=options,
+        log=logger.info,
+    )
+    print(registered_sources()[args.source].restore(request, store))
     return EXIT_OK
 
 

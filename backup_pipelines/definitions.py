@@ -5,17 +5,33 @@ code location from loading with a message naming the variable, rather than
 failing the first backup at night.
 """
 
-from __future__ import annotations
+import os
 
-from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
+from dagster import AssetSelection, Definitions, EnvVar, define_asset_job, in_process_executor
 
+from backup_pipelines.assets import postgres_backup
+from backup_pipelines.checks import integrity_check, postgres_restore_drill
 from backup_pipelines.io_managers import io_manager_from_settings
-from backup_pipelines.resources import SnapshotPipeline
-from backup_pipelines.settings import load_settings
+from backup_pipelines.resources import PostgresResource, SnapshotPipeline
+from backup_pipelines.restore import restore_job
+from backup_pipelines.settings import BackupSettings, env_name, load_settings
 
 settings = load_settings()
 
-backup_assets: list = []
+
+def secret_config(field: str) -> str | EnvVar:
+    """An `EnvVar` when the operator set the variable (the UI shows its name, never its value),
+    else the contract's default, which holds no secret."""
+    name = env_name(field)
+    if os.environ.get(name):
+        return EnvVar(name)
+    return getattr(BackupSettings.model_fields[field].default, "get_secret_value", lambda: "")()
+
+
+backup_assets = [postgres_backup]
+asset_checks = [integrity_check(postgres_backup)]
+if settings.postgres_restore_drill:
+    asset_checks.append(postgres_restore_drill(postgres_backup))
 
 backup_all_job = define_asset_job(
     "backup_all_job",
@@ -23,15 +39,30 @@ backup_all_job = define_asset_job(
     executor_def=in_process_executor,
     description="A snapshot of every source, one after the other.",
 )
+source_jobs = [
+    define_asset_job(
+        f"{asset.key.path[-1]}_job",
+        selection=AssetSelection.assets(asset),
+        executor_def=in_process_executor,
+    )
+    for asset in backup_assets
+]
 
 defs = Definitions(
     assets=backup_assets,
-    jobs=[backup_all_job],
+    asset_checks=asset_checks,
+    jobs=[backup_all_job, *source_jobs, restore_job],
     resources={
         "io_manager": io_manager_from_settings(settings),
         "snapshot_pipeline": SnapshotPipeline(
             staging_dir=str(settings.staging_dir),
             encryption_recipients=settings.encryption_recipients,
+            age_identity_file=str(settings.age_identity_file)
+            if settings.age_identity_file
+            else None,
+        ),
+        "postgres": PostgresResource(
+            dsn=secret_config("postgres_backup_dsn"), databases=settings.postgres_databases
         ),
     },
 )

@@ -1,4 +1,4 @@
-"""Dagster resources shared by every backup asset."""
+"""Dagster resources: the snapshot pipeline every asset shares, and each source's connection."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dagster import AssetExecutionContext, ConfigurableResource
 
 from backup_pipelines.snapshot.encryption import parse_recipients
 from backup_pipelines.snapshot.staging import StagedSnapshot, stage
+from backup_pipelines.sources.postgres.cluster import Cluster
 
 
 class SnapshotPipeline(ConfigurableResource):
@@ -20,6 +21,15 @@ class SnapshotPipeline(ConfigurableResource):
 
     staging_dir: str
     encryption_recipients: list[str] = []
+    age_identity_file: str | None = None
+
+    @property
+    def identity_file(self) -> Path | None:
+        return Path(self.age_identity_file) if self.age_identity_file else None
+
+    def work_dir(self, purpose: str) -> Path:
+        """Scratch space next to staging, for restores and drills."""
+        return Path(self.staging_dir) / purpose
 
     def stage(
         self, context: AssetExecutionContext, source: str
@@ -32,3 +42,17 @@ class SnapshotPipeline(ConfigurableResource):
             recipients=parse_recipients(self.encryption_recipients),
             progress=context.log.info,
         )
+
+
+class PostgresResource(ConfigurableResource):
+    """The PostgreSQL cluster to back up.
+
+    The DSN may hold a password, so the definitions pass it as an `EnvVar`
+    and the UI shows the variable's name only.
+    """
+
+    dsn: str
+    databases: list[str] = []
+
+    def cluster(self) -> Cluster:
+        return Cluster(self.dsn)

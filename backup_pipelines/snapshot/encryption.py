@@ -53,3 +53,8 @@ def load_identities(path: Path | None) -> list[x25519.Identity]:
     if not identities:
         raise ConfigurationError(f"BACKUP_AGE_IDENTITY_FILE: {path} holds no age secret key")
     return identities
+
+
+def identities_for(encryption: str | None, identity_file: Path | None) -> list[x25519.Identity]:
+    """The identities needed to read a snapshot: none when it is not encrypted."""
+    return load_identities(identity_file) if encryption else []

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shutil
 import subprocess
 import tempfile
@@ -28,7 +27,7 @@ import zstandard
 from pyrage import x25519
 
 from backup_pipelines.errors import ProducerFailed
-from backup_pipelines.redaction import redact
+from backup_pipelines.processes import describe_exit, not_installed, stderr_tail
 from backup_pipelines.snapshot.manifest import FileEntry, Manifest, new_snapshot_id, utc_now
 from backup_pipelines.snapshot.streams import (
     CHUNK_SIZE,
@@ -42,7 +41,6 @@ from backup_pipelines.snapshot.streams import (
 logger = logging.getLogger(__name__)
 
 ZSTD_LEVEL = 3
-STDERR_TAIL_BYTES = 2000
 LEFTOVER_AGE = timedelta(hours=24)
 
 
@@ -69,6 +67,8 @@ class StagedSnapshot:
     progress: Callable[[str], None] | None = None
     files: list[FileEntry] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
+    plain_bytes: dict[str, int] = field(default_factory=dict)
+    """Bytes each producer wrote, by stored name, before compression."""
     monotonic_start: float = field(default_factory=time.monotonic)
 
     @property
@@ -120,9 +120,7 @@ class StagedSnapshot:
                     env=dict(env) if env is not None else None,
                 )
             except FileNotFoundError:
-                raise ProducerFailed(
-                    f"{label}: '{argv[0]}' is not installed (run 'make install')"
-                ) from None
+                raise ProducerFailed(str(not_installed(label, argv[0]))) from None
             assert process.stdout is not None
             try:
                 entry, metered = self._write(name, process.stdout, label=label)
@@ -134,8 +132,8 @@ class StagedSnapshot:
                 returncode = process.wait()
             if returncode != 0:
                 raise ProducerFailed(
-                    f"{label} failed ({_describe_exit(returncode)}): "
-                    f"{_tail(stderr, secrets) or 'no error output'}"
+                    f"{label} failed ({describe_exit(returncode)}): "
+                    f"{stderr_tail(stderr, secrets) or 'no error output'}"
                 )
         self._accept(entry, metered, label=label, expect_prefix=expect_prefix)
         return entry
@@ -169,6 +167,7 @@ class StagedSnapshot:
         if not metered.head.startswith(expect_prefix):
             raise ProducerFailed(f"{label} did not produce the expected format")
         self.files.append(entry)
+        self.plain_bytes[entry.name] = metered.total
         logger.debug("staged %s", entry.name)
         if self.progress:
             self.progress(
@@ -189,17 +188,6 @@ class StagedSnapshot:
 
     def discard(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def _describe_exit(returncode: int) -> str:
-    return f"killed by signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
-
-
-def _tail(stream: BinaryIO, secrets: Sequence[str | None]) -> str:
-    stream.seek(0, os.SEEK_END)
-    stream.seek(max(0, stream.tell() - STDERR_TAIL_BYTES))
-    text = stream.read().decode("utf-8", "replace").strip()
-    return redact(" ".join(text.split()), secrets)
 
 
 def _remove_leftovers(staging_root: Path) -> None:

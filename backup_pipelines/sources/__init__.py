@@ -1,4 +1,4 @@
-"""One module per backed-up system; this registry is how the CLI finds their restore and checks.
+"""One module per backed-up system; this registry is how the CLI and Dagster find their restores.
 
 A source module knows *what* to dump, how to check it deeply and how to
 restore it; it never knows where snapshots are stored.
@@ -7,26 +7,45 @@ restore it; it never knows where snapshots are stored.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from backup_pipelines.settings import BackupSettings
 from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
 
-DeepVerify = Callable[[SnapshotStore, StoredSnapshot, BackupSettings], list[str]]
-Restore = Callable[[argparse.Namespace, SnapshotStore, BackupSettings], str]
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class RestoreRequest:
+    """What to restore where, as the CLI and `restore_job` both describe it."""
+
+    snapshot: str
+    target: str
+    force: bool
+    work_dir: Path
+    identity_file: Path | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    log: Log = print
 
 
 @dataclass(frozen=True)
 class SourceCommands:
-    """What the `backup-pipelines` command needs from a source module."""
+    """What the `backup-pipelines` command and `restore_job` need from a source module.
+
+    `add_restore_arguments` declares the target flag with `dest="target"`;
+    every other flag it adds becomes an entry of `RestoreRequest.options`.
+    """
 
     name: str
     add_restore_arguments: Callable[[argparse.ArgumentParser], None]
-    restore: Restore
-    deep_verify: DeepVerify
+    restore: Callable[[RestoreRequest, SnapshotStore], str]
+    deep_verify: Callable[[SnapshotStore, StoredSnapshot, Path | None, Path], list[str]]
 
 
 def registered_sources() -> dict[str, SourceCommands]:
     """Sources whose restore and deep checks exist, by name."""
-    return {}
+    from backup_pipelines.sources import postgres  # the source modules import this one
+
+    return {source.name: source for source in (postgres.COMMANDS,)}

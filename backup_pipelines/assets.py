@@ -1,0 +1,44 @@
+"""One asset per backed-up system; each materialization is one complete snapshot.
+
+An asset stages its snapshot and returns it; the IO manager commits it to
+the store and records the metadata. Errors an operator must fix (a wrong
+password, a database that does not exist) fail at once; errors that may
+pass (a server restarting) are retried with backoff.
+"""
+
+from dagster import (
+    AssetExecutionContext,
+    Backoff,
+    Failure,
+    Jitter,
+    RetryPolicy,
+    asset,
+)
+
+from backup_pipelines.errors import ConfigurationError
+from backup_pipelines.resources import PostgresResource, SnapshotPipeline
+from backup_pipelines.snapshot.staging import StagedSnapshot
+from backup_pipelines.sources.postgres.cluster import PostgresRefused
+from backup_pipelines.sources.postgres.dump import dump_cluster
+
+TRANSIENT_RETRIES = RetryPolicy(
+    max_retries=3, delay=30, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
+)
+
+
+@asset(
+    group_name="backups",
+    kinds={"postgres"},
+    pool="postgres",
+    retry_policy=TRANSIENT_RETRIES,
+    description="Every database of the cluster (custom-format dumps) and its roles (globals.sql).",
+)
+def postgres_backup(
+    context: AssetExecutionContext, snapshot_pipeline: SnapshotPipeline, postgres: PostgresResource
+) -> StagedSnapshot:
+    try:
+        with snapshot_pipeline.stage(context, "postgres") as staged:
+            dump_cluster(staged, postgres.cluster(), postgres.databases, log=context.log.info)
+    except (PostgresRefused, ConfigurationError) as exc:
+        raise Failure(description=str(exc), allow_retries=False) from None
+    return staged

@@ -1,0 +1,71 @@
+"""`restore_job`: the CLI's restore, launched from the Dagster UI with run config.
+
+Run config is visible in the UI and stored with the run: give a target
+without a password and let the Dagster process find it (PGPASSFILE or
+PGPASSWORD in its environment for PostgreSQL).
+"""
+
+from dagster import (
+    Config,
+    Failure,
+    OpExecutionContext,
+    ResourceParam,
+    in_process_executor,
+    job,
+    op,
+)
+from pydantic import Field
+
+from backup_pipelines.errors import BackupError
+from backup_pipelines.io_managers import SnapshotIOManager
+from backup_pipelines.redaction import mask_url
+from backup_pipelines.resources import SnapshotPipeline
+from backup_pipelines.snapshot.store import LATEST
+from backup_pipelines.sources import RestoreRequest, registered_sources
+
+
+class RestoreConfig(Config):
+    source: str = Field(description="postgres (others as their restores are added)")
+    snapshot: str = Field(LATEST, description="a snapshot id, or latest")
+    target: str = Field(description="where to restore: for postgres a DSN, without password")
+    force: bool = Field(False, description="replace a target that is not empty")
+    database: str | None = Field(None, description="postgres: only this database of the snapshot")
+    include_globals: bool = Field(False, description="postgres: create the roles first")
+
+
+@op
+def restore_snapshot(
+    context: OpExecutionContext,
+    config: RestoreConfig,
+    io_manager: ResourceParam[SnapshotIOManager],
+    snapshot_pipeline: SnapshotPipeline,
+) -> None:
+    sources = registered_sources()
+    if config.source not in sources:
+        raise Failure(
+            description=f"cannot restore {config.source!r}: choose one of {', '.join(sources)}",
+            allow_retries=False,
+        )
+    options = {"database": config.database, "include_globals": config.include_globals}
+    request = RestoreRequest(
+        snapshot=config.snapshot,
+        target=config.target,
+        force=config.force,
+        work_dir=snapshot_pipeline.work_dir("restore"),
+        identity_file=snapshot_pipeline.identity_file,
+        options={key: value for key, value in options.items() if value is not None},
+        log=context.log.info,
+    )
+    context.log.info(f"restoring {config.source} {config.snapshot} into {mask_url(config.target)}")
+    try:
+        summary = sources[config.source].restore(
+            request, context.resources.io_manager.build_store()
+        )
+    except BackupError as exc:
+        raise Failure(description=str(exc), allow_retries=False) from None
+    context.log.info(summary)
+
+
+@job(executor_def=in_process_executor, description="Restore one snapshot into a target.")
+def restore_job() -> None:
+    restore_snapshot()

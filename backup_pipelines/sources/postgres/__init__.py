@@ -1,0 +1,65 @@
+"""PostgreSQL: every database (all schemas, large objects) and the roles."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from backup_pipelines.snapshot.encryption import identities_for
+from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
+from backup_pipelines.sources import RestoreRequest, SourceCommands
+from backup_pipelines.sources.postgres.cluster import Cluster
+from backup_pipelines.sources.postgres.restore import deep_verify_dumps, restore_snapshot
+
+SOURCE = "postgres"
+
+
+def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--target-dsn",
+        dest="target",
+        required=True,
+        metavar="DSN",
+        help="server to restore into; with --database, the database named here receives it",
+    )
+    parser.add_argument(
+        "--database",
+        metavar="NAME",
+        help="restore only this database of the snapshot (default: all, under their own names)",
+    )
+    parser.add_argument(
+        "--globals",
+        dest="include_globals",
+        action="store_true",
+        help="create the snapshot's roles and tablespaces first (existing roles are kept)",
+    )
+
+
+def restore(request: RestoreRequest, store: SnapshotStore) -> str:
+    snapshot = store.find(SOURCE, request.snapshot)
+    return restore_snapshot(
+        store,
+        snapshot,
+        Cluster(request.target),
+        database=request.options.get("database"),
+        include_globals=bool(request.options.get("include_globals")),
+        force=request.force,
+        identities=identities_for(snapshot.manifest.encryption, request.identity_file),
+        work_dir=request.work_dir,
+        log=request.log,
+    )
+
+
+def deep_verify(
+    store: SnapshotStore, snapshot: StoredSnapshot, identity_file: Path | None, work_dir: Path
+) -> list[str]:
+    identities = identities_for(snapshot.manifest.encryption, identity_file)
+    return deep_verify_dumps(store, snapshot, identities, work_dir)
+
+
+COMMANDS = SourceCommands(
+    name=SOURCE,
+    add_restore_arguments=add_restore_arguments,
+    restore=restore,
+    deep_verify=deep_verify,
+)
