@@ -16,8 +16,6 @@ from backup_pipelines.resources import PostgresResource, SnapshotPipeline
 from backup_pipelines.restore import restore_job
 from backup_pipelines.settings import BackupSettings, env_name, load_settings
 
-settings = load_settings()
-
 
 def secret_config(field: str) -> str | EnvVar:
     """An `EnvVar` when the operator set the variable (the UI shows its name, never its value),
@@ -29,9 +27,6 @@ def secret_config(field: str) -> str | EnvVar:
 
 
 backup_assets = [postgres_backup]
-asset_checks = [integrity_check(postgres_backup)]
-if settings.postgres_restore_drill:
-    asset_checks.append(postgres_restore_drill(postgres_backup))
 
 backup_all_job = define_asset_job(
     "backup_all_job",
@@ -48,21 +43,29 @@ source_jobs = [
     for asset in backup_assets
 ]
 
-defs = Definitions(
-    assets=backup_assets,
-    asset_checks=asset_checks,
-    jobs=[backup_all_job, *source_jobs, restore_job],
-    resources={
-        "io_manager": io_manager_from_settings(settings),
-        "snapshot_pipeline": SnapshotPipeline(
-            staging_dir=str(settings.staging_dir),
-            encryption_recipients=settings.encryption_recipients,
-            age_identity_file=str(settings.age_identity_file)
-            if settings.age_identity_file
-            else None,
-        ),
-        "postgres": PostgresResource(
-            dsn=secret_config("postgres_backup_dsn"), databases=settings.postgres_databases
-        ),
-    },
-)
+
+def build_definitions(settings: BackupSettings) -> Definitions:
+    """Everything Dagster loads, wired from the settings (tests build their own the same way)."""
+    asset_checks = [integrity_check(postgres_backup)]
+    if settings.postgres_restore_drill:
+        asset_checks.append(postgres_restore_drill(postgres_backup))
+    identity_file = settings.age_identity_file
+    return Definitions(
+        assets=backup_assets,
+        asset_checks=asset_checks,
+        jobs=[backup_all_job, *source_jobs, restore_job],
+        resources={
+            "io_manager": io_manager_from_settings(settings),
+            "snapshot_pipeline": SnapshotPipeline(
+                staging_dir=str(settings.staging_dir),
+                encryption_recipients=settings.encryption_recipients,
+                age_identity_file=str(identity_file) if identity_file else None,
+            ),
+            "postgres": PostgresResource(
+                dsn=secret_config("postgres_backup_dsn"), databases=settings.postgres_databases
+            ),
+        },
+    )
+
+
+defs = build_definitions(load_settings())

@@ -113,6 +113,14 @@ def backup_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return artifacts
 
 
+@pytest.fixture(params=["local", "s3"])
+def store_env(request, backup_env) -> str:
+    """Run the test with the BACKUP_* environment on the local store, then on S3 (moto)."""
+    if request.param == "s3":
+        request.getfixturevalue("s3_env")
+    return request.param
+
+
 @pytest.fixture
 def s3_env(backup_env: Path, monkeypatch: pytest.MonkeyPatch, s3_endpoint: str, s3_bucket: str):
     """The BACKUP_* environment pointing at a fresh moto bucket."""

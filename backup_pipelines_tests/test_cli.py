@@ -32,14 +32,7 @@ def make_snapshots(count: int, source: str = "redis"):
     ]
 
 
-@pytest.fixture(params=["local", "s3"])
-def any_env(request, backup_env):
-    """Run the test with the environment pointing at the local store, then at S3."""
-    if request.param == "s3":
-        request.getfixturevalue("s3_env")
-
-
-def test_snapshots_lists_newest_first_with_locations(any_env, capsys):
+def test_snapshots_lists_newest_first_with_locations(store_env, capsys):
     _, made = make_snapshots(3)
     assert main(["snapshots", "redis", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
@@ -53,7 +46,7 @@ def test_snapshots_lists_newest_first_with_locations(any_env, capsys):
     assert len(lines) == 3 and lines[0].startswith("redis ")
 
 
-def test_verify_is_sound_until_a_byte_flips(any_env, capsys):
+def test_verify_is_sound_until_a_byte_flips(store_env, capsys):
     store, [snapshot] = make_snapshots(1)
     assert main(["verify", "redis"]) == 0
     assert "verified, 1 files" in capsys.readouterr().out

@@ -5,7 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from dagster import AssetExecutionContext, asset, materialize
 
 from backup_pipelines.io_managers import io_manager_from_settings
@@ -63,14 +62,7 @@ def resources_from_env():
     }
 
 
-@pytest.fixture(params=["local", "s3"])
-def env(request, backup_env):
-    if request.param == "s3":
-        request.getfixturevalue("s3_env")
-    return request.param
-
-
-def test_materialization_commits_and_records_contract_metadata(env):
+def test_materialization_commits_and_records_contract_metadata(store_env):
     settings, resources = resources_from_env()
     result = materialize([fake_postgres_backup, snapshot_consumer], resources=resources)
     assert result.success
@@ -89,11 +81,11 @@ def test_materialization_commits_and_records_contract_metadata(env):
     assert S3_SECRET_KEY not in str(metadata) and S3_ACCESS_KEY not in str(metadata)
     assert received[-1] == snapshot
     assert list(Path(settings.staging_dir, "postgres").iterdir()) == []
-    if env == "s3":
+    if store_env == "s3":
         assert snapshot.location.startswith("s3://")
 
 
-def test_failed_backup_fails_the_run_and_leaves_no_snapshot(env):
+def test_failed_backup_fails_the_run_and_leaves_no_snapshot(store_env):
     settings, resources = resources_from_env()
     result = materialize([failing_postgres_backup], resources=resources, raise_on_error=False)
     assert not result.success
