@@ -299,7 +299,7 @@ def test_deep_verify_finds_a_dump_pg_restore_cannot_read(backup_env, capsys):
 
 
 def test_snapshot_files_are_plain_tools_formats(source_db, tmp_path):
-    """Without this tool at all, zstd -d and pg_restore read a snapshot (the runbook's last resort)."""
+    """Without this tool, zstd -d and pg_restore read a snapshot (the runbook's last resort)."""
     assert run_backup_job().success
     snapshot = store_from_settings(load_settings()).find("postgres")
     dump = Path(snapshot.location) / f"{source_db}.dump.zst"
