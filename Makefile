@@ -51,3 +51,4 @@ lock:
 
 bench: install services
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/postgres.py

@@ -14,7 +14,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
-from dagster._utils.schedules import is_valid_cron_string
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -124,7 +123,11 @@ class BackupSettings(BaseSettings):
     @field_validator(*(f"{source}_cron" for source in SOURCES))
     @classmethod
     def _valid_cron(cls, value: str) -> str:
-        # Dagster's own parser: what it accepts is what the schedules will run.
+        # Dagster's own parser: what it accepts is what the schedules will run. Imported
+        # here, as only a value someone set needs it, so the restore CLI starts without
+        # loading Dagster.
+        from dagster._utils.schedules import is_valid_cron_string
+
         if not is_valid_cron_string(value):
             raise ValueError("is not a valid cron expression (five fields, UTC)")
         return value

@@ -7,10 +7,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance
+import yaml
+from dagster import Backoff, DagsterInstance
 from psycopg import sql
 from pyrage import x25519
 
+from backup_pipelines.assets import postgres_backup
 from backup_pipelines.cli import main
 from backup_pipelines.definitions import build_definitions
 from backup_pipelines.errors import ProducerFailed
@@ -136,6 +138,9 @@ def test_restore_refuses_an_occupied_target_and_force_makes_it_equal(source_db, 
         assert (
             f"database '{target}' on 127.0.0.1:5432 already has 1 tables" in capsys.readouterr().err
         )
+        maintenance = [*command[:3], target_dsn("postgres"), *command[4:]]
+        assert main(maintenance) == 1
+        assert "names the maintenance database 'postgres'" in capsys.readouterr().err
         with connect(target) as connection:
             assert connection.execute("SELECT to_regclass('stray')").fetchone()[0] == "stray"
 
@@ -307,3 +312,11 @@ def test_snapshot_files_are_plain_tools_formats(source_db, tmp_path):
     subprocess.run(["zstd", "-q", "-d", str(dump), "-o", str(plain)], check=True)
     listing = subprocess.run(["pg_restore", "--list", str(plain)], check=True, capture_output=True)
     assert b"TABLE DATA crm contacts" in listing.stdout
+
+
+def test_backups_of_the_cluster_never_overlap_and_transient_errors_retry():
+    assert postgres_backup.op.pool == "postgres"
+    policy = postgres_backup.op.retry_policy
+    assert policy.max_retries >= 3 and policy.backoff == Backoff.EXPONENTIAL
+    instance_config = yaml.safe_load((Path(__file__).parents[1] / "dagster.yaml").read_text())
+    assert instance_config["concurrency"]["pools"]["default_limit"] == 1

@@ -247,7 +247,13 @@ def restore_snapshot(
             f"(it holds: {', '.join(available)})"
         )
     if database is not None:
-        pairs = [(database, cluster.params.get("dbname") or database)]
+        target_db = cluster.params.get("dbname") or database
+        if target_db == MAINTENANCE_DB != database:
+            raise BackupError(
+                f"--target-dsn names the maintenance database {MAINTENANCE_DB!r}; put the "
+                f"database to restore {database!r} into in the DSN (…/{database}_restored)"
+            )
+        pairs = [(database, target_db)]
     else:
         pairs = [(name, name) for name in available]
     figures = snapshot.manifest.stats.get("databases", {})
