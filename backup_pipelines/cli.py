@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from backup_pipelines.errors import BackupError, ConfigurationError
-from backup_pipelines.redaction import redact
+from backup_pipelines.redaction import redact, secret_parts
 from backup_pipelines.settings import SOURCES, BackupSettings, load_settings
 from backup_pipelines.snapshot import store_from_settings
 from backup_pipelines.snapshot.reader import verify_snapshot
@@ -137,7 +137,7 @@ def secrets_of(settings: BackupSettings) -> list[str]:
     for name in BackupSettings.model_fields:
         value = getattr(settings, name)
         if hasattr(value, "get_secret_value"):
-            values.append(value.get_secret_value())
+            values.extend(secret_parts(value.get_secret_value()))
     return values
 
 

@@ -37,3 +37,21 @@ def redact(text: str, secrets: Iterable[str | None]) -> str:
         if secret:
             text = text.replace(secret, MASK)
     return text
+
+
+def secret_parts(value: str) -> list[str]:
+    """A secret and, when it is a URL with a password, that password on its own.
+
+    An error text may quote the password alone (`password=...`, an auth log
+    line), so masking the whole DSN is not enough.
+    """
+    parts = [value]
+    try:
+        password = urlsplit(value).password
+    except ValueError:
+        password = None
+    match = _KEYWORD_PASSWORD.search(value)
+    for found in (password, match.group(2).strip("'") if match else None):
+        if found:
+            parts.append(found)
+    return parts

@@ -8,7 +8,7 @@ import pytest
 from pyrage import x25519
 
 from backup_pipelines.errors import ConfigurationError
-from backup_pipelines.redaction import mask_url
+from backup_pipelines.redaction import mask_url, redact, secret_parts
 from backup_pipelines.settings import load_settings
 
 
@@ -104,3 +104,10 @@ def test_secrets_do_not_print(backup_env, monkeypatch):
 )
 def test_dsns_print_with_the_password_masked(dsn, shown):
     assert mask_url(dsn) == shown
+
+
+def test_a_password_quoted_alone_is_masked_too():
+    parts = secret_parts("postgresql://app:hunter2@db/crm")
+    assert redact("FATAL: password hunter2 rejected", parts) == "FATAL: password *** rejected"
+    keyword = secret_parts("host=db password='hun ter2'")
+    assert redact("saw hun ter2", keyword) == "saw ***"
