@@ -6,6 +6,8 @@ password, a database that does not exist) fail at once; errors that may
 pass (a server restarting) are retried with backoff.
 """
 
+from pathlib import Path
+
 from dagster import (
     AssetExecutionContext,
     Backoff,
@@ -16,10 +18,12 @@ from dagster import (
 )
 
 from backup_pipelines.errors import ConfigurationError
-from backup_pipelines.resources import PostgresResource, SnapshotPipeline
+from backup_pipelines.resources import PostgresResource, RedisResource, SnapshotPipeline
 from backup_pipelines.snapshot.staging import StagedSnapshot
 from backup_pipelines.sources.postgres.cluster import PostgresRefused
 from backup_pipelines.sources.postgres.dump import dump_cluster
+from backup_pipelines.sources.redis.dump import dump_server
+from backup_pipelines.sources.redis.server import RedisRefused
 
 TRANSIENT_RETRIES = RetryPolicy(
     max_retries=3, delay=30, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
@@ -40,5 +44,25 @@ def postgres_backup(
         with snapshot_pipeline.stage(context, "postgres") as staged:
             dump_cluster(staged, postgres.cluster(), postgres.databases, log=context.log.info)
     except (PostgresRefused, ConfigurationError) as exc:
+        raise Failure(description=str(exc), allow_retries=False) from None
+    return staged
+
+
+@asset(
+    group_name="backups",
+    kinds={"redis"},
+    pool="redis",
+    retry_policy=TRANSIENT_RETRIES,
+    description="The RDB, taken over the replication protocol, and AOF files when the data "
+    "dir is readable.",
+)
+def redis_backup(
+    context: AssetExecutionContext, snapshot_pipeline: SnapshotPipeline, redis: RedisResource
+) -> StagedSnapshot:
+    data_dir = Path(redis.data_dir) if redis.data_dir else None
+    try:
+        with snapshot_pipeline.stage(context, "redis") as staged:
+            dump_server(staged, redis.server(), data_dir, log=context.log.info)
+    except RedisRefused as exc:
         raise Failure(description=str(exc), allow_retries=False) from None
     return staged

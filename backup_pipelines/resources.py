@@ -10,6 +10,7 @@ from dagster import AssetExecutionContext, ConfigurableResource
 from backup_pipelines.snapshot.encryption import parse_recipients
 from backup_pipelines.snapshot.staging import StagedSnapshot, stage
 from backup_pipelines.sources.postgres.cluster import Cluster
+from backup_pipelines.sources.redis.server import RedisServer
 
 
 class SnapshotPipeline(ConfigurableResource):
@@ -56,3 +57,16 @@ class PostgresResource(ConfigurableResource):
 
     def cluster(self) -> Cluster:
         return Cluster(self.dsn)
+
+
+class RedisResource(ConfigurableResource):
+    """The Redis server to back up; the password comes as an `EnvVar`."""
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    data_dir: str | None = None
+
+    def server(self) -> RedisServer:
+        return RedisServer(self.host, self.port, self.username, self.password or None)

@@ -25,12 +25,15 @@ from backup_pipelines.sources import RestoreRequest, registered_sources
 
 
 class RestoreConfig(Config):
-    source: str = Field(description="postgres (others as their restores are added)")
+    source: str = Field(description="postgres or redis (others as their restores are added)")
     snapshot: str = Field(LATEST, description="a snapshot id, or latest")
-    target: str = Field(description="where to restore: for postgres a DSN, without password")
+    target: str | None = Field(
+        None, description="postgres: a DSN without password; redis: a redis:// URL"
+    )
     force: bool = Field(False, description="replace a target that is not empty")
     database: str | None = Field(None, description="postgres: only this database of the snapshot")
     include_globals: bool = Field(False, description="postgres: create the roles first")
+    output_dir: str | None = Field(None, description="redis: write the RDB files here instead")
 
 
 @op
@@ -46,7 +49,11 @@ def restore_snapshot(
             description=f"cannot restore {config.source!r}: choose one of {', '.join(sources)}",
             allow_retries=False,
         )
-    options = {"database": config.database, "include_globals": config.include_globals}
+    options = {
+        "database": config.database,
+        "include_globals": config.include_globals,
+        "output_dir": config.output_dir,
+    }
     request = RestoreRequest(
         snapshot=config.snapshot,
         target=config.target,
@@ -56,7 +63,8 @@ def restore_snapshot(
         options={key: value for key, value in options.items() if value is not None},
         log=context.log.info,
     )
-    context.log.info(f"restoring {config.source} {config.snapshot} into {mask_url(config.target)}")
+    where = mask_url(config.target) if config.target else config.output_dir
+    context.log.info(f"restoring {config.source} {config.snapshot} into {where}")
     try:
         summary = sources[config.source].restore(
             request, context.resources.io_manager.build_store()

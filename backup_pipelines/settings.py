@@ -69,6 +69,7 @@ class BackupSettings(BaseSettings):
 
     redis_host: str = "localhost"
     redis_port: int = Field(6379, ge=1, le=65535)
+    redis_username: str | None = None
     redis_password: SecretStr | None = None
     redis_data_dir: Path | None = None
 

@@ -6,7 +6,8 @@ set -euo pipefail
 
 declare -A package_of=(
   [pg_dump]=postgresql-client [pg_restore]=postgresql-client [pg_dumpall]=postgresql-client
-  [psql]=postgresql-client [redis-cli]=redis-tools [restic]=restic [zstd]=zstd
+  [psql]=postgresql-client [redis-cli]=redis-tools [redis-check-rdb]=redis-tools
+  [redis-server]=redis-server [restic]=restic [zstd]=zstd
   [/usr/bin/time]=time
 )
 missing=()

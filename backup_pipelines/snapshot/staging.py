@@ -145,6 +145,7 @@ class StagedSnapshot:
         metered = MeteredReader(source, label, self.progress)
         compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1)
         path = self.directory / target_name
+        path.parent.mkdir(parents=True, exist_ok=True)  # names may hold one folder level
         with path.open("xb") as out:
             sink = HashingWriter(out)
             with compressor.stream_reader(metered, read_size=CHUNK_SIZE) as compressed:

@@ -22,7 +22,7 @@ class RestoreRequest:
     """What to restore where, as the CLI and `restore_job` both describe it."""
 
     snapshot: str
-    target: str
+    target: str | None
     force: bool
     work_dir: Path
     identity_file: Path | None = None
@@ -46,6 +46,6 @@ class SourceCommands:
 
 def registered_sources() -> dict[str, SourceCommands]:
     """Sources whose restore and deep checks exist, by name."""
-    from backup_pipelines.sources import postgres  # the source modules import this one
+    from backup_pipelines.sources import postgres, redis  # they import this module
 
-    return {source.name: source for source in (postgres.COMMANDS,)}
+    return {source.name: source for source in (postgres.COMMANDS, redis.COMMANDS)}

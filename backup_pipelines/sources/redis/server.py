@@ -1,0 +1,177 @@
+"""A Redis server as backup and restore see it, and throw-away servers to load snapshots into.
+
+The password reaches `redis-cli` only through `REDISCLI_AUTH` in its own
+environment (never `-a`, which `ps` would show) and is never in a message.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+from redis.connection import parse_url
+
+from backup_pipelines.errors import BackupError, IntegrityError
+from backup_pipelines.processes import not_installed
+from backup_pipelines.redaction import mask_url
+
+STARTUP_TIMEOUT_S = 60
+
+
+class RedisUnavailable(BackupError):
+    """The server could not be reached; worth retrying."""
+
+
+class RedisRefused(BackupError):
+    """The server refused our credentials or command: retrying will not help."""
+
+
+@dataclass(frozen=True)
+class RedisServer:
+    host: str = "localhost"
+    port: int = 6379
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    db: int = 0
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisServer:
+        """`redis://[user][:password]@host:port[/db]`, as operators write it."""
+        try:
+            parts = parse_url(url)
+        except ValueError as exc:
+            raise BackupError(f"not a valid Redis URL: {mask_url(url)} ({exc})") from None
+        return cls(
+            host=parts.get("host", "localhost"),
+            port=int(parts.get("port", 6379)),
+            username=parts.get("username"),
+            password=parts.get("password"),
+            db=int(parts.get("db", 0)),
+        )
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def secrets(self) -> list[str | None]:
+        return [self.password]
+
+    def client(self, db: int | None = None) -> redis.Redis:
+        return redis.Redis(
+            host=self.host,
+            port=self.port,
+            username=self.username,
+            password=self.password,
+            db=self.db if db is None else db,
+            socket_connect_timeout=10,
+            socket_timeout=300,
+        )
+
+    def cli_args(self) -> list[str]:
+        """Connection arguments for redis-cli; the password goes in `cli_env()`."""
+        args = ["-h", self.host, "-p", str(self.port)]
+        return [*args, "--user", self.username] if self.username else args
+
+    def cli_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.pop("REDISCLI_AUTH", None)
+        if self.password:
+            env["REDISCLI_AUTH"] = self.password
+        return env
+
+    def info(self) -> dict[str, Any]:
+        """INFO of the server, with connection failures turned into clear, classified errors."""
+        try:
+            return self.client().info()
+        except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
+            raise RedisRefused(
+                f"Redis at {self.where} refused the credentials ({exc}); check "
+                "BACKUP_REDIS_PASSWORD (and BACKUP_REDIS_USERNAME)"
+            ) from None
+        except redis.ResponseError as exc:
+            if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+                raise RedisRefused(
+                    f"Redis at {self.where} needs a password: set BACKUP_REDIS_PASSWORD"
+                ) from None
+            raise
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise RedisUnavailable(f"cannot connect to Redis at {self.where}: {exc}") from None
+
+
+def keyspace(info: dict[str, Any]) -> dict[str, int]:
+    """Keys per database (`db0` → count) from INFO, databases without keys left out."""
+    return {
+        name: int(value["keys"])
+        for name, value in info.items()
+        if name.startswith("db") and name[2:].isdigit() and isinstance(value, dict)
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def throwaway_server(directory: Path, rdb_name: str = "dump.rdb") -> Iterator[RedisServer]:
+    """A private redis-server on a free loopback port that loads `directory/rdb_name`.
+
+    It keeps nothing (no save, no AOF) and is stopped when the block ends.
+    An RDB it cannot load is an `IntegrityError` quoting its log.
+    """
+    port = _free_port()
+    log = directory / "throwaway-redis.log"
+    command = [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(directory),
+        "--dbfilename",
+        rdb_name,
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--logfile",
+        str(log),
+    ]
+    try:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise not_installed("loading the snapshot", "redis-server") from None
+    server = RedisServer(host="127.0.0.1", port=port)
+    try:
+        _wait_until_loaded(process, server, log)
+        yield server
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _wait_until_loaded(process: subprocess.Popen, server: RedisServer, log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
+            raise IntegrityError(f"redis-server could not load the RDB: {' '.join(tail)}")
+        try:
+            if server.client().info("persistence").get("loading") == 0:
+                return
+        except (redis.ConnectionError, redis.BusyLoadingError):
+            pass
+        time.sleep(0.1)
+    raise BackupError(
+        f"the throw-away redis-server did not finish loading in {STARTUP_TIMEOUT_S} s"
+    )

@@ -1,0 +1,168 @@
+"""Redis against real redis-server processes: back up, restore into a fresh server, compare."""
+
+import json
+import subprocess
+
+import pytest
+from dagster import DagsterInstance
+
+from backup_pipelines.cli import main
+from backup_pipelines.definitions import build_definitions
+from backup_pipelines.settings import load_settings
+from backup_pipelines.snapshot import store_from_settings
+from backup_pipelines.snapshot.staging import stage
+from backup_pipelines.sources.redis.dump import dump_server
+from backup_pipelines.sources.redis.server import RedisServer, RedisUnavailable
+from backup_pipelines_tests.conftest import RUN_ID, commit_snapshot
+from backup_pipelines_tests.redis_fixtures import (
+    assert_same_data,
+    fill_crm_data,
+    redis_process,
+    server_state,
+)
+
+SOURCE_PASSWORD = "source-pw-never-shown"
+TARGET_PASSWORD = "target-pw-never-shown"
+
+
+@pytest.fixture
+def source_redis(backup_env, monkeypatch, tmp_path):
+    """A password-protected server full of CRM data, with AOF on, and the env pointing at it."""
+    data_dir = tmp_path / "redis-source"
+    with redis_process(data_dir, SOURCE_PASSWORD, aof=True) as client:
+        fill_crm_data(client)
+        port = client.connection_pool.connection_kwargs["port"]
+        monkeypatch.setenv("BACKUP_REDIS_HOST", "127.0.0.1")
+        monkeypatch.setenv("BACKUP_REDIS_PORT", str(port))
+        monkeypatch.setenv("BACKUP_REDIS_PASSWORD", SOURCE_PASSWORD)
+        monkeypatch.setenv("BACKUP_REDIS_DATA_DIR", str(data_dir))
+        yield client
+
+
+@pytest.fixture
+def target_redis(tmp_path):
+    with redis_process(tmp_path / "redis-target", TARGET_PASSWORD) as client:
+        yield client
+
+
+def target_url(client) -> str:
+    return (
+        f"redis://:{TARGET_PASSWORD}@127.0.0.1:{client.connection_pool.connection_kwargs['port']}"
+    )
+
+
+def run_backup_job():
+    defs = build_definitions(load_settings())
+    return defs.resolve_job_def("redis_backup_job").execute_in_process(
+        instance=DagsterInstance.ephemeral(), raise_on_error=False
+    )
+
+
+def test_backup_restores_every_key_ttl_and_function(store_env, source_redis, target_redis, capsys):
+    result = run_backup_job()
+    assert result.success
+
+    [materialization] = result.asset_materializations_for_node("redis_backup")
+    metadata = {key: value.value for key, value in materialization.metadata.items()}
+    assert metadata["keys"] == {"db0": 11, "db3": 500, "db15": 1}
+    assert metadata["redis_version"].startswith("7.")
+    assert metadata["used_memory"] > 0 and metadata["rdb_bytes"] > 0
+    assert metadata["aof_files"] >= 2  # Redis 7's manifest and base file at least
+    assert SOURCE_PASSWORD not in json.dumps(metadata, default=str)
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert checks["integrity"].passed
+    assert checks["restore_drill"].passed, checks["restore_drill"].metadata
+    assert checks["restore_drill"].metadata["function_libraries"].value == 1
+
+    assert main(["verify", "redis", "--deep"]) == 0
+    assert main(["restore", "redis", "--target-url", target_url(target_redis)]) == 0
+    original = server_state(source_redis)
+    assert len(original) == 1 + 512 and original["functions"]
+    assert_same_data(server_state(target_redis), original)
+    output = capsys.readouterr()
+    assert SOURCE_PASSWORD not in output.out + output.err
+    assert TARGET_PASSWORD not in output.out + output.err
+
+
+def test_restore_refuses_a_server_with_keys_and_force_replaces_them(
+    backup_env, source_redis, target_redis, capsys
+):
+    assert run_backup_job().success
+    target_redis.set("stray", "must go")
+    command = ["restore", "redis", "--target-url", target_url(target_redis)]
+
+    assert main(command) == 1
+    assert "already holds 1 keys and 0 function libraries; add --force" in capsys.readouterr().err
+    assert target_redis.get("stray") == b"must go"
+
+    assert main([*command, "--force"]) == 0
+    assert target_redis.get("stray") is None
+    assert_same_data(server_state(target_redis), server_state(source_redis))
+
+
+def test_output_dir_writes_files_redis_server_loads(backup_env, source_redis, tmp_path, capsys):
+    assert run_backup_job().success
+    output = tmp_path / "restored-files"
+
+    assert main(["restore", "redis", "--output-dir", str(output)]) == 0
+    subprocess.run(["redis-check-rdb", str(output / "dump.rdb")], check=True, capture_output=True)
+    assert (output / "appendonlydir").is_dir()
+    assert any(p.name.endswith(".manifest") for p in (output / "appendonlydir").iterdir())
+
+    assert main(["restore", "redis", "--output-dir", str(output)]) == 1
+    assert "is not empty; add --force" in capsys.readouterr().err
+    with redis_process(output) as loaded:  # the runbook: start redis-server on these files
+        assert_same_data(server_state(loaded), server_state(source_redis))
+
+
+def test_unreachable_server_is_a_clear_retryable_error(staging_dir):
+    server = RedisServer("127.0.0.1", 1, password=SOURCE_PASSWORD)
+    with pytest.raises(RedisUnavailable) as failure:
+        with stage(staging_dir, "redis", RUN_ID) as staged:
+            dump_server(staged, server)
+    assert str(failure.value).startswith("cannot connect to Redis at 127.0.0.1:1: ")
+    assert SOURCE_PASSWORD not in str(failure.value)
+    assert list((staging_dir / "redis").iterdir()) == []
+
+
+def test_wrong_password_fails_the_run_at_once_without_showing_it(
+    backup_env, source_redis, monkeypatch
+):
+    monkeypatch.setenv("BACKUP_REDIS_PASSWORD", "wrong-pw-never-shown")
+    result = run_backup_job()
+    assert not result.success
+    failures = [event for event in result.all_events if event.is_step_failure]
+    assert len(failures) == 1 and not any(e.is_step_up_for_retry for e in result.all_events)
+    message = str(failures[0].step_failure_data.user_failure_data.description)
+    assert "refused the credentials" in message and "BACKUP_REDIS_PASSWORD" in message
+    every_log = " ".join(str(event.message) for event in result.all_events)
+    assert "wrong-pw-never-shown" not in every_log + message
+    assert store_from_settings(load_settings()).list_snapshots("redis") == []
+
+
+def test_a_user_without_sync_permission_gets_told_why(backup_env, source_redis, monkeypatch):
+    source_redis.acl_setuser(
+        "reader", enabled=True, passwords=["+reader-pw"], keys=["*"], commands=["+@read", "+info"]
+    )
+    monkeypatch.setenv("BACKUP_REDIS_USERNAME", "reader")
+    monkeypatch.setenv("BACKUP_REDIS_PASSWORD", "reader-pw")
+    result = run_backup_job()
+    assert not result.success
+    errors = " ".join(
+        str(e.step_failure_data.error) for e in result.all_events if e.is_step_failure
+    )
+    assert "the user needs the +sync and +psync ACL permissions" in errors
+    assert "reader-pw" not in errors
+
+
+def test_deep_verify_finds_an_rdb_that_does_not_parse(backup_env, capsys):
+    settings = load_settings()
+    commit_snapshot(
+        store_from_settings(settings),
+        settings.staging_dir,
+        {"dump.rdb": b"REDIS0010" + b"\xfa\x00garbage" * 100},
+        source="redis",
+    )
+    assert main(["verify", "redis"]) == 0
+    assert main(["verify", "redis", "--deep"]) == 1
+    assert "redis-check-rdb failed" in capsys.readouterr().err
