@@ -52,3 +52,4 @@ lock:
 bench: install services
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/postgres.py
+	$(BIN)/python bench/redis_rdb.py

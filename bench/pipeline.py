@@ -14,14 +14,15 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure import timed  # noqa: E402
 
 from backup_pipelines_tests.memory_probe import generated_chunks  # noqa: E402
 
@@ -39,29 +40,8 @@ print(staged.files[0].size, time.monotonic() - started)
 """
 
 
-def run_measured(command: list[str], stdout_path: Path | None = None) -> tuple[float, int, str]:
-    """Wall seconds, peak RSS in KiB, and stdout of one command.
-
-    Peak RSS comes from GNU time, whose own small process forks the command:
-    a child forked straight from this (large) Python process would inherit
-    its memory high-water mark and overstate small tools.
-    """
-    os.sync()  # earlier runs' dirty pages must not slow this one's writes
-    with tempfile.NamedTemporaryFile("r") as report:
-        out = stdout_path.open("wb") if stdout_path else subprocess.PIPE
-        started = time.monotonic()
-        result = subprocess.run(
-            ["/usr/bin/time", "-f", "%M", "-o", report.name, *command], stdout=out, check=True
-        )
-        elapsed = time.monotonic() - started
-        if stdout_path:
-            out.close()
-        peak_kib = int(report.read().split()[-1])
-    return elapsed, peak_kib, result.stdout.decode() if result.stdout else ""
-
-
 def pipeline_run(source: Path, staging: Path, mode: str) -> tuple[float, int, int]:
-    seconds, rss, printed = run_measured(
+    seconds, rss, printed = timed(
         [sys.executable, "-c", PIPELINE_CHILD, str(source), str(staging), mode]
     )
     output_size, streaming_seconds = printed.split()
@@ -74,7 +54,7 @@ def pipeline_run(source: Path, staging: Path, mode: str) -> tuple[float, int, in
 
 
 def tool_run(command: list[str], target: Path) -> tuple[float, int, int]:
-    seconds, rss, _ = run_measured(command, target)
+    seconds, rss, _ = timed(command, stdout_path=target)
     size = target.stat().st_size
     target.unlink()
     return seconds, size, rss

@@ -13,37 +13,20 @@ the `pg_dump -Fc` file. Prints the median of each, output sizes and peak RSS.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure import materialize_asset, median_of, print_table, timed
+
 SERVER = "postgresql://postgres@127.0.0.1:5432"
 BIN = Path(sys.executable).parent
-
-ASSET_CHILD = """
-import json, time
-from dagster import DagsterInstance, materialize
-from backup_pipelines.assets import postgres_backup
-from backup_pipelines.definitions import build_definitions
-from backup_pipelines.settings import load_settings
-defs = build_definitions(load_settings())
-started = time.monotonic()
-result = materialize([postgres_backup], resources=defs.resources,
-                     instance=DagsterInstance.ephemeral())
-wall = time.monotonic() - started
-[event] = result.asset_materializations_for_node("postgres_backup")
-print(json.dumps({"duration_s": event.metadata["duration_s"].value, "wall_s": wall,
-                  "size_bytes": event.metadata["size_bytes"].value}))
-"""
 
 
 def admin(statement: sql.Composable) -> None:
@@ -51,8 +34,12 @@ def admin(statement: sql.Composable) -> None:
         connection.execute(statement)
 
 
-def recreate(database: str) -> None:
+def drop(database: str) -> None:
     admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+
+
+def recreate(database: str) -> None:
+    drop(database)
     admin(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
 
 
@@ -67,27 +54,6 @@ def ensure_pgbench(database: str, scale: int) -> None:
         subprocess.run(
             ["pgbench", "-i", "-q", "-s", str(scale), f"{SERVER}/{database}"], check=True
         )
-
-
-def timed(
-    command: list[str], env: dict[str, str] | None = None, shell_stdout: str = ""
-) -> tuple[float, int, str]:
-    """Wall seconds, peak RSS (KiB, via GNU time so the fork from Python does not count), stdout."""
-    os.sync()
-    with tempfile.NamedTemporaryFile("r") as report:
-        argv = ["/usr/bin/time", "-f", "%M", "-o", report.name, *command]
-        if shell_stdout:
-            argv = ["sh", "-c", " ".join(f"'{a}'" for a in argv) + f" > {shell_stdout}"]
-        started = time.monotonic()
-        result = subprocess.run(argv, env=env, check=True, capture_output=True, text=True)
-        seconds = time.monotonic() - started
-        peak = int(report.read().split()[-1])
-    return seconds, peak, result.stdout
-
-
-def median_of(repeat: int, run: Callable[[], tuple[float, int, int]]) -> tuple[float, int, int]:
-    runs = [run() for _ in range(repeat)]
-    return statistics.median(r[0] for r in runs), runs[-1][1], max(r[2] for r in runs)
 
 
 def main() -> None:
@@ -109,11 +75,6 @@ def main() -> None:
         }
         plain_dump = scratch_dir / "plain.dump"
 
-        def asset_run() -> tuple[float, int, int]:
-            _, peak, out = timed([sys.executable, "-c", ASSET_CHILD], env=env)
-            figures = json.loads(out.strip().splitlines()[-1])
-            return figures["duration_s"], figures["size_bytes"], peak
-
         def pg_dump_run() -> tuple[float, int, int]:
             seconds, peak, _ = timed(
                 ["pg_dump", "-Fc", "-f", str(plain_dump), f"{SERVER}/{database}"]
@@ -122,12 +83,12 @@ def main() -> None:
 
         def server_limit_run() -> tuple[float, int, int]:
             seconds, peak, _ = timed(
-                ["pg_dump", "-Fc", "-Z0", f"{SERVER}/{database}"], shell_stdout="/dev/null"
+                ["pg_dump", "-Fc", "-Z0", f"{SERVER}/{database}"], stdout_path=Path(os.devnull)
             )
             return seconds, 0, peak
 
         def restore_run() -> tuple[float, int, int]:
-            admin(sql.SQL("DROP DATABASE IF EXISTS bench_restored_asset WITH (FORCE)"))
+            drop("bench_restored_asset")
             seconds, peak, _ = timed(
                 [
                     str(BIN / "backup-pipelines"),
@@ -150,25 +111,25 @@ def main() -> None:
             return seconds, 0, peak
 
         rows = [
-            ("postgres_backup asset", *median_of(args.repeat, asset_run)),
+            (
+                "postgres_backup asset",
+                *median_of(args.repeat, lambda: materialize_asset("postgres_backup", env)),
+            ),
             ("pg_dump -Fc", *median_of(args.repeat, pg_dump_run)),
             ("pg_dump -Fc -Z0 >/dev/null", *median_of(args.repeat, server_limit_run)),
             ("backup-pipelines restore", *median_of(args.repeat, restore_run)),
             ("pg_restore -j2 (local file)", *median_of(args.repeat, pg_restore_run)),
         ]
-        admin(sql.SQL("DROP DATABASE IF EXISTS bench_restored_asset WITH (FORCE)"))
-        admin(sql.SQL("DROP DATABASE IF EXISTS bench_restored_plain WITH (FORCE)"))
+        drop("bench_restored_asset")
+        drop("bench_restored_plain")
 
     with psycopg.connect(f"{SERVER}/postgres") as connection:
         size = connection.execute("SELECT pg_database_size(%s)", [database]).fetchone()[0]
-    print(
+    print_table(
         f"{database}: {size / 2**20:.0f} MiB on the server, {os.cpu_count()} cores, "
-        f"median of {args.repeat}"
+        f"median of {args.repeat}",
+        rows,
     )
-    print(f"{'':<30} {'seconds':>8} {'output MiB':>11} {'peak RSS MiB':>13}")
-    for label, seconds, output, peak in rows:
-        shown = f"{output / 2**20:>11.1f}" if output else f"{'':>11}"
-        print(f"{label:<30} {seconds:>8.2f} {shown} {peak / 1024:>13.1f}")
     print(
         "asset time is its duration_s metadata (staging start to manifest written); "
         "restore time includes the CLI's start-up, fetch, sha256 check and decompression"
