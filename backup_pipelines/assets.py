@@ -18,10 +18,17 @@ from dagster import (
 )
 
 from backup_pipelines.errors import ConfigurationError
-from backup_pipelines.resources import PostgresResource, RedisResource, SnapshotPipeline
+from backup_pipelines.resources import (
+    PostgresResource,
+    RabbitMQResource,
+    RedisResource,
+    SnapshotPipeline,
+)
 from backup_pipelines.snapshot.staging import StagedSnapshot
 from backup_pipelines.sources.postgres.cluster import PostgresRefused
 from backup_pipelines.sources.postgres.dump import dump_cluster
+from backup_pipelines.sources.rabbitmq.api import RabbitRefused
+from backup_pipelines.sources.rabbitmq.dump import dump_definitions
 from backup_pipelines.sources.redis.dump import dump_server
 from backup_pipelines.sources.redis.server import RedisRefused
 
@@ -64,5 +71,24 @@ def redis_backup(
         with snapshot_pipeline.stage(context, "redis") as staged:
             dump_server(staged, redis.server(), data_dir, log=context.log.info)
     except RedisRefused as exc:
+        raise Failure(description=str(exc), allow_retries=False) from None
+    return staged
+
+
+@asset(
+    group_name="backups",
+    kinds={"rabbitmq"},
+    pool="rabbitmq",
+    retry_policy=TRANSIENT_RETRIES,
+    description="The broker's definitions: vhosts, users, permissions, parameters, policies, "
+    "queues, exchanges and bindings (not messages).",
+)
+def rabbitmq_backup(
+    context: AssetExecutionContext, snapshot_pipeline: SnapshotPipeline, rabbitmq: RabbitMQResource
+) -> StagedSnapshot:
+    try:
+        with snapshot_pipeline.stage(context, "rabbitmq") as staged:
+            dump_definitions(staged, rabbitmq.api(), log=context.log.info)
+    except RabbitRefused as exc:
         raise Failure(description=str(exc), allow_retries=False) from None
     return staged

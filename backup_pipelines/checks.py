@@ -25,6 +25,7 @@ from backup_pipelines.snapshot.encryption import identities_for
 from backup_pipelines.snapshot.reader import verify_snapshot
 from backup_pipelines.snapshot.store import LATEST, SnapshotStore, StoredSnapshot
 from backup_pipelines.sources.postgres.restore import restore_drill as postgres_drill
+from backup_pipelines.sources.rabbitmq.restore import check_definitions
 from backup_pipelines.sources.redis.restore import restore_drill as redis_drill
 
 
@@ -155,3 +156,31 @@ def redis_restore_drill(asset: AssetsDefinition) -> AssetChecksDefinition:
         )
 
     return _drill
+
+
+def rabbitmq_structure_check(asset: AssetsDefinition) -> AssetChecksDefinition:
+    """The stored definitions parse and hold every section and the recorded counts."""
+
+    @asset_check(
+        asset=asset,
+        name="definitions_structure",
+        description="Parses the latest stored definitions: every section present, counts equal "
+        "to those recorded at backup time.",
+    )
+    def _structure(
+        context: AssetCheckExecutionContext,
+        io_manager: ResourceParam[SnapshotIOManager],
+        snapshot_pipeline: SnapshotPipeline,
+    ) -> AssetCheckResult:
+        store, snapshot, identities = drill_inputs(context, io_manager, snapshot_pipeline, asset)
+        problems = check_definitions(store, snapshot, identities)
+        return AssetCheckResult(
+            passed=not problems,
+            severity=AssetCheckSeverity.ERROR,
+            metadata={
+                "snapshot_id": snapshot.snapshot_id,
+                "problems": MetadataValue.json(problems),
+            },
+        )
+
+    return _structure

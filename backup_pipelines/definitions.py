@@ -9,10 +9,20 @@ import os
 
 from dagster import AssetSelection, Definitions, EnvVar, define_asset_job, in_process_executor
 
-from backup_pipelines.assets import postgres_backup, redis_backup
-from backup_pipelines.checks import integrity_check, postgres_restore_drill, redis_restore_drill
+from backup_pipelines.assets import postgres_backup, rabbitmq_backup, redis_backup
+from backup_pipelines.checks import (
+    integrity_check,
+    postgres_restore_drill,
+    rabbitmq_structure_check,
+    redis_restore_drill,
+)
 from backup_pipelines.io_managers import io_manager_from_settings
-from backup_pipelines.resources import PostgresResource, RedisResource, SnapshotPipeline
+from backup_pipelines.resources import (
+    PostgresResource,
+    RabbitMQResource,
+    RedisResource,
+    SnapshotPipeline,
+)
 from backup_pipelines.restore import restore_job
 from backup_pipelines.settings import BackupSettings, env_name, load_settings
 
@@ -26,7 +36,7 @@ def secret_config(field: str) -> str | EnvVar:
     return getattr(BackupSettings.model_fields[field].default, "get_secret_value", lambda: "")()
 
 
-backup_assets = [postgres_backup, redis_backup]
+backup_assets = [postgres_backup, redis_backup, rabbitmq_backup]
 
 backup_all_job = define_asset_job(
     "backup_all_job",
@@ -48,6 +58,7 @@ def build_definitions(settings: BackupSettings) -> Definitions:
     """Everything Dagster loads, wired from the settings (tests build their own the same way)."""
     asset_checks = [integrity_check(asset) for asset in backup_assets]
     asset_checks.append(redis_restore_drill(redis_backup))
+    asset_checks.append(rabbitmq_structure_check(rabbitmq_backup))
     if settings.postgres_restore_drill:
         asset_checks.append(postgres_restore_drill(postgres_backup))
     identity_file = settings.age_identity_file
@@ -71,6 +82,11 @@ def build_definitions(settings: BackupSettings) -> Definitions:
                 username=settings.redis_username,
                 password=secret_config("redis_password"),
                 data_dir=str(settings.redis_data_dir) if settings.redis_data_dir else None,
+            ),
+            "rabbitmq": RabbitMQResource(
+                management_url=settings.rabbitmq_management_url,
+                admin_user=settings.rabbitmq_admin_user,
+                admin_password=secret_config("rabbitmq_admin_password"),
             ),
         },
     )

@@ -10,6 +10,7 @@ from dagster import AssetExecutionContext, ConfigurableResource
 from backup_pipelines.snapshot.encryption import parse_recipients
 from backup_pipelines.snapshot.staging import StagedSnapshot, stage
 from backup_pipelines.sources.postgres.cluster import Cluster
+from backup_pipelines.sources.rabbitmq.api import ManagementApi
 from backup_pipelines.sources.redis.server import RedisServer
 
 
@@ -70,3 +71,14 @@ class RedisResource(ConfigurableResource):
 
     def server(self) -> RedisServer:
         return RedisServer(self.host, self.port, self.username, self.password or None)
+
+
+class RabbitMQResource(ConfigurableResource):
+    """The broker's management API; the admin password comes as an `EnvVar`."""
+
+    management_url: str
+    admin_user: str
+    admin_password: str
+
+    def api(self) -> ManagementApi:
+        return ManagementApi(self.management_url, self.admin_user, self.admin_password)

@@ -25,7 +25,9 @@ from backup_pipelines.sources import RestoreRequest, registered_sources
 
 
 class RestoreConfig(Config):
-    source: str = Field(description="postgres or redis (others as their restores are added)")
+    source: str = Field(
+        description="postgres, redis or rabbitmq (others as their restores are added)"
+    )
     snapshot: str = Field(LATEST, description="a snapshot id, or latest")
     target: str | None = Field(
         None, description="postgres: a DSN without password; redis: a redis:// URL"
@@ -34,6 +36,7 @@ class RestoreConfig(Config):
     database: str | None = Field(None, description="postgres: only this database of the snapshot")
     include_globals: bool = Field(False, description="postgres: create the roles first")
     output_dir: str | None = Field(None, description="redis: write the RDB files here instead")
+    vhost: str | None = Field(None, description="rabbitmq: restore this vhost only")
 
 
 @op
@@ -53,6 +56,7 @@ def restore_snapshot(
         "database": config.database,
         "include_globals": config.include_globals,
         "output_dir": config.output_dir,
+        "vhost": config.vhost,
     }
     request = RestoreRequest(
         snapshot=config.snapshot,

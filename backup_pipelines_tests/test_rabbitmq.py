@@ -1,0 +1,177 @@
+"""RabbitMQ against the machine's broker: back up a vhost's topology, delete it, restore it."""
+
+import json
+import uuid
+from urllib.parse import quote
+
+import pika
+import pytest
+import requests
+from dagster import DagsterInstance
+
+from backup_pipelines.cli import main
+from backup_pipelines.definitions import build_definitions
+from backup_pipelines.settings import load_settings
+from backup_pipelines.snapshot import store_from_settings
+from backup_pipelines.snapshot.staging import stage
+from backup_pipelines.sources.rabbitmq.api import ManagementApi, RabbitUnavailable
+from backup_pipelines.sources.rabbitmq.definitions import only_vhost
+from backup_pipelines.sources.rabbitmq.dump import dump_definitions
+from backup_pipelines_tests.conftest import RUN_ID, commit_snapshot
+
+MANAGEMENT = "http://127.0.0.1:15672"
+USER_PASSWORD = "crm-user-pw-never-shown"
+
+
+def admin(method: str, path: str, body: dict | None = None) -> requests.Response:
+    response = requests.request(
+        method, f"{MANAGEMENT}/api/{path}", auth=("guest", "guest"), json=body, timeout=30
+    )
+    assert response.status_code < 400, response.text
+    return response
+
+
+@pytest.fixture
+def crm_topology(backup_env):
+    """A vhost with a user, permissions, a policy, exchanges, a classic and a quorum queue."""
+    vhost, user = f"bp-crm-{uuid.uuid4().hex[:8]}", f"bp-user-{uuid.uuid4().hex[:8]}"
+    v = quote(vhost, safe="")
+    admin("PUT", f"vhosts/{v}")
+    admin("PUT", f"users/{user}", {"password": USER_PASSWORD, "tags": "monitoring"})
+    admin("PUT", f"permissions/{v}/{user}", {"configure": "^crm\\.", "write": ".*", "read": ".*"})
+    admin(
+        "PUT",
+        f"topic-permissions/{v}/{user}",
+        {"exchange": "amq.topic", "write": "^crm\\.", "read": ".*"},
+    )
+    admin(
+        "PUT",
+        f"policies/{v}/crm-ttl",
+        {
+            "pattern": "^crm\\.",
+            "apply-to": "queues",
+            "definition": {"message-ttl": 60000},
+            "priority": 1,
+        },
+    )
+    admin("PUT", f"exchanges/{v}/crm.events", {"type": "topic", "durable": True})
+    admin("PUT", f"exchanges/{v}/crm.dlx", {"type": "fanout", "durable": True})
+    admin(
+        "PUT",
+        f"queues/{v}/crm.classic",
+        {"durable": True, "arguments": {"x-max-length": 1000, "x-dead-letter-exchange": "crm.dlx"}},
+    )
+    admin(
+        "PUT",
+        f"queues/{v}/crm.quorum",
+        {"durable": True, "arguments": {"x-queue-type": "quorum", "x-delivery-limit": 5}},
+    )
+    admin("POST", f"bindings/{v}/e/crm.events/q/crm.classic", {"routing_key": "contact.*"})
+    admin(
+        "POST",
+        f"bindings/{v}/e/crm.events/q/crm.quorum",
+        {"routing_key": "deal.#", "arguments": {"x-match": "all"}},
+    )
+    try:
+        yield vhost, user
+    finally:
+        requests.delete(f"{MANAGEMENT}/api/vhosts/{v}", auth=("guest", "guest"), timeout=30)
+        requests.delete(f"{MANAGEMENT}/api/users/{user}", auth=("guest", "guest"), timeout=30)
+
+
+def vhost_state(vhost: str) -> dict:
+    """The broker's definitions of one vhost and its users, in a comparable order."""
+    part = only_vhost(admin("GET", "definitions").json(), vhost)
+    return {
+        section: sorted(json.dumps(item, sort_keys=True) for item in items)
+        for section, items in part.items()
+    }
+
+
+def run_backup_job():
+    defs = build_definitions(load_settings())
+    return defs.resolve_job_def("rabbitmq_backup_job").execute_in_process(
+        instance=DagsterInstance.ephemeral(), raise_on_error=False
+    )
+
+
+def test_deleted_topology_comes_back_and_the_user_logs_in(store_env, crm_topology, capsys):
+    vhost, user = crm_topology
+    before = vhost_state(vhost)
+    assert len(before["queues"]) == 2 and len(before["bindings"]) == 2 and before["users"]
+    password_hash = json.loads(before["users"][0])["password_hash"]
+
+    result = run_backup_job()
+    assert result.success
+    [materialization] = result.asset_materializations_for_node("rabbitmq_backup")
+    metadata = {key: value.value for key, value in materialization.metadata.items()}
+    assert metadata["vhosts"] >= 2 and metadata["queues"] >= 2 and metadata["policies"] >= 1
+    assert metadata["broker_version"].startswith("3.")
+    every_log = " ".join(str(event.message) for event in result.all_events)
+    assert password_hash not in json.dumps(metadata, default=str) + every_log
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert checks["integrity"].passed and checks["definitions_structure"].passed
+    assert main(["verify", "rabbitmq", "--deep"]) == 0
+
+    admin("DELETE", f"vhosts/{quote(vhost, safe='')}")
+    admin("DELETE", f"users/{user}")
+    assert main(["restore", "rabbitmq", "--management-url", MANAGEMENT, "--vhost", vhost]) == 0
+    assert vhost_state(vhost) == before
+    connection = pika.BlockingConnection(
+        pika.URLParameters(f"amqp://{user}:{USER_PASSWORD}@127.0.0.1:5672/{quote(vhost, safe='')}")
+    )
+    channel = connection.channel()
+    channel.basic_publish("crm.events", "deal.won", b"restored")
+    connection.close()
+    output = capsys.readouterr()
+    assert password_hash not in output.out + output.err
+
+
+def test_full_restore_needs_force_on_a_broker_with_objects(backup_env, crm_topology, capsys):
+    vhost, _ = crm_topology
+    assert run_backup_job().success
+    command = ["restore", "rabbitmq", "--management-url", MANAGEMENT]
+    assert main(command) == 1
+    assert f"already has objects in '{vhost}' (2 queues, 2 exchanges)" in capsys.readouterr().err
+    assert main([*command, "--force"]) == 0
+
+
+def test_wrong_credentials_fail_the_run_at_once(backup_env, monkeypatch):
+    monkeypatch.setenv("BACKUP_RABBITMQ_ADMIN_PASSWORD", "wrong-admin-pw")
+    result = run_backup_job()
+    assert not result.success
+    failures = [event for event in result.all_events if event.is_step_failure]
+    assert len(failures) == 1 and not any(e.is_step_up_for_retry for e in result.all_events)
+    message = str(failures[0].step_failure_data.user_failure_data.description)
+    assert "rejected user 'guest'; check BACKUP_RABBITMQ_ADMIN_USER" in message
+    assert "wrong-admin-pw" not in message
+    assert store_from_settings(load_settings()).list_snapshots("rabbitmq") == []
+
+
+def test_unreachable_management_api_is_a_clear_retryable_error(staging_dir):
+    api = ManagementApi("http://127.0.0.1:1", "guest", "admin-pw-never-shown")
+    with pytest.raises(RabbitUnavailable) as failure:
+        with stage(staging_dir, "rabbitmq", RUN_ID) as staged:
+            dump_definitions(staged, api)
+    assert "cannot reach the RabbitMQ management API at http://127.0.0.1:1" in str(failure.value)
+    assert "admin-pw-never-shown" not in str(failure.value)
+    assert list((staging_dir / "rabbitmq").iterdir()) == []
+
+
+def test_deep_verify_finds_definitions_that_do_not_parse(backup_env, capsys):
+    settings = load_settings()
+    store = store_from_settings(settings)
+    commit_snapshot(
+        store, settings.staging_dir, {"definitions.json": b'{"vhosts": [trunc'}, source="rabbitmq"
+    )
+    assert main(["verify", "rabbitmq", "--deep"]) == 1
+    assert "is not JSON" in capsys.readouterr().err
+    commit_snapshot(
+        store,
+        settings.staging_dir,
+        {"definitions.json": b'{"vhosts": []}'},
+        source="rabbitmq",
+        run_id="ffffffff-run",
+    )
+    assert main(["verify", "rabbitmq", "--deep"]) == 1
+    assert "definitions.json has no 'users' list" in capsys.readouterr().err
