@@ -19,12 +19,15 @@ from dagster import (
 
 from backup_pipelines.errors import ConfigurationError
 from backup_pipelines.resources import (
+    ConsulResource,
     PostgresResource,
     RabbitMQResource,
     RedisResource,
     SnapshotPipeline,
 )
 from backup_pipelines.snapshot.staging import StagedSnapshot
+from backup_pipelines.sources.consul.api import ConsulRefused
+from backup_pipelines.sources.consul.dump import dump_consul
 from backup_pipelines.sources.postgres.cluster import PostgresRefused
 from backup_pipelines.sources.postgres.dump import dump_cluster
 from backup_pipelines.sources.rabbitmq.api import RabbitRefused
@@ -90,5 +93,23 @@ def rabbitmq_backup(
         with snapshot_pipeline.stage(context, "rabbitmq") as staged:
             dump_definitions(staged, rabbitmq.api(), log=context.log.info)
     except RabbitRefused as exc:
+        raise Failure(description=str(exc), allow_retries=False) from None
+    return staged
+
+
+@asset(
+    group_name="backups",
+    kinds={"consul"},
+    pool="consul",
+    retry_policy=TRANSIENT_RETRIES,
+    description="Consul's snapshot archive (the whole Raft state) and a JSON export of the KV.",
+)
+def consul_backup(
+    context: AssetExecutionContext, snapshot_pipeline: SnapshotPipeline, consul: ConsulResource
+) -> StagedSnapshot:
+    try:
+        with snapshot_pipeline.stage(context, "consul") as staged:
+            dump_consul(staged, consul.api(), log=context.log.info)
+    except ConsulRefused as exc:
         raise Failure(description=str(exc), allow_retries=False) from None
     return staged

@@ -24,6 +24,7 @@ from backup_pipelines.resources import PostgresResource, SnapshotPipeline
 from backup_pipelines.snapshot.encryption import identities_for
 from backup_pipelines.snapshot.reader import verify_snapshot
 from backup_pipelines.snapshot.store import LATEST, SnapshotStore, StoredSnapshot
+from backup_pipelines.sources.consul.restore import check_snapshot as check_consul_snapshot
 from backup_pipelines.sources.postgres.restore import restore_drill as postgres_drill
 from backup_pipelines.sources.rabbitmq.restore import check_definitions
 from backup_pipelines.sources.redis.restore import restore_drill as redis_drill
@@ -184,3 +185,33 @@ def rabbitmq_structure_check(asset: AssetsDefinition) -> AssetChecksDefinition:
         )
 
     return _structure
+
+
+def consul_archive_check(asset: AssetsDefinition) -> AssetChecksDefinition:
+    """Consul's archive is a gzip'd tar whose SHA256SUMS match, and the KV export parses."""
+
+    @asset_check(
+        asset=asset,
+        name="archive_structure",
+        description="Opens the latest snapshot: Consul's archive must be a gzip'd tar whose "
+        "SHA256SUMS match its members, and the KV export must parse with the recorded key count.",
+    )
+    def _archive(
+        context: AssetCheckExecutionContext,
+        io_manager: ResourceParam[SnapshotIOManager],
+        snapshot_pipeline: SnapshotPipeline,
+    ) -> AssetCheckResult:
+        store, snapshot, identities = drill_inputs(context, io_manager, snapshot_pipeline, asset)
+        problems = check_consul_snapshot(
+            store, snapshot, identities, snapshot_pipeline.work_dir("check")
+        )
+        return AssetCheckResult(
+            passed=not problems,
+            severity=AssetCheckSeverity.ERROR,
+            metadata={
+                "snapshot_id": snapshot.snapshot_id,
+                "problems": MetadataValue.json(problems),
+            },
+        )
+
+    return _archive

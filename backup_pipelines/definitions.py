@@ -9,8 +9,9 @@ import os
 
 from dagster import AssetSelection, Definitions, EnvVar, define_asset_job, in_process_executor
 
-from backup_pipelines.assets import postgres_backup, rabbitmq_backup, redis_backup
+from backup_pipelines.assets import consul_backup, postgres_backup, rabbitmq_backup, redis_backup
 from backup_pipelines.checks import (
+    consul_archive_check,
     integrity_check,
     postgres_restore_drill,
     rabbitmq_structure_check,
@@ -18,6 +19,7 @@ from backup_pipelines.checks import (
 )
 from backup_pipelines.io_managers import io_manager_from_settings
 from backup_pipelines.resources import (
+    ConsulResource,
     PostgresResource,
     RabbitMQResource,
     RedisResource,
@@ -36,7 +38,7 @@ def secret_config(field: str) -> str | EnvVar:
     return getattr(BackupSettings.model_fields[field].default, "get_secret_value", lambda: "")()
 
 
-backup_assets = [postgres_backup, redis_backup, rabbitmq_backup]
+backup_assets = [postgres_backup, redis_backup, rabbitmq_backup, consul_backup]
 
 backup_all_job = define_asset_job(
     "backup_all_job",
@@ -59,6 +61,7 @@ def build_definitions(settings: BackupSettings) -> Definitions:
     asset_checks = [integrity_check(asset) for asset in backup_assets]
     asset_checks.append(redis_restore_drill(redis_backup))
     asset_checks.append(rabbitmq_structure_check(rabbitmq_backup))
+    asset_checks.append(consul_archive_check(consul_backup))
     if settings.postgres_restore_drill:
         asset_checks.append(postgres_restore_drill(postgres_backup))
     identity_file = settings.age_identity_file
@@ -87,6 +90,9 @@ def build_definitions(settings: BackupSettings) -> Definitions:
                 management_url=settings.rabbitmq_management_url,
                 admin_user=settings.rabbitmq_admin_user,
                 admin_password=secret_config("rabbitmq_admin_password"),
+            ),
+            "consul": ConsulResource(
+                http_addr=settings.consul_http_addr, token=secret_config("consul_token") or None
             ),
         },
     )

@@ -9,6 +9,7 @@ from dagster import AssetExecutionContext, ConfigurableResource
 
 from backup_pipelines.snapshot.encryption import parse_recipients
 from backup_pipelines.snapshot.staging import StagedSnapshot, stage
+from backup_pipelines.sources.consul.api import ConsulApi
 from backup_pipelines.sources.postgres.cluster import Cluster
 from backup_pipelines.sources.rabbitmq.api import ManagementApi
 from backup_pipelines.sources.redis.server import RedisServer
@@ -82,3 +83,13 @@ class RabbitMQResource(ConfigurableResource):
 
     def api(self) -> ManagementApi:
         return ManagementApi(self.management_url, self.admin_user, self.admin_password)
+
+
+class ConsulResource(ConfigurableResource):
+    """The Consul agent; the ACL token comes as an `EnvVar` and travels only in a header."""
+
+    http_addr: str
+    token: str | None = None
+
+    def api(self) -> ConsulApi:
+        return ConsulApi(self.http_addr, self.token or None)

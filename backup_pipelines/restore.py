@@ -25,9 +25,7 @@ from backup_pipelines.sources import RestoreRequest, registered_sources
 
 
 class RestoreConfig(Config):
-    source: str = Field(
-        description="postgres, redis or rabbitmq (others as their restores are added)"
-    )
+    source: str = Field(description="postgres, redis, rabbitmq or consul")
     snapshot: str = Field(LATEST, description="a snapshot id, or latest")
     target: str | None = Field(
         None, description="postgres: a DSN without password; redis: a redis:// URL"
@@ -37,6 +35,9 @@ class RestoreConfig(Config):
     include_globals: bool = Field(False, description="postgres: create the roles first")
     output_dir: str | None = Field(None, description="redis: write the RDB files here instead")
     vhost: str | None = Field(None, description="rabbitmq: restore this vhost only")
+    snapshot_restore: bool = Field(
+        False, description="consul: upload Consul's own archive instead of the KV store"
+    )
 
 
 @op
@@ -57,6 +58,7 @@ def restore_snapshot(
         "include_globals": config.include_globals,
         "output_dir": config.output_dir,
         "vhost": config.vhost,
+        "snapshot_restore": config.snapshot_restore,
     }
     request = RestoreRequest(
         snapshot=config.snapshot,

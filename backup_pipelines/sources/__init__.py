@@ -46,7 +46,7 @@ class SourceCommands:
 
 def registered_sources() -> dict[str, SourceCommands]:
     """Sources whose restore and deep checks exist, by name."""
-    from backup_pipelines.sources import postgres, rabbitmq, redis  # they import this module
+    from backup_pipelines.sources import consul, postgres, rabbitmq, redis  # they import us
 
-    sources = (postgres.COMMANDS, redis.COMMANDS, rabbitmq.COMMANDS)
+    sources = (postgres.COMMANDS, redis.COMMANDS, rabbitmq.COMMANDS, consul.COMMANDS)
     return {source.name: source for source in sources}
