@@ -20,6 +20,7 @@ from dagster import (
 from backup_pipelines.errors import ConfigurationError
 from backup_pipelines.resources import (
     ConsulResource,
+    DocumentsResource,
     PostgresResource,
     RabbitMQResource,
     RedisResource,
@@ -28,6 +29,7 @@ from backup_pipelines.resources import (
 from backup_pipelines.snapshot.staging import StagedSnapshot
 from backup_pipelines.sources.consul.api import ConsulRefused
 from backup_pipelines.sources.consul.dump import dump_consul
+from backup_pipelines.sources.documents.backup import backup_documents
 from backup_pipelines.sources.postgres.cluster import PostgresRefused
 from backup_pipelines.sources.postgres.dump import dump_cluster
 from backup_pipelines.sources.rabbitmq.api import RabbitRefused
@@ -111,5 +113,26 @@ def consul_backup(
         with snapshot_pipeline.stage(context, "consul") as staged:
             dump_consul(staged, consul.api(), log=context.log.info)
     except ConsulRefused as exc:
+        raise Failure(description=str(exc), allow_retries=False) from None
+    return staged
+
+
+@asset(
+    group_name="backups",
+    kinds={"restic"},
+    pool="documents",
+    retry_policy=TRANSIENT_RETRIES,
+    description="The documents tree, incremental and deduplicated in a restic repository kept "
+    "in the same store.",
+)
+def documents_backup(
+    context: AssetExecutionContext,
+    snapshot_pipeline: SnapshotPipeline,
+    documents: DocumentsResource,
+) -> StagedSnapshot:
+    try:
+        with snapshot_pipeline.stage(context, "documents") as staged:
+            backup_documents(staged, documents.root_path, documents.restic(), log=context.log.info)
+    except ConfigurationError as exc:
         raise Failure(description=str(exc), allow_retries=False) from None
     return staged

@@ -20,11 +20,12 @@ from pyrage import x25519
 
 from backup_pipelines.errors import IntegrityError
 from backup_pipelines.io_managers import SnapshotIOManager, source_of
-from backup_pipelines.resources import PostgresResource, SnapshotPipeline
+from backup_pipelines.resources import DocumentsResource, PostgresResource, SnapshotPipeline
 from backup_pipelines.snapshot.encryption import identities_for
 from backup_pipelines.snapshot.reader import verify_snapshot
 from backup_pipelines.snapshot.store import LATEST, SnapshotStore, StoredSnapshot
 from backup_pipelines.sources.consul.restore import check_snapshot as check_consul_snapshot
+from backup_pipelines.sources.documents.restore import check_repository
 from backup_pipelines.sources.postgres.restore import restore_drill as postgres_drill
 from backup_pipelines.sources.rabbitmq.restore import check_definitions
 from backup_pipelines.sources.redis.restore import restore_drill as redis_drill
@@ -215,3 +216,47 @@ def consul_archive_check(asset: AssetsDefinition) -> AssetChecksDefinition:
         )
 
     return _archive
+
+
+def restic_checks(asset: AssetsDefinition, read_data_subset: str) -> list[AssetChecksDefinition]:
+    """The snapshot's restic id exists; `restic check` reads a random subset of the data."""
+
+    def _result(context, io_manager, documents, read_data) -> AssetCheckResult:
+        store = io_manager.build_store()
+        snapshot = snapshot_under_check(context, store, asset.key)
+        problems = check_repository(snapshot, documents.restic(), read_data)
+        return AssetCheckResult(
+            passed=not problems,
+            severity=AssetCheckSeverity.ERROR,
+            metadata={
+                "snapshot_id": snapshot.snapshot_id,
+                "problems": MetadataValue.json(problems),
+            },
+        )
+
+    @asset_check(
+        asset=asset,
+        name="restic_snapshot_exists",
+        description="The restic snapshot the latest snapshot points at is in the repository.",
+    )
+    def _exists(
+        context: AssetCheckExecutionContext,
+        io_manager: ResourceParam[SnapshotIOManager],
+        documents: DocumentsResource,
+    ) -> AssetCheckResult:
+        return _result(context, io_manager, documents, None)
+
+    @asset_check(
+        asset=asset,
+        name="restic_check",
+        description=f"restic check of the repository, reading a random {read_data_subset} of its "
+        "data each run, so every pack is read within about a month of nightly runs.",
+    )
+    def _check(
+        context: AssetCheckExecutionContext,
+        io_manager: ResourceParam[SnapshotIOManager],
+        documents: DocumentsResource,
+    ) -> AssetCheckResult:
+        return _result(context, io_manager, documents, read_data_subset)
+
+    return [_exists, _check]

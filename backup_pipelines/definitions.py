@@ -9,17 +9,25 @@ import os
 
 from dagster import AssetSelection, Definitions, EnvVar, define_asset_job, in_process_executor
 
-from backup_pipelines.assets import consul_backup, postgres_backup, rabbitmq_backup, redis_backup
+from backup_pipelines.assets import (
+    consul_backup,
+    documents_backup,
+    postgres_backup,
+    rabbitmq_backup,
+    redis_backup,
+)
 from backup_pipelines.checks import (
     consul_archive_check,
     integrity_check,
     postgres_restore_drill,
     rabbitmq_structure_check,
     redis_restore_drill,
+    restic_checks,
 )
 from backup_pipelines.io_managers import io_manager_from_settings
 from backup_pipelines.resources import (
     ConsulResource,
+    DocumentsResource,
     PostgresResource,
     RabbitMQResource,
     RedisResource,
@@ -27,6 +35,9 @@ from backup_pipelines.resources import (
 )
 from backup_pipelines.restore import restore_job
 from backup_pipelines.settings import BackupSettings, env_name, load_settings
+from backup_pipelines.sources.documents.backup import repository_location
+
+RESTIC_READ_DATA_SUBSET = "5%"  # every pack read within about a month of nightly checks
 
 
 def secret_config(field: str) -> str | EnvVar:
@@ -38,7 +49,7 @@ def secret_config(field: str) -> str | EnvVar:
     return getattr(BackupSettings.model_fields[field].default, "get_secret_value", lambda: "")()
 
 
-backup_assets = [postgres_backup, redis_backup, rabbitmq_backup, consul_backup]
+backup_assets = [postgres_backup, redis_backup, rabbitmq_backup, consul_backup, documents_backup]
 
 backup_all_job = define_asset_job(
     "backup_all_job",
@@ -62,6 +73,7 @@ def build_definitions(settings: BackupSettings) -> Definitions:
     asset_checks.append(redis_restore_drill(redis_backup))
     asset_checks.append(rabbitmq_structure_check(rabbitmq_backup))
     asset_checks.append(consul_archive_check(consul_backup))
+    asset_checks.extend(restic_checks(documents_backup, RESTIC_READ_DATA_SUBSET))
     if settings.postgres_restore_drill:
         asset_checks.append(postgres_restore_drill(postgres_backup))
     identity_file = settings.age_identity_file
@@ -93,6 +105,14 @@ def build_definitions(settings: BackupSettings) -> Definitions:
             ),
             "consul": ConsulResource(
                 http_addr=settings.consul_http_addr, token=secret_config("consul_token") or None
+            ),
+            "documents": DocumentsResource(
+                root=str(settings.documents_root) if settings.documents_root else None,
+                repository=repository_location(settings),
+                restic_password=secret_config("restic_password"),
+                s3_access_key=EnvVar("BACKUP_S3_ACCESS_KEY") if settings.s3_enabled else None,
+                s3_secret_key=EnvVar("BACKUP_S3_SECRET_KEY") if settings.s3_enabled else None,
+                s3_region=settings.s3_region,
             ),
         },
     )

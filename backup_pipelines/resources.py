@@ -7,9 +7,11 @@ from pathlib import Path
 
 from dagster import AssetExecutionContext, ConfigurableResource
 
+from backup_pipelines.errors import ConfigurationError
 from backup_pipelines.snapshot.encryption import parse_recipients
 from backup_pipelines.snapshot.staging import StagedSnapshot, stage
 from backup_pipelines.sources.consul.api import ConsulApi
+from backup_pipelines.sources.documents.restic import ResticRepository
 from backup_pipelines.sources.postgres.cluster import Cluster
 from backup_pipelines.sources.rabbitmq.api import ManagementApi
 from backup_pipelines.sources.redis.server import RedisServer
@@ -93,3 +95,29 @@ class ConsulResource(ConfigurableResource):
 
     def api(self) -> ConsulApi:
         return ConsulApi(self.http_addr, self.token or None)
+
+
+class DocumentsResource(ConfigurableResource):
+    """The documents tree and its restic repository; password and S3 keys come as `EnvVar`s."""
+
+    root: str | None = None
+    repository: str
+    restic_password: str = ""
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    s3_region: str = "us-east-1"
+
+    @property
+    def root_path(self) -> Path | None:
+        return Path(self.root) if self.root else None
+
+    def restic(self) -> ResticRepository:
+        if not self.restic_password:
+            raise ConfigurationError("BACKUP_RESTIC_PASSWORD is required for the documents source")
+        return ResticRepository(
+            self.repository,
+            self.restic_password,
+            self.s3_access_key or None,
+            self.s3_secret_key or None,
+            self.s3_region,
+        )

@@ -46,7 +46,7 @@ class SourceCommands:
 
 def registered_sources() -> dict[str, SourceCommands]:
     """Sources whose restore and deep checks exist, by name."""
-    from backup_pipelines.sources import consul, postgres, rabbitmq, redis  # they import us
+    from backup_pipelines.sources import consul, documents, postgres, rabbitmq, redis
 
-    sources = (postgres.COMMANDS, redis.COMMANDS, rabbitmq.COMMANDS, consul.COMMANDS)
-    return {source.name: source for source in sources}
+    sources = (postgres, redis, rabbitmq, consul, documents)  # each imports this module
+    return {source.COMMANDS.name: source.COMMANDS for source in sources}

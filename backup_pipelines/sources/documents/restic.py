@@ -1,0 +1,149 @@
+"""restic, driven as a tool: one repository per store, next to the other sources' snapshots.
+
+restic does what a documents tree needs and a full copy cannot: content-
+defined chunking, deduplication, encryption, and incremental backups that
+only send what changed. Its password (and S3 keys) reach it only through
+its environment, never on a command line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from backup_pipelines.errors import BackupError, ConfigurationError
+from backup_pipelines.processes import describe_exit, not_installed, run_tool, stderr_tail
+
+PROGRESS_EVERY_S = 10.0
+HOST_TAG = "backup-pipelines"
+
+
+@dataclass(frozen=True)
+class ResticRepository:
+    """Where the repository is (a path or `s3:<endpoint>/<bucket>/<prefix>`), and how to open it."""
+
+    location: str
+    password: str = field(repr=False)
+    s3_access_key: str | None = field(default=None, repr=False)
+    s3_secret_key: str | None = field(default=None, repr=False)
+    s3_region: str = "us-east-1"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(RESTIC_REPOSITORY=self.location, RESTIC_PASSWORD=self.password)
+        if self.s3_access_key and self.s3_secret_key:
+            env.update(
+                AWS_ACCESS_KEY_ID=self.s3_access_key,
+                AWS_SECRET_ACCESS_KEY=self.s3_secret_key,
+                AWS_DEFAULT_REGION=self.s3_region,
+            )
+        return env
+
+    def secrets(self) -> list[str | None]:
+        return [self.password, self.s3_access_key, self.s3_secret_key]
+
+    def run(self, *args: str, label: str) -> str:
+        return run_tool(["restic", *args], label=label, env=self.env(), secrets=self.secrets())
+
+    def ensure_initialised(self, log: Callable[[str], None]) -> None:
+        """Create the repository on first use; never over one whose password does not match."""
+        try:
+            self.run("cat", "config", label="opening the restic repository")
+            return
+        except BackupError as exc:
+            if "wrong password" in str(exc):
+                raise ConfigurationError(
+                    f"BACKUP_RESTIC_PASSWORD does not open the restic repository at {self.location}"
+                ) from None
+            if "Is there a repository" not in str(exc) and "does not exist" not in str(exc):
+                raise
+        log(f"initialising the restic repository at {self.location}")
+        self.run("init", label=f"restic init at {self.location}")
+
+    def backup(self, root: str, tag: str, log: Callable[[str], None]) -> dict[str, Any]:
+        """`restic backup --json`; progress to `log` every few seconds; returns the summary."""
+        argv = ["restic", "backup", "--json", "--host", HOST_TAG, "--tag", tag, root]
+        with tempfile.TemporaryFile() as stderr:
+            try:
+                process = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=stderr,
+                    env=self.env(),
+                    text=True,
+                )
+            except FileNotFoundError:
+                raise not_installed("restic backup", "restic") from None
+            assert process.stdout is not None
+            summary = _follow(process.stdout, log)
+            returncode = process.wait()
+            if returncode == 3 and summary is not None:  # partial: not a snapshot of ours
+                self.run("forget", summary["snapshot_id"], label="restic forget (partial)")
+            if returncode != 0 or summary is None:
+                # restic exits 3 when some files could not be read: the snapshot would
+                # silently miss them, so it does not count.
+                raise BackupError(
+                    f"restic backup of {root} failed ({describe_exit(returncode)}): "
+                    f"{stderr_tail(stderr, self.secrets()) or 'no summary from restic'}"
+                )
+        summary["snapshot_id"] = self.full_id(summary["snapshot_id"])
+        return summary
+
+    def full_id(self, short_id: str) -> str:
+        listed = json.loads(self.run("snapshots", "--json", short_id, label="restic snapshots"))
+        if len(listed) != 1:
+            raise BackupError(f"restic snapshot {short_id} is not in {self.location}")
+        return listed[0]["id"]
+
+    def snapshot_exists(self, snapshot_id: str) -> bool:
+        try:
+            self.run("cat", "snapshot", snapshot_id, label=f"restic cat snapshot {snapshot_id}")
+        except BackupError:
+            return False
+        return True
+
+    def check(self, read_data: str | None) -> str:
+        """`restic check`, reading all data (`"100%"`), a subset (`"5%"`), or none."""
+        args = ["check", f"--read-data-subset={read_data}"] if read_data else ["check"]
+        return self.run(*args, label=f"restic check of {self.location}")
+
+    def restore(self, snapshot_id: str, target: str) -> None:
+        self.run("restore", snapshot_id, "--target", target, label=f"restic restore {snapshot_id}")
+
+    def forget(self, snapshot_ids: Sequence[str]) -> None:
+        """Drop exactly these snapshots, then the data only they used (retention's hook)."""
+        if not snapshot_ids:
+            return
+        self.run("forget", *snapshot_ids, label="restic forget")
+        self.run("prune", label="restic prune")
+
+
+def _follow(lines: Any, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """Read restic's JSON lines: report progress now and then, return the summary."""
+    summary = None
+    next_report = time.monotonic() + PROGRESS_EVERY_S
+    for line in lines:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            continue
+        kind = message.get("message_type")
+        if kind == "summary":
+            summary = message
+        elif kind == "status" and time.monotonic() >= next_report:
+            done = message.get("percent_done", 0) * 100
+            log(
+                f"restic: {done:.0f}% ({message.get('files_done', 0)} of "
+                f"{message.get('total_files', '?')} files)"
+            )
+            next_report = time.monotonic() + PROGRESS_EVERY_S
+        elif kind == "error":
+            log(f"restic could not read {message.get('item')}: {message.get('error', {})}")
+    return summary

@@ -1,0 +1,156 @@
+"""Documents with restic: incremental backups of a real tree, restored exactly, on both stores."""
+
+import hashlib
+import os
+import random
+import stat
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance
+
+from backup_pipelines.cli import main
+from backup_pipelines.definitions import build_definitions
+from backup_pipelines.settings import load_settings
+from backup_pipelines.snapshot import store_from_settings
+
+RESTIC_PASSWORD = "restic-pw-never-shown"
+
+
+def build_tree(root: Path) -> None:
+    """2,500 files: unicode names, nesting, empty file and dir, symlink, modes, a 30 MB one."""
+    rng = random.Random(3)
+    for n in range(2500):
+        folder = root / f"клиенты-{n % 25:02d}" / f"年-{n % 7}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"договор №{n} — ü.txt").write_bytes(rng.randbytes(rng.randint(50, 3000)))
+    (root / "empty.txt").touch()
+    (root / "empty-dir" / "nested-empty").mkdir(parents=True)
+    (root / "secret.key").write_text("private")
+    (root / "secret.key").chmod(0o600)
+    (root / "run.sh").write_text("#!/bin/sh\necho hi\n")
+    (root / "run.sh").chmod(0o755)
+    (root / "latest-contract").symlink_to("клиенты-01/年-1/договор №1 — ü.txt")
+    (root / "scan.pdf").write_bytes(rng.randbytes(30 << 20))
+
+
+def change_one_percent(root: Path) -> None:
+    files = sorted(p for p in root.rglob("*.txt") if p.stat().st_size)
+    for path in files[::100]:
+        with path.open("ab") as out:
+            out.write(b" appended")
+    files[1].unlink()
+    (root / "клиенты-00" / "new contract.txt").write_text("new")
+
+
+def tree_state(root: Path) -> dict[str, tuple]:
+    state = {}
+    for path in sorted(root.rglob("*")):
+        info = path.lstat()
+        mode = stat.S_IMODE(info.st_mode)
+        key = str(path.relative_to(root))
+        if path.is_symlink():
+            state[key] = ("link", os.readlink(path))
+        elif path.is_dir():
+            state[key] = ("dir", mode)
+        else:
+            state[key] = ("file", mode, hashlib.sha256(path.read_bytes()).hexdigest())
+    state["."] = ("dir", stat.S_IMODE(root.stat().st_mode))
+    return state
+
+
+@pytest.fixture
+def documents_root(store_env, tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "documents"
+    build_tree(root)
+    monkeypatch.setenv("BACKUP_DOCUMENTS_ROOT", str(root))
+    monkeypatch.setenv("BACKUP_RESTIC_PASSWORD", RESTIC_PASSWORD)
+    return root
+
+
+def run_backup_job():
+    defs = build_definitions(load_settings())
+    return defs.resolve_job_def("documents_backup_job").execute_in_process(
+        instance=DagsterInstance.ephemeral(), raise_on_error=False
+    )
+
+
+def metadata_of(result) -> dict:
+    [materialization] = result.asset_materializations_for_node("documents_backup")
+    return {key: value.value for key, value in materialization.metadata.items()}
+
+
+def test_incremental_backups_restore_each_tree_exactly(documents_root, tmp_path, capsys):
+    first_state = tree_state(documents_root)
+    first = run_backup_job()
+    assert first.success
+    checks = {c.check_name: c for c in first.get_asset_check_evaluations()}
+    assert checks["integrity"].passed and checks["restic_snapshot_exists"].passed
+    assert checks["restic_check"].passed
+    first_meta = metadata_of(first)
+    assert first_meta["files_new"] == 2504 and first_meta["data_added"] > 30 << 20
+
+    change_one_percent(documents_root)
+    second_state = tree_state(documents_root)
+    second = run_backup_job()
+    assert second.success
+    second_meta = metadata_of(second)
+    assert second_meta["files_changed"] == 25 and second_meta["files_new"] == 1
+    assert second_meta["data_added"] < first_meta["data_added"] / 50
+
+    for meta, state in ((first_meta, first_state), (second_meta, second_state)):
+        target = tmp_path / f"restored-{meta['snapshot_id']}"
+        command = [
+            "restore",
+            "documents",
+            "--snapshot",
+            meta["snapshot_id"],
+            "--target-dir",
+            str(target),
+        ]
+        assert main(command) == 0
+        assert tree_state(target) == state
+    assert main(["verify", "documents", "--deep"]) == 0
+    output = capsys.readouterr()
+    assert RESTIC_PASSWORD not in output.out + output.err
+    every_log = " ".join(str(e.message) for e in first.all_events + second.all_events)
+    assert RESTIC_PASSWORD not in every_log
+
+
+def test_restore_refuses_a_non_empty_directory_without_force(documents_root, tmp_path, capsys):
+    assert run_backup_job().success
+    target = tmp_path / "occupied"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    assert main(["restore", "documents", "--target-dir", str(target)]) == 1
+    assert "is not empty; add --force" in capsys.readouterr().err
+    assert (target / "keep.txt").read_text() == "mine"
+    assert main(["restore", "documents", "--target-dir", str(target), "--force"]) == 0
+    assert tree_state(target) == tree_state(documents_root)
+
+
+def test_missing_password_or_root_is_a_configuration_error(backup_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("BACKUP_DOCUMENTS_ROOT", str(tmp_path))
+    result = run_backup_job()
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    assert "BACKUP_RESTIC_PASSWORD is required" in str(
+        failure.step_failure_data.user_failure_data.description
+    )
+    monkeypatch.setenv("BACKUP_RESTIC_PASSWORD", RESTIC_PASSWORD)
+    monkeypatch.setenv("BACKUP_DOCUMENTS_ROOT", str(tmp_path / "nowhere"))
+    result = run_backup_job()
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    assert "BACKUP_DOCUMENTS_ROOT" in str(failure.step_failure_data.user_failure_data.description)
+    assert store_from_settings(load_settings()).list_snapshots("documents") == []
+
+
+def test_a_wrong_password_never_initialises_a_second_repository(documents_root, monkeypatch):
+    assert run_backup_job().success
+    monkeypatch.setenv("BACKUP_RESTIC_PASSWORD", "not-the-password")
+    result = run_backup_job()
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    message = str(failure.step_failure_data.user_failure_data.description)
+    assert "BACKUP_RESTIC_PASSWORD does not open the restic repository" in message
+    assert len(store_from_settings(load_settings()).list_snapshots("documents")) == 1
