@@ -53,3 +53,4 @@ bench: install services
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/postgres.py
 	$(BIN)/python bench/redis_rdb.py
+	$(BIN)/python bench/documents.py

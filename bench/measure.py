@@ -24,8 +24,7 @@ asset = getattr(assets, sys.argv[1])
 result = materialize([asset], resources=build_definitions(load_settings()).resources,
                      instance=DagsterInstance.ephemeral())
 [event] = result.asset_materializations_for_node(sys.argv[1])
-print(json.dumps({"duration_s": event.metadata["duration_s"].value,
-                  "size_bytes": event.metadata["size_bytes"].value}))
+print(json.dumps({key: value.value for key, value in event.metadata.items()}, default=str))
 """
 
 
@@ -55,11 +54,13 @@ def timed(
     return elapsed, peak_kib, result.stdout.decode() if result.stdout else ""
 
 
-def materialize_asset(asset_name: str, env: Mapping[str, str]) -> tuple[float, int, int]:
-    """The asset's own snapshot time (its duration_s metadata), stored bytes and peak RSS."""
+def materialize_asset(
+    asset_name: str, env: Mapping[str, str], size_key: str = "size_bytes"
+) -> tuple[float, int, int]:
+    """The asset's own snapshot time (its duration_s metadata), a size figure and peak RSS."""
     _, peak, printed = timed([sys.executable, "-c", MATERIALIZE_CHILD, asset_name], env=env)
     figures = json.loads(printed.strip().splitlines()[-1])
-    return figures["duration_s"], figures["size_bytes"], peak
+    return figures["duration_s"], figures[size_key], peak
 
 
 def median_of(repeat: int, run: Run) -> tuple[float, int, int]:

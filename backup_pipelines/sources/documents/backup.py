@@ -64,7 +64,6 @@ def backup_documents(
         raise ConfigurationError(
             f"BACKUP_DOCUMENTS_ROOT ({root or 'unset'}) must name the documents directory"
         )
-    repository.ensure_initialised(log)
     log(f"restic backup of {root}")
     summary = repository.backup(str(root), staged.snapshot_id, log)
     record = {

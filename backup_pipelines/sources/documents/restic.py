@@ -51,11 +51,17 @@ class ResticRepository:
     def run(self, *args: str, label: str) -> str:
         return run_tool(["restic", *args], label=label, env=self.env(), secrets=self.secrets())
 
-    def ensure_initialised(self, log: Callable[[str], None]) -> None:
-        """Create the repository on first use; never over one whose password does not match."""
+    def backup(self, root: str, tag: str, log: Callable[[str], None]) -> dict[str, Any]:
+        """`restic backup --json`, creating the repository on first use; returns the summary.
+
+        Every restic run opens the repository, which costs a key derivation
+        (about half a second): so the backup is tried first and `init` runs
+        only when restic says there is no repository, never when the
+        password is wrong. The snapshot id kept is the one restic reports
+        (its short form), which restic resolves like the full one.
+        """
         try:
-            self.run("cat", "config", label="opening the restic repository")
-            return
+            return self._backup(root, tag, log)
         except BackupError as exc:
             if "wrong password" in str(exc):
                 raise ConfigurationError(
@@ -65,9 +71,9 @@ class ResticRepository:
                 raise
         log(f"initialising the restic repository at {self.location}")
         self.run("init", label=f"restic init at {self.location}")
+        return self._backup(root, tag, log)
 
-    def backup(self, root: str, tag: str, log: Callable[[str], None]) -> dict[str, Any]:
-        """`restic backup --json`; progress to `log` every few seconds; returns the summary."""
+    def _backup(self, root: str, tag: str, log: Callable[[str], None]) -> dict[str, Any]:
         argv = ["restic", "backup", "--json", "--host", HOST_TAG, "--tag", tag, root]
         with tempfile.TemporaryFile() as stderr:
             try:
@@ -93,14 +99,7 @@ class ResticRepository:
                     f"restic backup of {root} failed ({describe_exit(returncode)}): "
                     f"{stderr_tail(stderr, self.secrets()) or 'no summary from restic'}"
                 )
-        summary["snapshot_id"] = self.full_id(summary["snapshot_id"])
         return summary
-
-    def full_id(self, short_id: str) -> str:
-        listed = json.loads(self.run("snapshots", "--json", short_id, label="restic snapshots"))
-        if len(listed) != 1:
-            raise BackupError(f"restic snapshot {short_id} is not in {self.location}")
-        return listed[0]["id"]
 
     def snapshot_exists(self, snapshot_id: str) -> bool:
         try:
