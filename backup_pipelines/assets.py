@@ -1,11 +1,13 @@
 """One asset per backed-up system; each materialization is one complete snapshot.
 
 An asset stages its snapshot and returns it; the IO manager commits it to
-the store and records the metadata. Errors an operator must fix (a wrong
-password, a database that does not exist) fail at once; errors that may
-pass (a server restarting) are retried with backoff.
+the store, records the metadata and publishes `backup.completed`. Errors
+an operator must fix (a wrong password, a database that does not exist)
+fail at once; errors that may pass (a server restarting) are retried with
+backoff; a step that fails for good publishes `backup.failed`.
 """
 
+from collections.abc import Callable
 from pathlib import Path
 
 from dagster import (
@@ -18,6 +20,7 @@ from dagster import (
 )
 
 from backup_pipelines.errors import ConfigurationError
+from backup_pipelines.notifications import NotificationPublisher, event_body, publish_backup_failure
 from backup_pipelines.resources import (
     ConsulResource,
     DocumentsResource,
@@ -26,6 +29,7 @@ from backup_pipelines.resources import (
     RedisResource,
     SnapshotPipeline,
 )
+from backup_pipelines.settings import load_settings
 from backup_pipelines.snapshot.staging import StagedSnapshot
 from backup_pipelines.sources.consul.api import ConsulRefused
 from backup_pipelines.sources.consul.dump import dump_consul
@@ -38,101 +42,151 @@ from backup_pipelines.sources.redis.dump import dump_server
 from backup_pipelines.sources.redis.server import RedisRefused
 
 TRANSIENT_RETRIES = RetryPolicy(
-    max_retries=3, delay=30, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
+    max_retries=3,
+    delay=load_settings().retry_delay_s,  # 30, 60, 120 s by default
+    backoff=Backoff.EXPONENTIAL,
+    jitter=Jitter.PLUS_MINUS,
 )
+PERMANENT_ERRORS = (
+    ConfigurationError,
+    PostgresRefused,
+    RedisRefused,
+    RabbitRefused,
+    ConsulRefused,
+)
+BACKUP_ASSET = {
+    "group_name": "backups",
+    "retry_policy": TRANSIENT_RETRIES,
+    "hooks": {publish_backup_failure},
+}
 
 
-@asset(
-    group_name="backups",
-    kinds={"postgres"},
-    pool="postgres",
-    retry_policy=TRANSIENT_RETRIES,
-    description="Every database of the cluster (custom-format dumps) and its roles (globals.sql).",
-)
-def postgres_backup(
-    context: AssetExecutionContext, snapshot_pipeline: SnapshotPipeline, postgres: PostgresResource
+def run_backup(
+    context: AssetExecutionContext,
+    source: str,
+    snapshot_pipeline: SnapshotPipeline,
+    notifications: NotificationPublisher,
+    dump: Callable[[StagedSnapshot], None],
 ) -> StagedSnapshot:
+    """The shape every backup shares: announce, stage, dump, and say plainly what to fix."""
+    if context.retry_number == 0:
+        notifications.publish(event_body("backup.started", source, context.run.run_id))
     try:
-        with snapshot_pipeline.stage(context, "postgres") as staged:
-            dump_cluster(staged, postgres.cluster(), postgres.databases, log=context.log.info)
-    except (PostgresRefused, ConfigurationError) as exc:
+        with snapshot_pipeline.stage(context, source) as staged:
+            dump(staged)
+    except PERMANENT_ERRORS as exc:
         raise Failure(description=str(exc), allow_retries=False) from None
     return staged
 
 
 @asset(
-    group_name="backups",
+    **BACKUP_ASSET,
+    kinds={"postgres"},
+    pool="postgres",
+    description="Every database of the cluster (custom-format dumps) and its roles (globals.sql).",
+)
+def postgres_backup(
+    context: AssetExecutionContext,
+    snapshot_pipeline: SnapshotPipeline,
+    notifications: NotificationPublisher,
+    postgres: PostgresResource,
+) -> StagedSnapshot:
+    return run_backup(
+        context,
+        "postgres",
+        snapshot_pipeline,
+        notifications,
+        lambda staged: dump_cluster(
+            staged, postgres.cluster(), postgres.databases, log=context.log.info
+        ),
+    )
+
+
+@asset(
+    **BACKUP_ASSET,
     kinds={"redis"},
     pool="redis",
-    retry_policy=TRANSIENT_RETRIES,
     description="The RDB, taken over the replication protocol, and AOF files when the data "
     "dir is readable.",
 )
 def redis_backup(
-    context: AssetExecutionContext, snapshot_pipeline: SnapshotPipeline, redis: RedisResource
+    context: AssetExecutionContext,
+    snapshot_pipeline: SnapshotPipeline,
+    notifications: NotificationPublisher,
+    redis: RedisResource,
 ) -> StagedSnapshot:
     data_dir = Path(redis.data_dir) if redis.data_dir else None
-    try:
-        with snapshot_pipeline.stage(context, "redis") as staged:
-            dump_server(staged, redis.server(), data_dir, log=context.log.info)
-    except RedisRefused as exc:
-        raise Failure(description=str(exc), allow_retries=False) from None
-    return staged
+    return run_backup(
+        context,
+        "redis",
+        snapshot_pipeline,
+        notifications,
+        lambda staged: dump_server(staged, redis.server(), data_dir, log=context.log.info),
+    )
 
 
 @asset(
-    group_name="backups",
+    **BACKUP_ASSET,
     kinds={"rabbitmq"},
     pool="rabbitmq",
-    retry_policy=TRANSIENT_RETRIES,
     description="The broker's definitions: vhosts, users, permissions, parameters, policies, "
     "queues, exchanges and bindings (not messages).",
 )
 def rabbitmq_backup(
-    context: AssetExecutionContext, snapshot_pipeline: SnapshotPipeline, rabbitmq: RabbitMQResource
+    context: AssetExecutionContext,
+    snapshot_pipeline: SnapshotPipeline,
+    notifications: NotificationPublisher,
+    rabbitmq: RabbitMQResource,
 ) -> StagedSnapshot:
-    try:
-        with snapshot_pipeline.stage(context, "rabbitmq") as staged:
-            dump_definitions(staged, rabbitmq.api(), log=context.log.info)
-    except RabbitRefused as exc:
-        raise Failure(description=str(exc), allow_retries=False) from None
-    return staged
+    return run_backup(
+        context,
+        "rabbitmq",
+        snapshot_pipeline,
+        notifications,
+        lambda staged: dump_definitions(staged, rabbitmq.api(), log=context.log.info),
+    )
 
 
 @asset(
-    group_name="backups",
+    **BACKUP_ASSET,
     kinds={"consul"},
     pool="consul",
-    retry_policy=TRANSIENT_RETRIES,
     description="Consul's snapshot archive (the whole Raft state) and a JSON export of the KV.",
 )
 def consul_backup(
-    context: AssetExecutionContext, snapshot_pipeline: SnapshotPipeline, consul: ConsulResource
+    context: AssetExecutionContext,
+    snapshot_pipeline: SnapshotPipeline,
+    notifications: NotificationPublisher,
+    consul: ConsulResource,
 ) -> StagedSnapshot:
-    try:
-        with snapshot_pipeline.stage(context, "consul") as staged:
-            dump_consul(staged, consul.api(), log=context.log.info)
-    except ConsulRefused as exc:
-        raise Failure(description=str(exc), allow_retries=False) from None
-    return staged
+    return run_backup(
+        context,
+        "consul",
+        snapshot_pipeline,
+        notifications,
+        lambda staged: dump_consul(staged, consul.api(), log=context.log.info),
+    )
 
 
 @asset(
-    group_name="backups",
+    **BACKUP_ASSET,
     kinds={"restic"},
     pool="documents",
-    retry_policy=TRANSIENT_RETRIES,
     description="The documents tree, incremental and deduplicated in a restic repository kept "
     "in the same store.",
 )
 def documents_backup(
     context: AssetExecutionContext,
     snapshot_pipeline: SnapshotPipeline,
+    notifications: NotificationPublisher,
     documents: DocumentsResource,
 ) -> StagedSnapshot:
-    try:
-        with snapshot_pipeline.stage(context, "documents") as staged:
-            backup_documents(staged, documents.root_path, documents.restic(), log=context.log.info)
-    except ConfigurationError as exc:
-        raise Failure(description=str(exc), allow_retries=False) from None
-    return staged
+    return run_backup(
+        context,
+        "documents",
+        snapshot_pipeline,
+        notifications,
+        lambda staged: backup_documents(
+            staged, documents.root_path, documents.restic(), log=context.log.info
+        ),
+    )

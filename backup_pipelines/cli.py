@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from backup_pipelines.errors import BackupError, ConfigurationError
-from backup_pipelines.redaction import redact, secret_parts
+from backup_pipelines.redaction import redact
 from backup_pipelines.settings import SOURCES, BackupSettings, load_settings
 from backup_pipelines.snapshot import store_from_settings
 from backup_pipelines.snapshot.reader import verify_snapshot
@@ -131,16 +131,6 @@ COMMANDS = {
 }
 
 
-def secrets_of(settings: BackupSettings) -> list[str]:
-    """Every secret value in the settings, to mask in any message we print."""
-    values = []
-    for name in BackupSettings.model_fields:
-        value = getattr(settings, name)
-        if hasattr(value, "get_secret_value"):
-            values.extend(secret_parts(value.get_secret_value()))
-    return values
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     args = _parser().parse_args(argv)
@@ -156,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except Exception as exc:  # one line, never a traceback with a secret in it
-        secrets = secrets_of(settings) if settings else []
+        secrets = settings.secret_values() if settings else []
         print(f"error: {type(exc).__name__}: {redact(str(exc), secrets)}", file=sys.stderr)
         return EXIT_FAILURE
 

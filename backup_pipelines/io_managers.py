@@ -21,6 +21,7 @@ from dagster import (
     OutputContext,
 )
 
+from backup_pipelines.notifications import NotificationPublisher, event_body
 from backup_pipelines.settings import BackupSettings
 from backup_pipelines.snapshot import warn_local_store
 from backup_pipelines.snapshot.local_store import LocalSnapshotStore
@@ -54,7 +55,13 @@ def snapshot_metadata(stored: StoredSnapshot, duration_s: float) -> dict[str, An
 
 
 class SnapshotIOManager(ConfigurableIOManager):
-    """Shared behaviour of the local and S3 IO managers; subclasses say where."""
+    """Shared behaviour of the local and S3 IO managers; subclasses say where.
+
+    With `notifications`, each committed snapshot is announced as
+    `backup.completed` right after its manifest is written.
+    """
+
+    notifications: NotificationPublisher | None = None
 
     @abstractmethod
     def build_store(self) -> SnapshotStore: ...
@@ -65,9 +72,18 @@ class SnapshotIOManager(ConfigurableIOManager):
             stored = store.commit(obj)
         finally:
             obj.discard()
-        context.add_output_metadata(
-            snapshot_metadata(stored, time.monotonic() - obj.monotonic_start)
-        )
+        duration_s = time.monotonic() - obj.monotonic_start
+        context.add_output_metadata(snapshot_metadata(stored, duration_s))
+        if self.notifications is not None:
+            self.notifications.publish(
+                event_body(
+                    "backup.completed",
+                    obj.source,
+                    obj.run_id,
+                    snapshot=stored,
+                    duration_s=duration_s,
+                )
+            )
         context.log.info(f"{obj.source} snapshot {stored.snapshot_id} stored at {stored.location}")
 
     def load_input(self, context: InputContext) -> StoredSnapshot:
@@ -105,7 +121,9 @@ class S3SnapshotIOManager(SnapshotIOManager):
         )
 
 
-def io_manager_from_settings(settings: BackupSettings) -> SnapshotIOManager:
+def io_manager_from_settings(
+    settings: BackupSettings, notifications: NotificationPublisher | None = None
+) -> SnapshotIOManager:
     """S3 when a bucket and both keys are set, the local store otherwise (with one warning).
 
     The keys are passed as `EnvVar`s so the Dagster UI shows the variable's
@@ -120,6 +138,7 @@ def io_manager_from_settings(settings: BackupSettings) -> SnapshotIOManager:
             endpoint_url=settings.s3_endpoint_url,
             region=settings.s3_region,
             prefix=settings.s3_prefix,
+            notifications=notifications,
         )
     warn_local_store(settings.artifacts_dir)
-    return LocalSnapshotIOManager(root=str(settings.artifacts_dir))
+    return LocalSnapshotIOManager(root=str(settings.artifacts_dir), notifications=notifications)

@@ -18,6 +18,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from backup_pipelines.errors import ConfigurationError
+from backup_pipelines.redaction import secret_parts
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class BackupSettings(BaseSettings):
     retention_days: int | None = Field(None, ge=0)
 
     database_url: SecretStr | None = None
+    retry_delay_s: float = Field(30, ge=0)
 
     _split = field_validator("postgres_databases", "encryption_recipients", mode="before")(
         _split_commas
@@ -153,6 +155,15 @@ class BackupSettings(BaseSettings):
 
     def cron_for(self, source: str) -> str:
         return getattr(self, f"{source}_cron")
+
+    def secret_values(self) -> list[str]:
+        """Every secret set (and a URL's password on its own), to mask in any message."""
+        values = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                values.extend(secret_parts(value.get_secret_value()))
+        return values
 
 
 def env_name(field_name: str) -> str:

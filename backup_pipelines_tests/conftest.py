@@ -20,6 +20,10 @@ from backup_pipelines.snapshot.s3_store import S3SnapshotStore
 from backup_pipelines.snapshot.staging import stage
 from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
 
+# Transient failures are retried at once in tests (30, 60, 120 s in production); set before
+# backup_pipelines.assets is imported, as its RetryPolicy is built at import.
+os.environ["BACKUP_RETRY_DELAY_S"] = "0"
+
 S3_ACCESS_KEY = "test-access-key"
 S3_SECRET_KEY = "test-secret-key-never-shown"
 RUN_ID = "5f0e9a1c-7d2b-4c11-9e8a-0b1c2d3e4f50"

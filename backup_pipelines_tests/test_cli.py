@@ -87,11 +87,11 @@ def test_bad_configuration_exits_2_with_one_line_and_no_traceback(backup_env):
     )
 
 
-def test_usage_errors_exit_2(backup_env, capsys):
+def test_usage_errors_exit_2_and_failures_exit_1(backup_env, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["verify", "mysql"])
     assert exit_.value.code == 2
     assert main(["verify", "consul", "--deep"]) == 1  # no snapshot yet: a failure, not usage
-    make_snapshots(1, source="consul")
-    assert main(["verify", "consul", "--deep"]) == 2
-    assert "--deep is not available for consul" in capsys.readouterr().err
+    make_snapshots(1, source="consul")  # holds dump.rdb, not Consul's artifacts
+    assert main(["verify", "consul", "--deep"]) == 1
+    assert "has no consul.snap artifact" in capsys.readouterr().err

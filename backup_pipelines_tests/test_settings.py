@@ -27,6 +27,7 @@ def test_defaults_are_the_contracts(backup_env):
     assert (settings.retention_daily, settings.retention_weekly) == (7, 4)
     assert (settings.retention_monthly, settings.retention_yearly) == (12, "unlimited")
     assert settings.retention_days is None
+    assert settings.retry_delay_s == 30
     assert settings.postgres_databases == [] and settings.encryption_recipients == []
     assert not settings.s3_enabled
 

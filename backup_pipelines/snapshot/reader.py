@@ -59,7 +59,12 @@ def restore_artifact(
     encrypted = manifest.encryption is not None
     if encrypted and not identities:
         raise IntegrityError(f"{snapshot.source}/{snapshot.snapshot_id} is encrypted; no identity")
-    entry = manifest.file(stored_name(name, encrypted))
+    try:
+        entry = manifest.file(stored_name(name, encrypted))
+    except KeyError:
+        raise IntegrityError(
+            f"{snapshot.source}/{snapshot.snapshot_id} has no {name} artifact"
+        ) from None
     where = f"{snapshot.source}/{snapshot.snapshot_id}/{entry.name}"
     with store.open_file(snapshot.source, snapshot.snapshot_id, entry.name) as stored:
         reader = HashingReader(stored)

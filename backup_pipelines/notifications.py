@@ -1,0 +1,190 @@
+"""Backup events on RabbitMQ (`backup.notifications`), through a durable outbox.
+
+Every event is first written to a small SQLite outbox under
+`BACKUP_ARTIFACTS_DIR`, then delivered in order with publisher confirms and
+removed only once the broker confirmed it. A backup therefore never fails
+because the broker is down: its events wait in the outbox and go out at
+the next publish, or when `notifications_outbox_sensor` drains it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pika
+from dagster import ConfigurableResource, HookContext, failure_hook
+from pika.adapters.blocking_connection import BlockingChannel
+from pika.exceptions import AMQPError
+
+from backup_pipelines.redaction import redact
+from backup_pipelines.snapshot.manifest import format_utc
+from backup_pipelines.snapshot.store import StoredSnapshot
+
+logger = logging.getLogger(__name__)
+
+EXCHANGE = "backup.notifications"
+QUEUE = "backup.notifications"
+BINDING = "backup.#"
+CONNECT_TIMEOUT_S = 5
+ERROR_LIMIT = 500
+
+
+def event_body(
+    event: str,
+    source: str,
+    run_id: str,
+    *,
+    snapshot: StoredSnapshot | None = None,
+    duration_s: float | None = None,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """The contract's event body (section 6)."""
+    return {
+        "event": event,
+        "source": source,
+        "snapshot_id": snapshot.snapshot_id if snapshot else None,
+        "run_id": run_id,
+        "timestamp": format_utc(datetime.now(UTC)),
+        "duration_s": round(duration_s, 3) if duration_s is not None else None,
+        "size_bytes": snapshot.manifest.size_bytes if snapshot else None,
+        "location": snapshot.location if snapshot else None,
+        "error": error,
+    }
+
+
+class Outbox:
+    """Events not yet confirmed by the broker, in order, in SQLite (safe across processes)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        connection.execute(
+            "CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " message_id TEXT NOT NULL, routing_key TEXT NOT NULL, body TEXT NOT NULL)"
+        )
+        return connection
+
+    def add(self, body: dict[str, Any]) -> None:
+        with closing(self._connect()) as connection:
+            connection.execute(
+                "INSERT INTO events (message_id, routing_key, body) VALUES (?, ?, ?)",
+                (str(uuid.uuid4()), body["event"], json.dumps(body)),
+            )
+
+    def pending(self) -> int:
+        with closing(self._connect()) as connection:
+            return connection.execute("SELECT count(*) FROM events").fetchone()[0]
+
+    def deliver(self, url: str) -> int:
+        """Publish every waiting event, oldest first; return how many went out.
+
+        The outbox stays locked while it delivers, so two processes draining
+        it at once never send an event twice.
+        """
+        with closing(self._connect()) as connection:
+            connection.execute("BEGIN IMMEDIATE")
+            rows = connection.execute(
+                "SELECT id, message_id, routing_key, body FROM events ORDER BY id"
+            ).fetchall()
+            if not rows:
+                connection.execute("COMMIT")
+                return 0
+            delivered = 0
+            try:
+                with confirming_channel(url) as channel:
+                    for row_id, message_id, routing_key, body in rows:
+                        channel.basic_publish(
+                            EXCHANGE,
+                            routing_key,
+                            body.encode(),
+                            properties=pika.BasicProperties(
+                                content_type="application/json",
+                                delivery_mode=2,
+                                message_id=message_id,
+                            ),
+                            mandatory=True,
+                        )
+                        connection.execute("DELETE FROM events WHERE id = ?", (row_id,))
+                        delivered += 1
+            finally:
+                connection.execute("COMMIT")
+            return delivered
+
+
+@contextmanager
+def confirming_channel(url: str) -> Iterator[BlockingChannel]:
+    """A channel with publisher confirms, the exchange, queue and binding declared."""
+    parameters = pika.URLParameters(url)
+    parameters.socket_timeout = CONNECT_TIMEOUT_S
+    parameters.connection_attempts = 1
+    parameters.blocked_connection_timeout = 30
+    connection = pika.BlockingConnection(parameters)
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.exchange_declare(EXCHANGE, "topic", durable=True)
+        channel.queue_declare(QUEUE, durable=True)
+        channel.queue_bind(QUEUE, EXCHANGE, BINDING)
+        yield channel
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+class NotificationPublisher(ConfigurableResource):
+    """Publishes backup events; the broker URL (with its password) comes as an `EnvVar`."""
+
+    rabbitmq_url: str
+    outbox_path: str
+
+    @property
+    def outbox(self) -> Outbox:
+        return Outbox(Path(self.outbox_path))
+
+    def publish(self, body: dict[str, Any]) -> None:
+        """Keep the event durably, then try to deliver everything waiting. Never raises."""
+        self.outbox.add(body)
+        self.flush()
+
+    def flush(self) -> int:
+        try:
+            return self.outbox.deliver(self.rabbitmq_url)
+        except (AMQPError, OSError) as exc:
+            logger.warning(
+                "RabbitMQ is unreachable (%s): %d backup events wait in the outbox %s",
+                type(exc).__name__,
+                self.outbox.pending(),
+                self.outbox_path,
+            )
+            return 0
+
+
+def short_error(exc: BaseException | None, secrets: list[str]) -> str:
+    """One line naming what failed, secrets masked, bounded in length."""
+    if exc is None:
+        return "unknown error"
+    text = getattr(exc, "description", None) or str(exc) or type(exc).__name__
+    return redact(" ".join(str(text).split()), secrets)[:ERROR_LIMIT]
+
+
+@failure_hook(required_resource_keys={"notifications"})
+def publish_backup_failure(context: HookContext) -> None:
+    """`backup.failed` for a backup step that failed for good (after its retries)."""
+    from backup_pipelines.settings import load_settings
+
+    source = context.op.name.removesuffix("_backup")
+    error = short_error(context.op_exception, load_settings().secret_values())
+    context.resources.notifications.publish(
+        event_body("backup.failed", source, context.run_id, error=error)
+    )
