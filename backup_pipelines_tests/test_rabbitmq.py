@@ -132,7 +132,9 @@ def test_full_restore_needs_force_on_a_broker_with_objects(backup_env, crm_topol
     assert run_backup_job().success
     command = ["restore", "rabbitmq", "--management-url", MANAGEMENT]
     assert main(command) == 1
-    assert f"already has objects in '{vhost}' (2 queues, 2 exchanges)" in capsys.readouterr().err
+    refusal = capsys.readouterr().err
+    assert "already has objects in" in refusal and "add --force" in refusal
+    assert f"'{vhost}' (2 queues, 2 exchanges)" in refusal
     assert main([*command, "--force"]) == 0
 
 

@@ -1,0 +1,162 @@
+"""Backup events on the machine's RabbitMQ: started, completed, failed, and the outbox."""
+
+import json
+import time
+from pathlib import Path
+
+import pika
+import pytest
+from dagster import (
+    DagsterEventType,
+    DagsterInstance,
+    build_run_status_sensor_context,
+    build_sensor_context,
+)
+
+from backup_pipelines.definitions import OUTBOX_NAME, build_definitions
+from backup_pipelines.notifications import EXCHANGE, NotificationPublisher, Outbox
+from backup_pipelines.sensors import backup_run_failure_sensor, notifications_outbox_sensor
+from backup_pipelines.settings import load_settings
+
+BROKER = "amqp://guest:guest@127.0.0.1:5672/%2F"
+CONTRACT_FIELDS = {
+    "event",
+    "source",
+    "snapshot_id",
+    "run_id",
+    "timestamp",
+    "duration_s",
+    "size_bytes",
+    "location",
+    "error",
+}
+
+
+class EventQueue:
+    """A private queue bound to backup.notifications, read with basic_get."""
+
+    def __init__(self) -> None:
+        self.connection = pika.BlockingConnection(pika.URLParameters(BROKER))
+        self.channel = self.connection.channel()
+        self.channel.exchange_declare(EXCHANGE, "topic", durable=True)
+        self.queue = self.channel.queue_declare("", exclusive=True).method.queue
+        self.channel.queue_bind(self.queue, EXCHANGE, "backup.#")
+
+    def for_run(self, run_id: str, count: int, timeout_s: float = 10) -> list[tuple]:
+        """The first `count` events of one run, in the order they arrived."""
+        found: list[tuple] = []
+        deadline = time.monotonic() + timeout_s
+        while len(found) < count and time.monotonic() < deadline:
+            method, properties, body = self.channel.basic_get(self.queue, auto_ack=True)
+            if method is None:
+                time.sleep(0.1)
+                continue
+            event = json.loads(body)
+            if event["run_id"] == run_id:
+                found.append((method.routing_key, properties, event))
+        return found
+
+    def drain_for(self, run_id: str, seconds: float = 1.0) -> list[tuple]:
+        return self.for_run(run_id, count=100, timeout_s=seconds)
+
+
+@pytest.fixture
+def events():
+    queue = EventQueue()
+    yield queue
+    queue.connection.close()
+
+
+def run_job(name: str, instance: DagsterInstance | None = None):
+    defs = build_definitions(load_settings())
+    return defs.resolve_job_def(name).execute_in_process(
+        instance=instance or DagsterInstance.ephemeral(), raise_on_error=False
+    )
+
+
+def test_a_backup_announces_start_and_completion(backup_env, events):
+    result = run_job("rabbitmq_backup_job")
+    assert result.success
+    [materialization] = result.asset_materializations_for_node("rabbitmq_backup")
+    metadata = {key: value.value for key, value in materialization.metadata.items()}
+
+    received = events.for_run(result.run_id, count=2)
+    assert [routing_key for routing_key, _, _ in received] == ["backup.started", "backup.completed"]
+    started, completed = (event for _, _, event in received)
+    assert set(started) == set(completed) == CONTRACT_FIELDS
+    assert started["event"] == "backup.started" and started["snapshot_id"] is None
+    assert completed["event"] == "backup.completed" and completed["source"] == "rabbitmq"
+    assert completed["snapshot_id"] == metadata["snapshot_id"]
+    assert completed["location"] == metadata["location"]
+    assert completed["size_bytes"] == metadata["size_bytes"] > 0
+    assert completed["duration_s"] > 0 and completed["error"] is None
+    assert completed["timestamp"].endswith("Z") and len(completed["timestamp"]) == 20
+    properties = [props for _, props, _ in received]
+    assert all(p.content_type == "application/json" and p.delivery_mode == 2 for p in properties)
+    assert len({p.message_id for p in properties}) == 2
+
+
+def test_a_failed_backup_says_why_once_without_the_password(backup_env, events, monkeypatch):
+    monkeypatch.setenv(
+        "BACKUP_POSTGRES_BACKUP_DSN", "postgresql://app:pw-never-shown@127.0.0.1:1/crm"
+    )
+    instance = DagsterInstance.ephemeral()
+    result = run_job("postgres_backup_job", instance)
+    assert not result.success
+
+    received = events.drain_for(result.run_id, seconds=3)
+    assert [routing_key for routing_key, _, _ in received] == ["backup.started", "backup.failed"]
+    failed = received[1][2]
+    assert failed["source"] == "postgres" and failed["snapshot_id"] is None
+    assert failed["error"].startswith("cannot connect to PostgreSQL at 127.0.0.1:1, database 'crm'")
+    assert "pw-never-shown" not in json.dumps(failed)
+
+    # the run failure sensor sees the hook already told: it publishes nothing more
+    failure = instance.all_logs(result.run_id, of_type=DagsterEventType.RUN_FAILURE)[0]
+    context = build_run_status_sensor_context(
+        sensor_name="backup_run_failure_sensor",
+        dagster_event=failure.dagster_event,
+        dagster_instance=instance,
+        dagster_run=result.dagster_run,
+        resources={"notifications": notifications_for(backup_env)},
+    ).for_run_failure()
+    backup_run_failure_sensor(context)
+    assert events.drain_for(result.run_id) == []
+
+
+def notifications_for(artifacts: Path, url: str = BROKER) -> NotificationPublisher:
+    return NotificationPublisher(rabbitmq_url=url, outbox_path=str(artifacts / OUTBOX_NAME))
+
+
+def test_a_run_that_failed_before_any_step_is_reported_by_the_sensor(backup_env, events):
+    instance = DagsterInstance.ephemeral()
+    defs = build_definitions(load_settings())
+    run = instance.create_run_for_job(defs.resolve_job_def("redis_backup_job"))
+    instance.report_run_failed(run, "the worker was killed")
+    failure = instance.all_logs(run.run_id, of_type=DagsterEventType.RUN_FAILURE)[0]
+    context = build_run_status_sensor_context(
+        sensor_name="backup_run_failure_sensor",
+        dagster_event=failure.dagster_event,
+        dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(run.run_id),
+        resources={"notifications": notifications_for(backup_env)},
+    ).for_run_failure()
+    backup_run_failure_sensor(context)
+
+    [(routing_key, _, event)] = events.drain_for(run.run_id)
+    assert routing_key == "backup.failed" and event["source"] == "redis"
+    assert "the worker was killed" in event["error"]
+
+
+def test_events_wait_in_the_outbox_while_the_broker_is_down(backup_env, events, monkeypatch):
+    monkeypatch.setenv("BACKUP_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:1/%2F")
+    result = run_job("rabbitmq_backup_job")
+    assert result.success  # the broker being down never fails a backup
+    assert events.drain_for(result.run_id) == []
+    assert Outbox(backup_env / OUTBOX_NAME).pending() == 2
+
+    with build_sensor_context(resources={"notifications": notifications_for(backup_env)}) as ctx:
+        notifications_outbox_sensor(ctx)
+    received = events.for_run(result.run_id, count=2)
+    assert [routing_key for routing_key, _, _ in received] == ["backup.started", "backup.completed"]
+    assert Outbox(backup_env / OUTBOX_NAME).pending() == 0
