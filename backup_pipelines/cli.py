@@ -15,12 +15,15 @@ from collections.abc import Sequence
 
 from backup_pipelines.errors import BackupError, ConfigurationError
 from backup_pipelines.redaction import redact
+from backup_pipelines.retention import RetentionRules, as_listing, prune
 from backup_pipelines.settings import SOURCES, BackupSettings, load_settings
 from backup_pipelines.snapshot import store_from_settings
+from backup_pipelines.snapshot.manifest import utc_now
 from backup_pipelines.snapshot.reader import verify_snapshot
 from backup_pipelines.snapshot.store import LATEST, SnapshotStore, StoredSnapshot
 from backup_pipelines.snapshot.streams import human_bytes
 from backup_pipelines.sources import RestoreRequest, registered_sources
+from backup_pipelines.sources.documents.backup import repository_from_settings
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 logger = logging.getLogger("backup_pipelines.cli")
@@ -120,7 +123,23 @@ def cmd_restore(args: argparse.Namespace, store: SnapshotStore, settings: Backup
 
 
 def cmd_prune(args: argparse.Namespace, store: SnapshotStore, settings: BackupSettings) -> int:
-    raise ConfigurationError("prune: retention is not available in this version yet")
+    forget = repository_from_settings(settings).forget if settings.restic_password else None
+    reports = prune(
+        store,
+        RetentionRules.from_settings(settings),
+        dry_run=args.dry_run,
+        now=utc_now(),
+        forget_documents=forget,
+        log=logger.info,
+    )
+    listing = as_listing(reports)
+    if args.json:
+        print(json.dumps(listing, indent=2))
+    else:
+        for verdict in ("keep", "delete"):
+            for name in listing[verdict]:
+                print(f"{verdict:<7}{name}")
+    return EXIT_OK
 
 
 COMMANDS = {

@@ -42,7 +42,8 @@ from backup_pipelines.resources import (
     SnapshotPipeline,
 )
 from backup_pipelines.restore import restore_job
-from backup_pipelines.schedules import backup_schedule, freshness_for
+from backup_pipelines.retention_job import retention_job
+from backup_pipelines.schedules import backup_schedule, freshness_for, retention_schedule
 from backup_pipelines.sensors import (
     backup_requests_sensor,
     backup_run_failure_sensor,
@@ -161,6 +162,7 @@ def build_definitions(settings: BackupSettings) -> Definitions:
         backup_schedule(source, job, settings.cron_for(source), not_configured(source, settings))
         for source, job in source_jobs.items()
     ]
+    schedules.append(retention_schedule(retention_job))
     sensors = [
         backup_requests_sensor([backup_all_job, *source_jobs.values()]),
         documents_change_sensor(settings.documents_root, source_jobs["documents"]),
@@ -170,7 +172,7 @@ def build_definitions(settings: BackupSettings) -> Definitions:
     return Definitions(
         assets=[with_freshness(s, a, settings) for s, a in backup_assets.items()],
         asset_checks=asset_checks,
-        jobs=[backup_all_job, *source_jobs.values(), restore_job],
+        jobs=[backup_all_job, *source_jobs.values(), restore_job, retention_job],
         schedules=schedules,
         sensors=sensors,
         resources=build_resources(settings),

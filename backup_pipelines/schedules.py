@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from dagster import (
     DefaultScheduleStatus,
     FreshnessPolicy,
+    JobDefinition,
     RunRequest,
     ScheduleDefinition,
     ScheduleEvaluationContext,
@@ -26,6 +27,7 @@ if TYPE_CHECKING:  # the type define_asset_job returns; not exported by dagster
     )
 
 FRESHNESS_GRACE = timedelta(minutes=30)
+RETENTION_CRON = "30 4 * * *"
 
 
 def cron_interval(cron: str) -> timedelta:
@@ -62,3 +64,15 @@ def backup_schedule(
         return RunRequest(tags={"backup/trigger": "schedule"})
 
     return _schedule
+
+
+def retention_schedule(job: JobDefinition) -> ScheduleDefinition:
+    """Retention once a day, after the nightly backups."""
+    return ScheduleDefinition(
+        name="retention_schedule",
+        job=job,
+        cron_schedule=RETENTION_CRON,
+        execution_timezone="UTC",
+        default_status=DefaultScheduleStatus.RUNNING,
+        description="Prunes every source by BACKUP_RETENTION_* once a day.",
+    )

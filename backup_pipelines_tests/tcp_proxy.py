@@ -26,6 +26,12 @@ class CuttingProxy:
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
+    def sent(self) -> int:
+        """Bytes forwarded upstream so far."""
+        with self._lock:
+            return self._sent
+
+    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 

@@ -1,6 +1,7 @@
 """Documents with restic: incremental backups of a real tree, restored exactly, on both stores."""
 
 import hashlib
+import json
 import os
 import random
 import stat
@@ -13,6 +14,7 @@ from backup_pipelines.cli import main
 from backup_pipelines.definitions import build_definitions
 from backup_pipelines.settings import load_settings
 from backup_pipelines.snapshot import store_from_settings
+from backup_pipelines.sources.documents.backup import repository_from_settings
 
 RESTIC_PASSWORD = "restic-pw-never-shown"
 
@@ -154,3 +156,30 @@ def test_a_wrong_password_never_initialises_a_second_repository(documents_root, 
     message = str(failure.step_failure_data.user_failure_data.description)
     assert "BACKUP_RESTIC_PASSWORD does not open the restic repository" in message
     assert len(store_from_settings(load_settings()).list_snapshots("documents")) == 1
+
+
+def test_pruning_documents_forgets_exactly_their_restic_snapshots(
+    backup_env, tmp_path, monkeypatch, capsys
+):
+    root = tmp_path / "small-tree"
+    root.mkdir()
+    monkeypatch.setenv("BACKUP_DOCUMENTS_ROOT", str(root))
+    monkeypatch.setenv("BACKUP_RESTIC_PASSWORD", RESTIC_PASSWORD)
+    monkeypatch.setenv("BACKUP_RETENTION_DAILY", "1")
+    for name in ("WEEKLY", "MONTHLY", "YEARLY"):
+        monkeypatch.setenv(f"BACKUP_RETENTION_{name}", "0")
+    for n in range(3):
+        (root / f"file-{n}.txt").write_text(str(n))
+        assert run_backup_job().success
+    settings = load_settings()
+    [newest, *older] = store_from_settings(settings).list_snapshots("documents")
+
+    assert main(["prune"]) == 0
+    assert store_from_settings(settings).list_snapshots("documents") == [newest]
+    restic = repository_from_settings(settings)
+    remaining = json.loads(restic.run("snapshots", "--json", label="listing"))
+    assert [s["short_id"] for s in remaining] == [newest.manifest.stats["restic_snapshot_id"]]
+    target = tmp_path / "after-prune"
+    assert main(["restore", "documents", "--target-dir", str(target)]) == 0
+    assert tree_state(target) == tree_state(root)
+    assert older and RESTIC_PASSWORD not in capsys.readouterr().err

@@ -129,7 +129,7 @@ def test_documents_sensor_waits_for_a_busy_tree_to_settle(tmp_path):
 def test_schedules_and_sensors_run_by_default(backup_env):
     defs = build_definitions(load_settings())
     schedules = {s.name: s for s in defs.schedules}
-    assert set(schedules) == {f"{s}_backup_schedule" for s in source_jobs}
+    assert set(schedules) == {f"{s}_backup_schedule" for s in source_jobs} | {"retention_schedule"}
     assert schedules["postgres_backup_schedule"].cron_schedule == "0 * * * *"
     assert all(s.default_status.value == "RUNNING" for s in schedules.values())
     assert all(s.default_status.value == "RUNNING" for s in defs.sensors)

@@ -13,13 +13,14 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
 from pydantic import ValidationError
 
 from backup_pipelines.errors import StoreError
-from backup_pipelines.snapshot.manifest import MANIFEST_NAME, utc_now
+from backup_pipelines.snapshot.manifest import MANIFEST_NAME, SNAPSHOT_ID_PATTERN, utc_now
 from backup_pipelines.snapshot.staging import StagedSnapshot
 from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
 
@@ -108,6 +109,21 @@ class LocalSnapshotStore(SnapshotStore):
             raise StoreError(f"cannot read {path}: {exc.strerror}") from None
         with stream:
             yield stream
+
+    def incomplete(self, source: str) -> list[tuple[str, datetime]]:
+        source_dir = self.root / source
+        if not source_dir.is_dir():
+            return []
+        found = []
+        for directory in source_dir.iterdir():
+            if (
+                not SNAPSHOT_ID_PATTERN.match(directory.name)
+                or (directory / MANIFEST_NAME).exists()
+            ):
+                continue
+            times = [p.stat().st_mtime for p in (directory, *directory.rglob("*"))]
+            found.append((directory.name, datetime.fromtimestamp(max(times), UTC)))
+        return found
 
     def delete(self, source: str, snapshot_id: str) -> None:
         directory = self._dir(source, snapshot_id)

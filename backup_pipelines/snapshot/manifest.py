@@ -8,6 +8,7 @@ last" ordering). Field names and formats are the contract's.
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, field_serializer, field_validator
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "backup-pipelines-snapshot"
 MANIFEST_VERSION = 1
+SNAPSHOT_ID_PATTERN = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
 
 
 def utc_now() -> datetime:

@@ -13,6 +13,7 @@ import logging
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import BinaryIO
 
 import boto3
@@ -24,7 +25,7 @@ from pydantic import ValidationError
 
 from backup_pipelines.errors import StoreError
 from backup_pipelines.redaction import redact
-from backup_pipelines.snapshot.manifest import MANIFEST_NAME, utc_now
+from backup_pipelines.snapshot.manifest import MANIFEST_NAME, SNAPSHOT_ID_PATTERN, utc_now
 from backup_pipelines.snapshot.staging import StagedSnapshot
 from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
 
@@ -172,6 +173,25 @@ class S3SnapshotStore(SnapshotStore):
             yield io.BufferedReader(_BodyReader(body, self, key), buffer_size=MIB)
         finally:
             body.close()
+
+    def incomplete(self, source: str) -> list[tuple[str, datetime]]:
+        prefix = self._key(source, "") + "/"
+        latest: dict[str, datetime] = {}
+        complete: set[str] = set()
+        try:
+            paginator = self._client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    snapshot_id, _, name = item["Key"][len(prefix) :].partition("/")
+                    if not SNAPSHOT_ID_PATTERN.match(snapshot_id):
+                        continue
+                    if name == MANIFEST_NAME:
+                        complete.add(snapshot_id)
+                    modified = item["LastModified"]
+                    latest[snapshot_id] = max(modified, latest.get(snapshot_id, modified))
+        except S3_ERRORS as exc:
+            raise self.failure(f"listing of {source} snapshots", exc) from None
+        return [(sid, when) for sid, when in latest.items() if sid not in complete]
 
     def delete(self, source: str, snapshot_id: str) -> None:
         try:

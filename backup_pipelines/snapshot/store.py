@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import BinaryIO
 
 from backup_pipelines.errors import SnapshotNotFound
@@ -62,6 +63,14 @@ class SnapshotStore(ABC):
         self, source: str, snapshot_id: str, name: str
     ) -> AbstractContextManager[BinaryIO]:
         """The stored bytes of one artifact, as a readable stream."""
+
+    @abstractmethod
+    def incomplete(self, source: str) -> list[tuple[str, datetime]]:
+        """Interrupted attempts (a snapshot id, no manifest) and when they were last written.
+
+        Only names shaped like snapshot ids count, so nothing else kept under a
+        source (the documents' restic repository) is ever taken for one.
+        """
 
     @abstractmethod
     def delete(self, source: str, snapshot_id: str) -> None:
