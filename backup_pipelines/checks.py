@@ -1,9 +1,12 @@
-"""Asset checks that prove snapshots sound: the stored bytes, and a real restore.
+"""Asset checks that prove snapshots sound: the stored bytes, their structure, a real restore.
 
 A backup nobody has restored is a hope, not a backup. Every source gets an
-integrity check (the stored bytes re-read against the manifest); sources
-add a drill that restores the snapshot somewhere harmless and compares.
+integrity check (the stored bytes re-read against the manifest); each adds
+what proves its artifacts usable: a drill that restores them somewhere
+harmless and compares, or a structural check of what was stored.
 """
+
+from collections.abc import Callable
 
 from dagster import (
     AssetCheckExecutionContext,
@@ -24,10 +27,9 @@ from backup_pipelines.resources import DocumentsResource, PostgresResource, Snap
 from backup_pipelines.snapshot.encryption import identities_for
 from backup_pipelines.snapshot.reader import verify_snapshot
 from backup_pipelines.snapshot.store import LATEST, SnapshotStore, StoredSnapshot
-from backup_pipelines.sources.consul.restore import check_snapshot as check_consul_snapshot
+from backup_pipelines.sources import DeepVerify
 from backup_pipelines.sources.documents.restore import check_repository
 from backup_pipelines.sources.postgres.restore import restore_drill as postgres_drill
-from backup_pipelines.sources.rabbitmq.restore import check_definitions
 from backup_pipelines.sources.redis.restore import restore_drill as redis_drill
 
 
@@ -54,8 +56,43 @@ def drill_inputs(
     return store, snapshot, identities
 
 
+def problems_result(snapshot: StoredSnapshot, problems: list[str]) -> AssetCheckResult:
+    return AssetCheckResult(
+        passed=not problems,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={
+            "snapshot_id": snapshot.snapshot_id,
+            "files": len(snapshot.manifest.files),
+            "bytes": snapshot.manifest.size_bytes,
+            "problems": MetadataValue.json(problems),
+        },
+    )
+
+
+def problems_check(
+    asset: AssetsDefinition, name: str, description: str, find_problems: DeepVerify
+) -> AssetChecksDefinition:
+    """A check that passes when `find_problems` finds none in the latest snapshot."""
+
+    @asset_check(asset=asset, name=name, description=description)
+    def _check(
+        context: AssetCheckExecutionContext,
+        io_manager: ResourceParam[SnapshotIOManager],
+        snapshot_pipeline: SnapshotPipeline,
+    ) -> AssetCheckResult:
+        store, snapshot, identities = drill_inputs(context, io_manager, snapshot_pipeline, asset)
+        problems = find_problems(store, snapshot, identities, snapshot_pipeline.work_dir("check"))
+        return problems_result(snapshot, problems)
+
+    return _check
+
+
 def integrity_check(asset: AssetsDefinition) -> AssetChecksDefinition:
-    """Re-read every stored byte of the latest snapshot and compare with its manifest."""
+    """Re-read every stored byte of the latest snapshot and compare with its manifest.
+
+    It needs no age identity: it checks the bytes as stored, so it runs on the
+    backup host, which holds only the public recipients.
+    """
 
     @asset_check(
         asset=asset,
@@ -68,17 +105,7 @@ def integrity_check(asset: AssetsDefinition) -> AssetChecksDefinition:
     ) -> AssetCheckResult:
         store = io_manager.build_store()
         snapshot = snapshot_under_check(context, store, asset.key)
-        problems = verify_snapshot(store, snapshot)
-        return AssetCheckResult(
-            passed=not problems,
-            severity=AssetCheckSeverity.ERROR,
-            metadata={
-                "snapshot_id": snapshot.snapshot_id,
-                "files_checked": len(snapshot.manifest.files),
-                "bytes_checked": snapshot.manifest.size_bytes,
-                "problems": MetadataValue.json(problems),
-            },
-        )
+        return problems_result(snapshot, verify_snapshot(store, snapshot))
 
     return _integrity
 
@@ -139,11 +166,7 @@ def redis_restore_drill(asset: AssetsDefinition) -> AssetChecksDefinition:
         try:
             result = redis_drill(store, snapshot, identities, snapshot_pipeline.work_dir("drill"))
         except IntegrityError as exc:
-            return AssetCheckResult(
-                passed=False,
-                severity=AssetCheckSeverity.ERROR,
-                metadata={"snapshot_id": snapshot.snapshot_id, "error": str(exc)},
-            )
+            return problems_result(snapshot, [str(exc)])
         # Keys with a TTL may expire between the count and the sync on a live server:
         # a different count is worth a look (WARN), an RDB that does not load is not a backup.
         return AssetCheckResult(
@@ -160,103 +183,32 @@ def redis_restore_drill(asset: AssetsDefinition) -> AssetChecksDefinition:
     return _drill
 
 
-def rabbitmq_structure_check(asset: AssetsDefinition) -> AssetChecksDefinition:
-    """The stored definitions parse and hold every section and the recorded counts."""
-
-    @asset_check(
-        asset=asset,
-        name="definitions_structure",
-        description="Parses the latest stored definitions: every section present, counts equal "
-        "to those recorded at backup time.",
-    )
-    def _structure(
-        context: AssetCheckExecutionContext,
-        io_manager: ResourceParam[SnapshotIOManager],
-        snapshot_pipeline: SnapshotPipeline,
-    ) -> AssetCheckResult:
-        store, snapshot, identities = drill_inputs(context, io_manager, snapshot_pipeline, asset)
-        problems = check_definitions(store, snapshot, identities)
-        return AssetCheckResult(
-            passed=not problems,
-            severity=AssetCheckSeverity.ERROR,
-            metadata={
-                "snapshot_id": snapshot.snapshot_id,
-                "problems": MetadataValue.json(problems),
-            },
-        )
-
-    return _structure
-
-
-def consul_archive_check(asset: AssetsDefinition) -> AssetChecksDefinition:
-    """Consul's archive is a gzip'd tar whose SHA256SUMS match, and the KV export parses."""
-
-    @asset_check(
-        asset=asset,
-        name="archive_structure",
-        description="Opens the latest snapshot: Consul's archive must be a gzip'd tar whose "
-        "SHA256SUMS match its members, and the KV export must parse with the recorded key count.",
-    )
-    def _archive(
-        context: AssetCheckExecutionContext,
-        io_manager: ResourceParam[SnapshotIOManager],
-        snapshot_pipeline: SnapshotPipeline,
-    ) -> AssetCheckResult:
-        store, snapshot, identities = drill_inputs(context, io_manager, snapshot_pipeline, asset)
-        problems = check_consul_snapshot(
-            store, snapshot, identities, snapshot_pipeline.work_dir("check")
-        )
-        return AssetCheckResult(
-            passed=not problems,
-            severity=AssetCheckSeverity.ERROR,
-            metadata={
-                "snapshot_id": snapshot.snapshot_id,
-                "problems": MetadataValue.json(problems),
-            },
-        )
-
-    return _archive
-
-
 def restic_checks(asset: AssetsDefinition, read_data_subset: str) -> list[AssetChecksDefinition]:
     """The snapshot's restic id exists; `restic check` reads a random subset of the data."""
 
-    def _result(context, io_manager, documents, read_data) -> AssetCheckResult:
-        store = io_manager.build_store()
-        snapshot = snapshot_under_check(context, store, asset.key)
-        problems = check_repository(snapshot, documents.restic(), read_data)
-        return AssetCheckResult(
-            passed=not problems,
-            severity=AssetCheckSeverity.ERROR,
-            metadata={
-                "snapshot_id": snapshot.snapshot_id,
-                "problems": MetadataValue.json(problems),
-            },
-        )
+    def checking(read_data: str | None) -> Callable[..., AssetCheckResult]:
+        def _check(
+            context: AssetCheckExecutionContext,
+            io_manager: ResourceParam[SnapshotIOManager],
+            documents: DocumentsResource,
+        ) -> AssetCheckResult:
+            store = io_manager.build_store()
+            snapshot = snapshot_under_check(context, store, asset.key)
+            return problems_result(
+                snapshot, check_repository(snapshot, documents.restic(), read_data)
+            )
 
-    @asset_check(
+        return _check
+
+    exists = asset_check(
         asset=asset,
         name="restic_snapshot_exists",
         description="The restic snapshot the latest snapshot points at is in the repository.",
-    )
-    def _exists(
-        context: AssetCheckExecutionContext,
-        io_manager: ResourceParam[SnapshotIOManager],
-        documents: DocumentsResource,
-    ) -> AssetCheckResult:
-        return _result(context, io_manager, documents, None)
-
-    @asset_check(
+    )(checking(None))
+    check = asset_check(
         asset=asset,
         name="restic_check",
         description=f"restic check of the repository, reading a random {read_data_subset} of its "
         "data each run, so every pack is read within about a month of nightly runs.",
-    )
-    def _check(
-        context: AssetCheckExecutionContext,
-        io_manager: ResourceParam[SnapshotIOManager],
-        documents: DocumentsResource,
-    ) -> AssetCheckResult:
-        return _result(context, io_manager, documents, read_data_subset)
-
-    return [_exists, _check]
+    )(checking(read_data_subset))
+    return [exists, check]

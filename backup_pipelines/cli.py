@@ -18,6 +18,7 @@ from backup_pipelines.redaction import redact
 from backup_pipelines.retention import RetentionRules, as_listing, prune
 from backup_pipelines.settings import SOURCES, BackupSettings, load_settings
 from backup_pipelines.snapshot import store_from_settings
+from backup_pipelines.snapshot.encryption import identities_for
 from backup_pipelines.snapshot.manifest import utc_now
 from backup_pipelines.snapshot.reader import verify_snapshot
 from backup_pipelines.snapshot.store import LATEST, SnapshotStore, StoredSnapshot
@@ -88,9 +89,8 @@ def cmd_verify(args: argparse.Namespace, store: SnapshotStore, settings: BackupS
         source = registered_sources().get(args.source)
         if source is None:
             raise ConfigurationError(f"--deep is not available for {args.source} yet")
-        problems = source.deep_verify(
-            store, snapshot, settings.age_identity_file, settings.staging_dir / "verify"
-        )
+        identities = identities_for(snapshot.manifest.encryption, settings.age_identity_file)
+        problems = source.deep_verify(store, snapshot, identities, settings.staging_dir / "verify")
     where = f"{snapshot.source}/{snapshot.snapshot_id}"
     if problems:
         for problem in problems:

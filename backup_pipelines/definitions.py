@@ -24,10 +24,9 @@ from backup_pipelines.assets import (
     redis_backup,
 )
 from backup_pipelines.checks import (
-    consul_archive_check,
     integrity_check,
     postgres_restore_drill,
-    rabbitmq_structure_check,
+    problems_check,
     redis_restore_drill,
     restic_checks,
 )
@@ -51,6 +50,7 @@ from backup_pipelines.sensors import (
     notifications_outbox_sensor,
 )
 from backup_pipelines.settings import BackupSettings, env_name, load_settings
+from backup_pipelines.sources import registered_sources
 from backup_pipelines.sources.documents.backup import repository_location
 
 RESTIC_READ_DATA_SUBSET = "5%"  # every pack read within about a month of nightly checks
@@ -154,8 +154,20 @@ def build_definitions(settings: BackupSettings) -> Definitions:
         asset_checks.append(postgres_restore_drill(postgres_backup))
     asset_checks += [
         redis_restore_drill(redis_backup),
-        rabbitmq_structure_check(rabbitmq_backup),
-        consul_archive_check(consul_backup),
+        problems_check(
+            rabbitmq_backup,
+            "definitions_structure",
+            "Parses the latest stored definitions: every section present, counts equal to "
+            "those recorded at backup time.",
+            registered_sources()["rabbitmq"].deep_verify,
+        ),
+        problems_check(
+            consul_backup,
+            "archive_structure",
+            "Opens the latest snapshot: Consul's archive must be a gzip'd tar whose SHA256SUMS "
+            "match its members, and the KV export must parse with the recorded key count.",
+            registered_sources()["consul"].deep_verify,
+        ),
         *restic_checks(documents_backup, RESTIC_READ_DATA_SUBSET),
     ]
     schedules = [

@@ -9,7 +9,10 @@ has returned.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import BinaryIO
 
 import pyrage
@@ -90,3 +93,21 @@ def restore_artifact(
     if decode_error is not None:
         raise IntegrityError(f"{where}: not a valid zstd stream ({decode_error})")
     return plain.size
+
+
+@contextmanager
+def artifact_file(
+    store: SnapshotStore,
+    snapshot: StoredSnapshot,
+    name: str,
+    identities: Sequence[x25519.Identity],
+    work_dir: Path,
+) -> Iterator[Path]:
+    """The plain artifact `name` as a local file (checked, decrypted, decompressed), for
+    tools that need a real file; it is removed when the block ends."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work_dir, prefix=f"{snapshot.source}-") as scratch:
+        path = Path(scratch) / Path(name).name
+        with path.open("wb") as out:
+            restore_artifact(store, snapshot, name, out, identities)
+        yield path

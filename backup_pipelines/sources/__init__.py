@@ -7,14 +7,18 @@ restore it; it never knows where snapshots are stored.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pyrage import x25519
+
 from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
 
 Log = Callable[[str], None]
+DeepVerify = Callable[[SnapshotStore, StoredSnapshot, Sequence[x25519.Identity], Path], list[str]]
+"""Proves a snapshot restorable: (store, snapshot, identities, scratch dir) → problems."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,7 @@ class SourceCommands:
     name: str
     add_restore_arguments: Callable[[argparse.ArgumentParser], None]
     restore: Callable[[RestoreRequest, SnapshotStore], str]
-    deep_verify: Callable[[SnapshotStore, StoredSnapshot, Path | None, Path], list[str]]
+    deep_verify: DeepVerify
 
 
 def registered_sources() -> dict[str, SourceCommands]:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from backup_pipelines.settings import load_settings
 from backup_pipelines.snapshot.encryption import identities_for
-from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
+from backup_pipelines.snapshot.store import SnapshotStore
 from backup_pipelines.sources import RestoreRequest, SourceCommands
 from backup_pipelines.sources.consul.api import ConsulApi
 from backup_pipelines.sources.consul.restore import check_snapshot, restore_archive, restore_kv
@@ -49,16 +48,9 @@ def restore(request: RestoreRequest, store: SnapshotStore) -> str:
     )
 
 
-def deep_verify(
-    store: SnapshotStore, snapshot: StoredSnapshot, identity_file: Path | None, work_dir: Path
-) -> list[str]:
-    identities = identities_for(snapshot.manifest.encryption, identity_file)
-    return check_snapshot(store, snapshot, identities, work_dir)
-
-
 COMMANDS = SourceCommands(
     name=SOURCE,
     add_restore_arguments=add_restore_arguments,
     restore=restore,
-    deep_verify=deep_verify,
+    deep_verify=check_snapshot,
 )

@@ -8,7 +8,6 @@ import hashlib
 import io
 import json
 import tarfile
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 from pyrage import x25519
 
 from backup_pipelines.errors import BackupError, IntegrityError
-from backup_pipelines.snapshot.reader import restore_artifact
+from backup_pipelines.snapshot.reader import artifact_file, restore_artifact
 from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
 from backup_pipelines.sources.consul.api import ConsulApi
 from backup_pipelines.sources.consul.dump import ARCHIVE_ARTIFACT, KV_ARTIFACT
@@ -83,16 +82,12 @@ def check_snapshot(
     work_dir: Path,
 ) -> list[str]:
     """The archive is whole and the KV export parses (with the recorded key count)."""
-    work_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=work_dir, prefix="consul-check-") as scratch:
-        archive = Path(scratch) / ARCHIVE_ARTIFACT
-        try:
-            with archive.open("wb") as out:
-                restore_artifact(store, snapshot, ARCHIVE_ARTIFACT, out, identities)
+    try:
+        with artifact_file(store, snapshot, ARCHIVE_ARTIFACT, identities, work_dir) as archive:
             problems = archive_problems(archive)
-            entries = load_kv(store, snapshot, identities)
-        except BackupError as exc:
-            return [str(exc)]
+        entries = load_kv(store, snapshot, identities)
+    except BackupError as exc:
+        return [str(exc)]
     expected = snapshot.manifest.stats.get("kv_keys")
     if expected is not None and expected != len(entries):
         problems.append(f"{KV_ARTIFACT} holds {len(entries)} keys, the manifest says {expected}")
@@ -136,11 +131,7 @@ def restore_archive(
     log: Log,
 ) -> str:
     """Upload Consul's own archive (PUT /v1/snapshot): the whole cluster state, same version."""
-    work_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=work_dir, prefix="consul-restore-") as scratch:
-        archive = Path(scratch) / ARCHIVE_ARTIFACT
-        with archive.open("wb") as out:
-            restore_artifact(store, snapshot, ARCHIVE_ARTIFACT, out, identities)
+    with artifact_file(store, snapshot, ARCHIVE_ARTIFACT, identities, work_dir) as archive:
         problems = archive_problems(archive)
         if problems:
             raise IntegrityError("; ".join(problems))

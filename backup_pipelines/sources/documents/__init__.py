@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
+
+from pyrage import x25519
 
 from backup_pipelines.settings import load_settings
 from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
@@ -36,8 +39,12 @@ def restore(request: RestoreRequest, store: SnapshotStore) -> str:
 
 
 def deep_verify(
-    store: SnapshotStore, snapshot: StoredSnapshot, identity_file: Path | None, work_dir: Path
+    store: SnapshotStore,
+    snapshot: StoredSnapshot,
+    identities: Sequence[x25519.Identity],
+    work_dir: Path,
 ) -> list[str]:
+    """Reads every pack of the restic repository (restic encrypts it itself)."""
     return check_repository(snapshot, repository_from_settings(load_settings()), "100%")
 
 

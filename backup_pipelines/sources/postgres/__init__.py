@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from backup_pipelines.snapshot.encryption import identities_for
-from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
+from backup_pipelines.snapshot.store import SnapshotStore
 from backup_pipelines.sources import RestoreRequest, SourceCommands
 from backup_pipelines.sources.postgres.cluster import Cluster
 from backup_pipelines.sources.postgres.restore import deep_verify_dumps, restore_snapshot
@@ -50,16 +49,9 @@ def restore(request: RestoreRequest, store: SnapshotStore) -> str:
     )
 
 
-def deep_verify(
-    store: SnapshotStore, snapshot: StoredSnapshot, identity_file: Path | None, work_dir: Path
-) -> list[str]:
-    identities = identities_for(snapshot.manifest.encryption, identity_file)
-    return deep_verify_dumps(store, snapshot, identities, work_dir)
-
-
 COMMANDS = SourceCommands(
     name=SOURCE,
     add_restore_arguments=add_restore_arguments,
     restore=restore,
-    deep_verify=deep_verify,
+    deep_verify=deep_verify_dumps,
 )

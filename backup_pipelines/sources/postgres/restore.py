@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from pyrage import x25519
 
 from backup_pipelines.errors import BackupError
 from backup_pipelines.processes import run_tool
-from backup_pipelines.snapshot.reader import restore_artifact
+from backup_pipelines.snapshot.reader import artifact_file
 from backup_pipelines.snapshot.staging import logical_name
 from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
 from backup_pipelines.sources.postgres.cluster import (
@@ -133,10 +132,7 @@ def restore_database(
     log: Log,
 ) -> None:
     """Restore one database of the snapshot into an existing, empty `target_db`."""
-    with tempfile.TemporaryDirectory(dir=work_dir, prefix="pg-restore-") as scratch:
-        dump = Path(scratch) / "database.dump"
-        with dump.open("wb") as out:
-            restore_artifact(store, snapshot, dump_artifact(source_db), out, identities)
+    with artifact_file(store, snapshot, dump_artifact(source_db), identities, work_dir) as dump:
         log(
             f"restoring {source_db!r} into {target_db!r} on {cluster.where} "
             f"with {parallel_jobs()} jobs"
@@ -201,11 +197,8 @@ def apply_globals(
     """Create the snapshot's roles (and tablespaces) on the target, keeping roles that exist."""
     with cluster.connect() as connection:
         current_user = connection.execute("SELECT current_user").fetchone()[0]
-    with tempfile.TemporaryDirectory(dir=work_dir, prefix="pg-globals-") as scratch:
-        original = Path(scratch) / "globals.sql"
-        with original.open("wb") as out:
-            restore_artifact(store, snapshot, GLOBALS_ARTIFACT, out, identities)
-        tolerant = Path(scratch) / "globals-tolerant.sql"
+    with artifact_file(store, snapshot, GLOBALS_ARTIFACT, identities, work_dir) as original:
+        tolerant = original.with_name("globals-tolerant.sql")
         with original.open() as lines:
             tolerant.write_text("".join(tolerant_globals(list(lines), current_user)))
         log(f"applying roles and tablespaces to {cluster.where}")
@@ -277,25 +270,20 @@ def deep_verify_dumps(
 ) -> list[str]:
     """`pg_restore --list` over every dump, and a header check of globals.sql."""
     problems = []
-    work_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=work_dir, prefix="pg-verify-") as scratch:
-        for name in snapshot_databases(snapshot):
-            dump = Path(scratch) / "database.dump"
-            try:
-                with dump.open("wb") as out:
-                    restore_artifact(store, snapshot, dump_artifact(name), out, identities)
+    for name in snapshot_databases(snapshot):
+        try:
+            with artifact_file(store, snapshot, dump_artifact(name), identities, work_dir) as dump:
                 run_tool(
                     ["pg_restore", "--list", str(dump)], label=f"pg_restore --list of {name!r}"
                 )
-            except BackupError as exc:
-                problems.append(str(exc))
-            dump.unlink(missing_ok=True)
-        globals_sql = Path(scratch) / GLOBALS_ARTIFACT
-        with globals_sql.open("wb") as out:
-            restore_artifact(store, snapshot, GLOBALS_ARTIFACT, out, identities)
-        with globals_sql.open("rb") as header:
-            if b"PostgreSQL database cluster dump" not in header.read(4096):
-                problems.append(f"{GLOBALS_ARTIFACT}: not a pg_dumpall output")
+        except BackupError as exc:
+            problems.append(str(exc))
+    with (
+        artifact_file(store, snapshot, GLOBALS_ARTIFACT, identities, work_dir) as globals_sql,
+        globals_sql.open("rb") as header,
+    ):
+        if b"PostgreSQL database cluster dump" not in header.read(4096):
+            problems.append(f"{GLOBALS_ARTIFACT}: not a pg_dumpall output")
     return problems
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
+
+from pyrage import x25519
 
 from backup_pipelines.settings import load_settings
 from backup_pipelines.snapshot.encryption import identities_for
@@ -48,11 +51,13 @@ def restore(request: RestoreRequest, store: SnapshotStore) -> str:
 
 
 def deep_verify(
-    store: SnapshotStore, snapshot: StoredSnapshot, identity_file: Path | None, work_dir: Path
+    store: SnapshotStore,
+    snapshot: StoredSnapshot,
+    identities: Sequence[x25519.Identity],
+    work_dir: Path,
 ) -> list[str]:
-    return check_definitions(
-        store, snapshot, identities_for(snapshot.manifest.encryption, identity_file)
-    )
+    """The structural check; the definitions are small enough to need no scratch file."""
+    return check_definitions(store, snapshot, identities)
 
 
 COMMANDS = SourceCommands(

@@ -13,7 +13,6 @@ run the same or a newer Redis than the snapshot's source.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
@@ -24,7 +23,7 @@ from pyrage import x25519
 
 from backup_pipelines.errors import BackupError, IntegrityError
 from backup_pipelines.processes import run_tool
-from backup_pipelines.snapshot.reader import restore_artifact
+from backup_pipelines.snapshot.reader import artifact_file, restore_artifact
 from backup_pipelines.snapshot.staging import logical_name
 from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
 from backup_pipelines.sources.redis.dump import RDB_ARTIFACT
@@ -32,19 +31,6 @@ from backup_pipelines.sources.redis.server import RedisServer, keyspace, throwaw
 
 Log = Callable[[str], None]
 BATCH = 500
-
-
-def fetch_rdb(
-    store: SnapshotStore,
-    snapshot: StoredSnapshot,
-    directory: Path,
-    identities: Sequence[x25519.Identity],
-) -> Path:
-    """The snapshot's RDB, checked and decompressed, as `directory/dump.rdb`."""
-    path = directory / RDB_ARTIFACT
-    with path.open("wb") as out:
-        restore_artifact(store, snapshot, RDB_ARTIFACT, out, identities)
-    return path
 
 
 def check_rdb(path: Path) -> None:
@@ -118,18 +104,18 @@ def restore_into_server(
             f"Redis at {target.where} already holds {keys} keys and {functions} function "
             "libraries; add --force to replace them with the snapshot's"
         )
-    work_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=work_dir, prefix="redis-restore-") as scratch:
-        fetch_rdb(store, snapshot, Path(scratch), identities)
-        with throwaway_server(Path(scratch)) as source:
-            writer = target.client()
-            if keys or functions:
-                log(f"emptying Redis at {target.where} (--force)")
-                writer.flushall()
-                writer.function_flush()
-            copied = copy_keys(source, target, log)
-            writer.function_restore(source.client().function_dump(), "REPLACE")
-            libraries = len(source.client().function_list())
+    with (
+        artifact_file(store, snapshot, RDB_ARTIFACT, identities, work_dir) as rdb,
+        throwaway_server(rdb.parent) as source,
+    ):
+        writer = target.client()
+        if keys or functions:
+            log(f"emptying Redis at {target.where} (--force)")
+            writer.flushall()
+            writer.function_flush()
+        copied = copy_keys(source, target, log)
+        writer.function_restore(source.client().function_dump(), "REPLACE")
+        libraries = len(source.client().function_list())
     return (
         f"restored redis/{snapshot.snapshot_id} into {target.where}: "
         f"{copied} keys, {libraries} function libraries"
@@ -167,12 +153,11 @@ def deep_verify_rdb(
     identities: Sequence[x25519.Identity],
     work_dir: Path,
 ) -> list[str]:
-    work_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=work_dir, prefix="redis-verify-") as scratch:
-        try:
-            check_rdb(fetch_rdb(store, snapshot, Path(scratch), identities))
-        except BackupError as exc:
-            return [str(exc)]
+    try:
+        with artifact_file(store, snapshot, RDB_ARTIFACT, identities, work_dir) as rdb:
+            check_rdb(rdb)
+    except BackupError as exc:
+        return [str(exc)]
     return []
 
 
@@ -183,11 +168,9 @@ def restore_drill(
     work_dir: Path,
 ) -> dict[str, Any]:
     """redis-check-rdb, then load into a throw-away server and count keys per database."""
-    work_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=work_dir, prefix="redis-drill-") as scratch:
-        rdb = fetch_rdb(store, snapshot, Path(scratch), identities)
+    with artifact_file(store, snapshot, RDB_ARTIFACT, identities, work_dir) as rdb:
         check_rdb(rdb)
-        with throwaway_server(Path(scratch)) as loaded:
+        with throwaway_server(rdb.parent) as loaded:
             restored = keyspace(loaded.client().info("keyspace"))
             libraries = len(loaded.client().function_list())
     expected = snapshot.manifest.stats.get("keys", {})
