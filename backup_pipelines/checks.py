@@ -23,6 +23,7 @@ from pyrage import x25519
 
 from backup_pipelines.errors import IntegrityError
 from backup_pipelines.io_managers import SnapshotIOManager, source_of
+from backup_pipelines.notifications import NotificationPublisher, event_body
 from backup_pipelines.resources import DocumentsResource, PostgresResource, SnapshotPipeline
 from backup_pipelines.snapshot.encryption import identities_for
 from backup_pipelines.snapshot.reader import verify_snapshot
@@ -56,6 +57,23 @@ def drill_inputs(
     return store, snapshot, identities
 
 
+def announced(
+    result: AssetCheckResult,
+    context: AssetCheckExecutionContext,
+    notifications: NotificationPublisher,
+    snapshot: StoredSnapshot,
+) -> AssetCheckResult:
+    """Publish `backup.verification_failed` for a failed check, then hand the result on."""
+    if not result.passed:
+        body = event_body(
+            "backup.verification_failed", snapshot.source, context.run.run_id, snapshot=snapshot
+        )
+        details = result.metadata.get("problems") or result.metadata.get("databases")
+        body["error"] = f"a check failed: {details.value if details else 'see Dagster'}"[:500]
+        notifications.publish(body)
+    return result
+
+
 def problems_result(snapshot: StoredSnapshot, problems: list[str]) -> AssetCheckResult:
     return AssetCheckResult(
         passed=not problems,
@@ -79,10 +97,11 @@ def problems_check(
         context: AssetCheckExecutionContext,
         io_manager: ResourceParam[SnapshotIOManager],
         snapshot_pipeline: SnapshotPipeline,
+        notifications: NotificationPublisher,
     ) -> AssetCheckResult:
         store, snapshot, identities = drill_inputs(context, io_manager, snapshot_pipeline, asset)
         problems = find_problems(store, snapshot, identities, snapshot_pipeline.work_dir("check"))
-        return problems_result(snapshot, problems)
+        return announced(problems_result(snapshot, problems), context, notifications, snapshot)
 
     return _check
 
@@ -101,11 +120,14 @@ def integrity_check(asset: AssetsDefinition) -> AssetChecksDefinition:
         "must match its manifest.",
     )
     def _integrity(
-        context: AssetCheckExecutionContext, io_manager: ResourceParam[SnapshotIOManager]
+        context: AssetCheckExecutionContext,
+        io_manager: ResourceParam[SnapshotIOManager],
+        notifications: NotificationPublisher,
     ) -> AssetCheckResult:
         store = io_manager.build_store()
         snapshot = snapshot_under_check(context, store, asset.key)
-        return problems_result(snapshot, verify_snapshot(store, snapshot))
+        result = problems_result(snapshot, verify_snapshot(store, snapshot))
+        return announced(result, context, notifications, snapshot)
 
     return _integrity
 
@@ -124,6 +146,7 @@ def postgres_restore_drill(asset: AssetsDefinition) -> AssetChecksDefinition:
         context: AssetCheckExecutionContext,
         io_manager: ResourceParam[SnapshotIOManager],
         snapshot_pipeline: SnapshotPipeline,
+        notifications: NotificationPublisher,
         postgres: PostgresResource,
     ) -> AssetCheckResult:
         store, snapshot, identities = drill_inputs(context, io_manager, snapshot_pipeline, asset)
@@ -135,7 +158,7 @@ def postgres_restore_drill(asset: AssetsDefinition) -> AssetChecksDefinition:
             snapshot_pipeline.work_dir("drill"),
             context.log.info,
         )
-        return AssetCheckResult(
+        outcome = AssetCheckResult(
             passed=all(not result["differences"] for result in results.values()),
             severity=AssetCheckSeverity.ERROR,
             metadata={
@@ -144,6 +167,7 @@ def postgres_restore_drill(asset: AssetsDefinition) -> AssetChecksDefinition:
                 "rows_restored": sum(result["rows"] for result in results.values()),
             },
         )
+        return announced(outcome, context, notifications, snapshot)
 
     return _drill
 
@@ -161,12 +185,14 @@ def redis_restore_drill(asset: AssetsDefinition) -> AssetChecksDefinition:
         context: AssetCheckExecutionContext,
         io_manager: ResourceParam[SnapshotIOManager],
         snapshot_pipeline: SnapshotPipeline,
+        notifications: NotificationPublisher,
     ) -> AssetCheckResult:
         store, snapshot, identities = drill_inputs(context, io_manager, snapshot_pipeline, asset)
         try:
             result = redis_drill(store, snapshot, identities, snapshot_pipeline.work_dir("drill"))
         except IntegrityError as exc:
-            return problems_result(snapshot, [str(exc)])
+            failed = problems_result(snapshot, [str(exc)])
+            return announced(failed, context, notifications, snapshot)
         # Keys with a TTL may expire between the count and the sync on a live server:
         # a different count is worth a look (WARN), an RDB that does not load is not a backup.
         return AssetCheckResult(
@@ -190,13 +216,13 @@ def restic_checks(asset: AssetsDefinition, read_data_subset: str) -> list[AssetC
         def _check(
             context: AssetCheckExecutionContext,
             io_manager: ResourceParam[SnapshotIOManager],
+            notifications: NotificationPublisher,
             documents: DocumentsResource,
         ) -> AssetCheckResult:
             store = io_manager.build_store()
             snapshot = snapshot_under_check(context, store, asset.key)
-            return problems_result(
-                snapshot, check_repository(snapshot, documents.restic(), read_data)
-            )
+            problems = check_repository(snapshot, documents.restic(), read_data)
+            return announced(problems_result(snapshot, problems), context, notifications, snapshot)
 
         return _check
 

@@ -18,6 +18,7 @@ from pydantic import Field
 
 from backup_pipelines.errors import BackupError
 from backup_pipelines.io_managers import SnapshotIOManager
+from backup_pipelines.notifications import NotificationPublisher, event_body
 from backup_pipelines.redaction import mask_url
 from backup_pipelines.resources import SnapshotPipeline
 from backup_pipelines.snapshot.store import LATEST
@@ -46,6 +47,7 @@ def restore_snapshot(
     config: RestoreConfig,
     io_manager: ResourceParam[SnapshotIOManager],
     snapshot_pipeline: SnapshotPipeline,
+    notifications: NotificationPublisher,
 ) -> None:
     sources = registered_sources()
     if config.source not in sources:
@@ -60,8 +62,13 @@ def restore_snapshot(
         "vhost": config.vhost,
         "snapshot_restore": config.snapshot_restore,
     }
+    store = io_manager.build_store()
+    try:
+        snapshot_id = store.find(config.source, config.snapshot).snapshot_id
+    except BackupError as exc:
+        raise Failure(description=str(exc), allow_retries=False) from None
     request = RestoreRequest(
-        snapshot=config.snapshot,
+        snapshot=snapshot_id,
         target=config.target,
         force=config.force,
         work_dir=snapshot_pipeline.work_dir("restore"),
@@ -70,14 +77,15 @@ def restore_snapshot(
         log=context.log.info,
     )
     where = mask_url(config.target) if config.target else config.output_dir
-    context.log.info(f"restoring {config.source} {config.snapshot} into {where}")
+    context.log.info(f"restoring {config.source} {snapshot_id} into {where}")
     try:
-        summary = sources[config.source].restore(
-            request, context.resources.io_manager.build_store()
-        )
+        summary = sources[config.source].restore(request, store)
     except BackupError as exc:
         raise Failure(description=str(exc), allow_retries=False) from None
     context.log.info(summary)
+    body = event_body("backup.restored", config.source, context.run_id)
+    body.update(snapshot_id=snapshot_id, location=where)
+    notifications.publish(body)
 
 
 @job(executor_def=in_process_executor, description="Restore one snapshot into a target.")

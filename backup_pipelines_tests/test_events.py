@@ -7,16 +7,22 @@ from pathlib import Path
 import pika
 import pytest
 from dagster import (
+    AssetSelection,
     DagsterEventType,
     DagsterInstance,
+    Definitions,
     build_run_status_sensor_context,
     build_sensor_context,
+    define_asset_job,
 )
 
+from backup_pipelines.assets import rabbitmq_backup
 from backup_pipelines.definitions import OUTBOX_NAME, build_definitions
 from backup_pipelines.notifications import EXCHANGE, NotificationPublisher, Outbox
 from backup_pipelines.sensors import backup_run_failure_sensor, notifications_outbox_sensor
 from backup_pipelines.settings import load_settings
+from backup_pipelines.snapshot import store_from_settings
+from backup_pipelines_tests.test_snapshot_store import flip_byte
 
 BROKER = "amqp://guest:guest@127.0.0.1:5672/%2F"
 CONTRACT_FIELDS = {
@@ -160,3 +166,62 @@ def test_events_wait_in_the_outbox_while_the_broker_is_down(backup_env, events, 
     received = events.for_run(result.run_id, count=2)
     assert [routing_key for routing_key, _, _ in received] == ["backup.started", "backup.completed"]
     assert Outbox(backup_env / OUTBOX_NAME).pending() == 0
+
+
+def test_a_failed_check_and_a_restore_are_announced(backup_env, events):
+    instance = DagsterInstance.ephemeral()
+    backup = run_job("rabbitmq_backup_job", instance)
+    assert backup.success
+    store = store_from_settings(load_settings())
+    snapshot = store.find("rabbitmq")
+    flip_byte(store, snapshot.snapshot_id, "definitions.json.zst", offset=3, source="rabbitmq")
+
+    defs = build_definitions(load_settings())
+    checks_only = define_asset_job(
+        "check_rabbitmq", selection=AssetSelection.checks_for_assets(rabbitmq_backup)
+    )
+    checks = Definitions.merge(defs, Definitions(jobs=[checks_only]))
+    result = checks.resolve_job_def("check_rabbitmq").execute_in_process(instance=instance)
+    assert not all(c.passed for c in result.get_asset_check_evaluations())
+    announced = events.drain_for(result.run_id)  # integrity and structure both fail
+    assert {key for key, _, _ in announced} == {"backup.verification_failed"}
+    assert len(announced) == 2
+    assert {event["snapshot_id"] for _, _, event in announced} == {snapshot.snapshot_id}
+    assert any("sha256 does not match" in event["error"] for _, _, event in announced)
+
+    restore = defs.resolve_job_def("restore_job").execute_in_process(
+        run_config={
+            "ops": {
+                "restore_snapshot": {
+                    "config": {
+                        "source": "rabbitmq",
+                        "target": "http://127.0.0.1:15672",
+                        "force": True,
+                        "snapshot": snapshot.snapshot_id,
+                    }
+                }
+            }
+        },
+        instance=instance,
+        raise_on_error=False,
+    )
+    assert not restore.success  # the stored bytes are damaged: no restore from them
+    earlier = run_job("rabbitmq_backup_job", instance)
+    restore = defs.resolve_job_def("restore_job").execute_in_process(
+        run_config={
+            "ops": {
+                "restore_snapshot": {
+                    "config": {
+                        "source": "rabbitmq",
+                        "target": "http://127.0.0.1:15672",
+                        "force": True,
+                    }
+                }
+            }
+        },
+        instance=instance,
+    )
+    assert earlier.success and restore.success
+    [(routing_key, _, event)] = events.drain_for(restore.run_id)
+    assert routing_key == "backup.restored"
+    assert event["snapshot_id"] == store.find("rabbitmq").snapshot_id
