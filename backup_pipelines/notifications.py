@@ -153,19 +153,28 @@ class NotificationPublisher(ConfigurableResource):
         return Outbox(Path(self.outbox_path))
 
     def publish(self, body: dict[str, Any]) -> None:
-        """Keep the event durably, then try to deliver everything waiting. Never raises."""
-        self.outbox.add(body)
+        """Keep the event durably, then try to deliver everything waiting. Never raises:
+        a snapshot already committed must not be reported failed for want of an event."""
+        try:
+            self.outbox.add(body)
+        except (sqlite3.Error, OSError) as exc:
+            logger.error(
+                "could not keep the %s event in the outbox %s (%s): it is lost",
+                body["event"],
+                self.outbox_path,
+                exc,
+            )
+            return
         self.flush()
 
     def flush(self) -> int:
         try:
             return self.outbox.deliver(self.rabbitmq_url)
-        except (AMQPError, OSError) as exc:
+        except (AMQPError, OSError, sqlite3.Error) as exc:
             logger.warning(
-                "RabbitMQ is unreachable (%s): %d backup events wait in the outbox %s",
-                type(exc).__name__,
-                self.outbox.pending(),
+                "backup events wait in the outbox %s (RabbitMQ unreachable or the outbox busy: %s)",
                 self.outbox_path,
+                type(exc).__name__,
             )
             return 0
 

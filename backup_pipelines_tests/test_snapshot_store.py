@@ -232,7 +232,9 @@ def test_manifest_rejects_other_formats():
         "run_id": "r",
         "files": [],
     }
-    assert Manifest.model_validate(good).duration_s == 42
+    parsed = Manifest.model_validate(good)
+    assert (parsed.finished_at - parsed.started_at).total_seconds() == 42
+    assert parsed.started_at.tzinfo is not None
     with pytest.raises(ValueError, match="version 2"):
         Manifest.model_validate({**good, "version": 2})
 

@@ -82,10 +82,6 @@ class Manifest(BaseModel):
     def size_bytes(self) -> int:
         return sum(entry.size for entry in self.files)
 
-    @property
-    def duration_s(self) -> float:
-        return (self.finished_at - self.started_at).total_seconds()
-
     def file(self, name: str) -> FileEntry:
         for entry in self.files:
             if entry.name == name:
