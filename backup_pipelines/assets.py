@@ -19,7 +19,7 @@ from dagster import (
     asset,
 )
 
-from backup_pipelines.errors import ConfigurationError
+from backup_pipelines.errors import ConfigurationError, SourceRefused
 from backup_pipelines.notifications import NotificationPublisher, event_body, publish_backup_failure
 from backup_pipelines.resources import (
     ConsulResource,
@@ -31,15 +31,11 @@ from backup_pipelines.resources import (
 )
 from backup_pipelines.settings import load_settings
 from backup_pipelines.snapshot.staging import StagedSnapshot
-from backup_pipelines.sources.consul.api import ConsulRefused
 from backup_pipelines.sources.consul.dump import dump_consul
 from backup_pipelines.sources.documents.backup import backup_documents
-from backup_pipelines.sources.postgres.cluster import PostgresRefused
 from backup_pipelines.sources.postgres.dump import dump_cluster
-from backup_pipelines.sources.rabbitmq.api import RabbitRefused
 from backup_pipelines.sources.rabbitmq.dump import dump_definitions
 from backup_pipelines.sources.redis.dump import dump_server
-from backup_pipelines.sources.redis.server import RedisRefused
 
 TRANSIENT_RETRIES = RetryPolicy(
     max_retries=3,
@@ -47,13 +43,7 @@ TRANSIENT_RETRIES = RetryPolicy(
     backoff=Backoff.EXPONENTIAL,
     jitter=Jitter.PLUS_MINUS,
 )
-PERMANENT_ERRORS = (
-    ConfigurationError,
-    PostgresRefused,
-    RedisRefused,
-    RabbitRefused,
-    ConsulRefused,
-)
+PERMANENT_ERRORS = (ConfigurationError, SourceRefused)  # retrying will not help
 BACKUP_ASSET = {
     "group_name": "backups",
     "retry_policy": TRANSIENT_RETRIES,

@@ -27,3 +27,12 @@ class SnapshotNotFound(BackupError):
 
 class StoreError(BackupError):
     """The snapshot store (local disk or S3) could not be read or written."""
+
+
+class SourceUnavailable(BackupError):
+    """A backed-up system could not be reached; worth retrying (it may be restarting)."""
+
+
+class SourceRefused(BackupError):
+    """A backed-up system answered no (credentials, permissions, no such database):
+    retrying will not help, so the run fails at once."""

@@ -14,18 +14,18 @@ from urllib.parse import quote
 
 import requests
 
-from backup_pipelines.errors import BackupError
+from backup_pipelines.errors import BackupError, SourceRefused, SourceUnavailable
 
 TIMEOUT_S = (10, 600)
 CHUNK_SIZE = 1 << 20
 FILTERED_HEADER = "X-Consul-Results-Filtered-By-ACLs"
 
 
-class ConsulUnavailable(BackupError):
+class ConsulUnavailable(SourceUnavailable):
     """The agent could not be reached; worth retrying."""
 
 
-class ConsulRefused(BackupError):
+class ConsulRefused(SourceRefused):
     """The agent refused the token or request: retrying will not help."""
 
 

@@ -8,7 +8,7 @@ import hashlib
 import io
 import json
 import tarfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +17,9 @@ from pyrage import x25519
 from backup_pipelines.errors import BackupError, IntegrityError
 from backup_pipelines.snapshot.reader import artifact_file, restore_artifact
 from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
+from backup_pipelines.sources import Log
 from backup_pipelines.sources.consul.api import ConsulApi
 from backup_pipelines.sources.consul.dump import ARCHIVE_ARTIFACT, KV_ARTIFACT
-
-Log = Callable[[str], None]
 
 
 def load_kv(

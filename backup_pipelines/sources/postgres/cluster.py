@@ -17,7 +17,11 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from backup_pipelines.errors import BackupError, ConfigurationError
+from backup_pipelines.errors import (
+    ConfigurationError,
+    SourceRefused,
+    SourceUnavailable,
+)
 from backup_pipelines.redaction import mask_url, redact
 
 CONNECT_TIMEOUT_S = 10
@@ -25,11 +29,11 @@ MAINTENANCE_DB = "postgres"
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
 
 
-class PostgresUnavailable(BackupError):
+class PostgresUnavailable(SourceUnavailable):
     """The server could not be reached; worth retrying (it may be restarting)."""
 
 
-class PostgresRefused(BackupError):
+class PostgresRefused(SourceRefused):
     """The server answered no (bad password, no such database): retrying will not help."""
 
 

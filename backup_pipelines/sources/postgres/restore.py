@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from backup_pipelines.processes import run_tool
 from backup_pipelines.snapshot.reader import artifact_file
 from backup_pipelines.snapshot.staging import logical_name
 from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
+from backup_pipelines.sources import Log
 from backup_pipelines.sources.postgres.cluster import (
     MAINTENANCE_DB,
     Cluster,
@@ -37,7 +38,6 @@ from backup_pipelines.sources.postgres.dump import (
     dump_artifact,
 )
 
-Log = Callable[[str], None]
 ROLE_STATEMENT = re.compile(r'^(CREATE|ALTER) ROLE ("(?:[^"]|"")+"|[^\s;]+)(;| WITH .*;)$')
 
 

@@ -14,18 +14,18 @@ from urllib.parse import quote
 
 import requests
 
-from backup_pipelines.errors import BackupError
+from backup_pipelines.errors import SourceRefused, SourceUnavailable
 from backup_pipelines.redaction import mask_url
 
 TIMEOUT_S = (10, 300)
 CHUNK_SIZE = 1 << 20
 
 
-class RabbitUnavailable(BackupError):
+class RabbitUnavailable(SourceUnavailable):
     """The management API could not be reached; worth retrying."""
 
 
-class RabbitRefused(BackupError):
+class RabbitRefused(SourceRefused):
     """The broker refused our credentials or request: retrying will not help."""
 
 

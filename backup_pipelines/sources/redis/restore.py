@@ -13,7 +13,7 @@ run the same or a newer Redis than the snapshot's source.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -26,10 +26,10 @@ from backup_pipelines.processes import run_tool
 from backup_pipelines.snapshot.reader import artifact_file, restore_artifact
 from backup_pipelines.snapshot.staging import logical_name
 from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
+from backup_pipelines.sources import Log
 from backup_pipelines.sources.redis.dump import RDB_ARTIFACT
 from backup_pipelines.sources.redis.server import RedisServer, keyspace, throwaway_server
 
-Log = Callable[[str], None]
 BATCH = 500
 
 

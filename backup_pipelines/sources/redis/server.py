@@ -19,18 +19,18 @@ from typing import Any
 import redis
 from redis.connection import parse_url
 
-from backup_pipelines.errors import BackupError, IntegrityError
+from backup_pipelines.errors import BackupError, IntegrityError, SourceRefused, SourceUnavailable
 from backup_pipelines.processes import not_installed
 from backup_pipelines.redaction import mask_url
 
 STARTUP_TIMEOUT_S = 60
 
 
-class RedisUnavailable(BackupError):
+class RedisUnavailable(SourceUnavailable):
     """The server could not be reached; worth retrying."""
 
 
-class RedisRefused(BackupError):
+class RedisRefused(SourceRefused):
     """The server refused our credentials or command: retrying will not help."""
 
 
