@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install system-tools services dev test lint lock bench
+.PHONY: install system-tools test-tools services dev test lint lock bench
 
 ## install: Python packages into .venv (pinned by requirements.lock) and the system tools
 install: system-tools $(VENV)/.installed
@@ -19,6 +19,10 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 system-tools:
 	bash scripts/install-system-tools.sh
 
+## test-tools: what only the tests need (Chromium, chromedriver, docker-compose)
+test-tools:
+	bash scripts/install-system-tools.sh test
+
 ## services: PostgreSQL, Redis and RabbitMQ (with management) up on localhost
 services:
 	bash scripts/ensure-services.sh
@@ -32,8 +36,9 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p "$(DAGSTER_HOME)"
 	cp dagster.yaml "$@"
 
-## test: install, make sure the services are up, lint, run the whole suite
-test: install services lint $(DAGSTER_HOME)/dagster.yaml
+## test: install, make sure the services are up, lint, run the whole suite (end to end and
+## browser included; screenshots land in test-results/)
+test: install test-tools services lint $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/pytest
 
 lint: $(VENV)/.installed

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from dagster import (
     AssetExecutionContext,
+    AssetKey,
+    AssetSpec,
     Backoff,
     Failure,
     Jitter,
@@ -51,6 +53,25 @@ BACKUP_ASSET = {
 }
 
 
+def crm_system(source: str, kind: str, description: str) -> AssetSpec:
+    """A live system of the CRM, upstream of its backup in the asset graph.
+
+    Dagster does not materialize these (the CRM writes them); they are here so
+    the lineage shows operators which system each backup copies.
+    """
+    return AssetSpec(
+        key=AssetKey(["crm", source]), group_name="crm", kinds={kind}, description=description
+    )
+
+
+crm_postgres = crm_system("postgres", "postgres", "The CRM's PostgreSQL cluster.")
+crm_redis = crm_system("redis", "redis", "The CRM's Redis server.")
+crm_rabbitmq = crm_system("rabbitmq", "rabbitmq", "The CRM's RabbitMQ broker.")
+crm_consul = crm_system("consul", "consul", "The CRM's Consul cluster.")
+crm_documents = crm_system("documents", "files", "The CRM's documents file tree.")
+CRM_SYSTEMS = [crm_postgres, crm_redis, crm_rabbitmq, crm_consul, crm_documents]
+
+
 def run_backup(
     context: AssetExecutionContext,
     source: str,
@@ -71,6 +92,7 @@ def run_backup(
 
 @asset(
     **BACKUP_ASSET,
+    deps=[crm_postgres],
     kinds={"postgres"},
     pool="postgres",
     description="Every database of the cluster (custom-format dumps) and its roles (globals.sql).",
@@ -94,6 +116,7 @@ def postgres_backup(
 
 @asset(
     **BACKUP_ASSET,
+    deps=[crm_redis],
     kinds={"redis"},
     pool="redis",
     description="The RDB, taken over the replication protocol, and AOF files when the data "
@@ -117,6 +140,7 @@ def redis_backup(
 
 @asset(
     **BACKUP_ASSET,
+    deps=[crm_rabbitmq],
     kinds={"rabbitmq"},
     pool="rabbitmq",
     description="The broker's definitions: vhosts, users, permissions, parameters, policies, "
@@ -139,6 +163,7 @@ def rabbitmq_backup(
 
 @asset(
     **BACKUP_ASSET,
+    deps=[crm_consul],
     kinds={"consul"},
     pool="consul",
     description="Consul's snapshot archive (the whole Raft state) and a JSON export of the KV.",
@@ -160,6 +185,7 @@ def consul_backup(
 
 @asset(
     **BACKUP_ASSET,
+    deps=[crm_documents],
     kinds={"restic"},
     pool="documents",
     description="The documents tree, incremental and deduplicated in a restic repository kept "

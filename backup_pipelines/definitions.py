@@ -17,6 +17,7 @@ from dagster import (
 )
 
 from backup_pipelines.assets import (
+    CRM_SYSTEMS,
     consul_backup,
     documents_backup,
     postgres_backup,
@@ -67,14 +68,12 @@ backup_assets = {
 backup_all_job = define_asset_job(
     "backup_all_job",
     selection=AssetSelection.groups("backups"),
-    executor_def=in_process_executor,
     description="A snapshot of every source, one after the other.",
 )
 source_jobs = {
     source: define_asset_job(
         f"{source}_backup_job",
         selection=AssetSelection.assets(asset),
-        executor_def=in_process_executor,
         description=f"A {source} snapshot.",
     )
     for source, asset in backup_assets.items()
@@ -182,12 +181,19 @@ def build_definitions(settings: BackupSettings) -> Definitions:
         notifications_outbox_sensor,
     ]
     return Definitions(
-        assets=[with_freshness(s, a, settings) for s, a in backup_assets.items()],
+        assets=[
+            *CRM_SYSTEMS,
+            *(with_freshness(s, a, settings) for s, a in backup_assets.items()),
+        ],
         asset_checks=asset_checks,
         jobs=[backup_all_job, *source_jobs.values(), restore_job, retention_job],
         schedules=schedules,
         sensors=sensors,
         resources=build_resources(settings),
+        # Every job, and the UI's Materialize, runs its steps in the run's own process: a
+        # subprocess per step costs seconds and buys nothing for steps that mostly wait on a
+        # dump tool.
+        executor=in_process_executor,
     )
 
 

@@ -10,7 +10,6 @@ from dagster import (
     Failure,
     OpExecutionContext,
     ResourceParam,
-    in_process_executor,
     job,
     op,
 )
@@ -88,6 +87,6 @@ def restore_snapshot(
     notifications.publish(body)
 
 
-@job(executor_def=in_process_executor, description="Restore one snapshot into a target.")
+@job(description="Restore one snapshot into a target.")
 def restore_job() -> None:
     restore_snapshot()

@@ -6,7 +6,6 @@ from dagster import (
     Out,
     Output,
     ResourceParam,
-    in_process_executor,
     job,
     op,
 )
@@ -55,6 +54,6 @@ def apply_retention(
     )
 
 
-@job(executor_def=in_process_executor, description="Prune every source by the retention rules.")
+@job(description="Prune every source by the retention rules.")
 def retention_job() -> None:
     apply_retention()

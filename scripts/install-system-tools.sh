@@ -2,6 +2,8 @@
 # Installs, with apt-get, the command-line tools backup_pipelines drives when
 # they are missing. Backups shell out to the tools the operators already trust
 # (pg_dump, redis-cli, restic) instead of re-implementing their protocols.
+# `install-system-tools.sh test` adds what only the tests use: Chromium and its
+# driver for the browser test, docker-compose to validate docker-compose.yml.
 set -euo pipefail
 
 declare -A package_of=(
@@ -10,9 +12,14 @@ declare -A package_of=(
   [redis-server]=redis-server [restic]=restic [zstd]=zstd
   [/usr/bin/time]=time
 )
+if [ "${1:-}" = "test" ]; then
+  # Chromium only recommends fonts, and renders no text without one.
+  package_of+=([chromium]=chromium [chromedriver]=chromium-driver [docker-compose]=docker-compose
+               [/usr/share/fonts/truetype/liberation]=fonts-liberation)
+fi
 missing=()
 for tool in "${!package_of[@]}"; do
-  command -v "$tool" >/dev/null 2>&1 || missing+=("${package_of[$tool]}")
+  command -v "$tool" >/dev/null 2>&1 || [ -e "$tool" ] || missing+=("${package_of[$tool]}")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 

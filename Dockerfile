@@ -1,0 +1,30 @@
+# One image for the three backup_pipelines services of docker-compose.yml (and
+# the Kubernetes deployment): the code server, dagster-webserver and
+# dagster-daemon differ only in their command.
+FROM python:3.11-slim-bookworm
+
+# The tools the backups drive. postgresql-client is 15, like the compose file's
+# PostgreSQL: pg_dump must be at least the server's major version.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      postgresql-client redis-tools restic zstd ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /opt/backup_pipelines
+COPY pyproject.toml requirements.lock ./
+COPY backup_pipelines ./backup_pipelines
+# The lock pins every version; as constraints it installs only what the
+# package needs at run time (no test tools).
+RUN pip install --no-cache-dir --constraint requirements.lock .
+
+ENV DAGSTER_HOME=/opt/dagster/home \
+    BACKUP_ARTIFACTS_DIR=/var/lib/backup-artifacts
+COPY deploy/dagster.yaml deploy/workspace.yaml /opt/dagster/home/
+RUN useradd --system --uid 10001 --home-dir /opt/dagster/home dagster \
+ && mkdir -p /opt/dagster/home/storage /var/lib/backup-artifacts \
+ && chown -R dagster /opt/dagster/home/storage /var/lib/backup-artifacts
+USER dagster
+
+EXPOSE 3000 4000
+CMD ["dagster", "code-server", "start", "-h", "0.0.0.0", "-p", "4000", \
+     "-m", "backup_pipelines.definitions", "--location-name", "backup_pipelines"]

@@ -1,0 +1,259 @@
+"""The production Dagster processes on loopback ports: code server, webserver and daemon.
+
+They run from `deploy/dagster.yaml` and `deploy/workspace.yaml` unchanged, as the
+compose services do: the instance's storage is a scratch database on the
+machine's PostgreSQL (dagster-postgres), runs go through the QueuedRunCoordinator
+and the daemon, and the webserver and daemon reach the code over gRPC.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+from psycopg import sql
+
+from backup_pipelines_tests.conftest import free_port, wait_for_http
+from backup_pipelines_tests.postgres_fixtures import (
+    connect,
+    create_rich_database,
+    scratch_databases,
+    unique_name,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY = REPO / "deploy"
+LOCATION = "backup_pipelines"
+REPOSITORY = "__repository__"  # the name Dagster gives the repository of a Definitions object
+FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
+MANAGEMENT = "http://127.0.0.1:15672"
+
+LAUNCH_MUTATION = """
+mutation LaunchPipelineExecution($executionParams: ExecutionParams!) {
+  launchPipelineExecution(executionParams: $executionParams) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+    ... on InvalidSubsetError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+  }
+}
+"""
+ASSET_CHECKS_QUERY = """
+query AssetChecks($path: [String!]!) {
+  assetNodeOrError(assetKey: {path: $path}) {
+    ... on AssetNode { assetChecksOrError { ... on AssetChecks { checks { name } } } }
+  }
+}
+"""
+DAEMONS_QUERY = """
+{ instance { daemonHealth { allDaemonStatuses { daemonType required healthy } } } }
+"""
+RUNS_QUERY = """
+query Runs($filter: RunsFilter) {
+  runsOrError(filter: $filter) {
+    ... on Runs { results { runId status jobName tags { key value } } }
+    ... on PythonError { message }
+  }
+}
+"""
+
+
+@dataclass
+class DagsterStack:
+    """A running webserver, daemon and code server, spoken to as the UI does: GraphQL."""
+
+    url: str
+    logs: Path
+    cli_env: dict[str, str] = field(default_factory=dict)  # for `backup-pipelines` commands
+    crm_database: str = ""  # the database the stack backs up
+    rabbitmq_url: str = ""  # the vhost of its events and backup.requests
+
+    def graphql(self, query: str, **variables: Any) -> dict[str, Any]:
+        response = requests.post(
+            f"{self.url}/graphql", json={"query": query, "variables": variables}, timeout=30
+        )
+        response.raise_for_status()
+        body = response.json()
+        assert "errors" not in body, body["errors"]
+        return body["data"]
+
+    def materialize(self, asset_name: str) -> str:
+        """What the UI's Materialize button sends: the asset and its checks. Returns the run id."""
+        node = self.graphql(ASSET_CHECKS_QUERY, path=[asset_name])["assetNodeOrError"]
+        checks = [
+            {"assetKey": {"path": [asset_name]}, "name": check["name"]}
+            for check in node["assetChecksOrError"]["checks"]
+        ]
+        params = {
+            "mode": "default",
+            "runConfigData": {},
+            "executionMetadata": {"tags": []},
+            "selector": {
+                "repositoryLocationName": LOCATION,
+                "repositoryName": REPOSITORY,
+                "pipelineName": "__ASSET_JOB",
+                "assetSelection": [{"path": [asset_name]}],
+                "assetCheckSelection": checks,
+            },
+        }
+        result = self.graphql(LAUNCH_MUTATION, executionParams=params)["launchPipelineExecution"]
+        assert result["__typename"] == "LaunchRunSuccess", result
+        return result["run"]["runId"]
+
+    def unhealthy_daemons(self) -> list[str]:
+        """The required daemons (scheduler, sensors, run queue, ...) without a recent heartbeat."""
+        statuses = self.graphql(DAEMONS_QUERY)["instance"]["daemonHealth"]["allDaemonStatuses"]
+        return [s["daemonType"] for s in statuses if s["required"] and not s["healthy"]]
+
+    def runs(self, **run_filter: Any) -> list[dict[str, Any]]:
+        """Run history, newest first, as the Runs page reads it."""
+        result = self.graphql(RUNS_QUERY, filter=run_filter)["runsOrError"]
+        assert "results" in result, result
+        return result["results"]
+
+    def wait_for_run(self, timeout_s: float = 120, **run_filter: Any) -> dict[str, Any]:
+        """The first run matching the filter, once it finished."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            runs = self.runs(**run_filter)
+            if runs and runs[0]["status"] in FINISHED:
+                return runs[0]
+            time.sleep(1)
+        raise AssertionError(
+            f"no finished run for {run_filter} within {timeout_s} s: "
+            f"{self.runs(**run_filter)}\n{self.log_tails()}"
+        )
+
+    def log_tails(self, lines: int = 30) -> str:
+        """The end of each process's output, for a failure message."""
+        tails = []
+        for log in sorted(self.logs.glob("*.log")):
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+            tails.append(f"--- {log.name}\n" + "\n".join(tail))
+        return "\n".join(tails)
+
+
+def _start(name: str, command: list[str], env: Mapping[str, str], logs: Path) -> subprocess.Popen:
+    with (logs / f"{name}.log").open("wb") as log:  # the child keeps its own copy
+        return subprocess.Popen(
+            command, env=dict(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _wait_until(check, what: str, timeout_s: float, stack: DagsterStack) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"{what} not ready within {timeout_s} s\n{stack.log_tails()}")
+
+
+def _grpc_healthy(bin_dir: Path, port: int, env: Mapping[str, str]) -> bool:
+    command = [str(bin_dir / "dagster"), "api", "grpc-health-check", "-p", str(port)]
+    return subprocess.run(command, env=dict(env), capture_output=True).returncode == 0
+
+
+@contextmanager
+def scratch_vhost() -> Iterator[str]:
+    """A RabbitMQ vhost of its own, so the stack's queues and events meet no other test's."""
+    name, auth = unique_name("bp_e2e"), ("guest", "guest")
+    requests.put(f"{MANAGEMENT}/api/vhosts/{name}", auth=auth, timeout=10).raise_for_status()
+    requests.put(
+        f"{MANAGEMENT}/api/permissions/{name}/guest",
+        json={"configure": ".*", "write": ".*", "read": ".*"},
+        auth=auth,
+        timeout=10,
+    ).raise_for_status()
+    try:
+        yield name
+    finally:
+        requests.delete(f"{MANAGEMENT}/api/vhosts/{name}", auth=auth, timeout=10)
+
+
+@contextmanager
+def running_stack(workdir: Path) -> Iterator[DagsterStack]:
+    """The stack backing up a scratch CRM database, with events on a scratch vhost."""
+    crm_database, instance_database = unique_name("bp_e2e_crm"), unique_name("dagster_e2e")
+    with scratch_vhost() as vhost, scratch_databases(crm_database, instance_database):
+        create_rich_database(crm_database)
+        with connect("postgres") as admin:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(instance_database)))
+        backup_env = {
+            "BACKUP_ARTIFACTS_DIR": str(workdir / "artifacts"),
+            "BACKUP_POSTGRES_BACKUP_DSN": "postgresql://postgres@127.0.0.1:5432/postgres",
+            "BACKUP_POSTGRES_DATABASES": crm_database,
+            "BACKUP_RABBITMQ_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
+            "BACKUP_RETRY_DELAY_S": "0",
+        }
+        base_env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("BACKUP_", "DAGSTER_"))
+        }
+        instance_url = f"postgresql://postgres@127.0.0.1:5432/{instance_database}"
+        with _processes(workdir, {**base_env, **backup_env}, instance_url) as (url, logs):
+            yield DagsterStack(
+                url=url,
+                logs=logs,
+                cli_env={**base_env, **backup_env},
+                crm_database=crm_database,
+                rabbitmq_url=backup_env["BACKUP_RABBITMQ_URL"],
+            )
+
+
+@contextmanager
+def _processes(workdir: Path, env: Mapping[str, str], instance_url: str) -> Iterator[tuple]:
+    """Code server, webserver and daemon as docker-compose.yml runs them; yields (url, logs)."""
+    bin_dir = Path(sys.executable).parent
+    home, logs = workdir / "dagster_home", workdir / "logs"
+    home.mkdir(parents=True)
+    logs.mkdir()
+    for name in ("dagster.yaml", "workspace.yaml"):
+        shutil.copy(DEPLOY / name, home / name)
+    code_port, web_port = free_port(), free_port()
+    env = {
+        **env,
+        "DAGSTER_HOME": str(home),
+        "BACKUP_DATABASE_URL": instance_url,
+        "DAGSTER_CODE_SERVER_HOST": "127.0.0.1",
+        "DAGSTER_CODE_SERVER_PORT": str(code_port),
+    }
+    url = f"http://127.0.0.1:{web_port}"
+    probe = DagsterStack(url=url, logs=logs)  # for readiness checks and failure output
+    workspace = str(home / "workspace.yaml")
+    commands = {
+        "code-server": [str(bin_dir / "dagster"), "code-server", "start", "-h", "127.0.0.1",
+                        "-p", str(code_port), "-m", "backup_pipelines.definitions",
+                        "--location-name", LOCATION],
+        "webserver": [str(bin_dir / "dagster-webserver"), "-h", "127.0.0.1",
+                      "-p", str(web_port), "-w", workspace],
+        "daemon": [str(bin_dir / "dagster-daemon"), "run", "-w", workspace],
+    }  # fmt: skip
+    # As the code server's start in docker-compose.yml: the schema first, once.
+    subprocess.run(
+        [str(bin_dir / "dagster"), "instance", "migrate"], env=env, check=True, capture_output=True
+    )
+    with ExitStack() as cleanup:  # stops the processes in reverse order of start
+        cleanup.callback(_stop, _start("code-server", commands["code-server"], env, logs))
+        _wait_until(lambda: _grpc_healthy(bin_dir, code_port, env), "code server", 90, probe)
+        for name in ("webserver", "daemon"):
+            cleanup.callback(_stop, _start(name, commands[name], env, logs))
+        wait_for_http(f"{url}/server_info", timeout_s=90)
+        _wait_until(lambda: not probe.unhealthy_daemons(), "the daemons", 90, probe)
+        yield url, logs

@@ -1,0 +1,221 @@
+"""docker-compose.yml, .env.example and the Dockerfile, checked without a Docker engine.
+
+Debian's `docker-compose config` validates the file against the Compose schema
+and resolves `.env.example` into it offline; `deployment_problems` then checks
+what the schema cannot know: every service the stack needs, a health check on
+each, volumes for the stateful ones, and only `BACKUP_*` variables that the
+settings actually read.
+"""
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import AliasChoices
+
+from backup_pipelines.settings import BackupSettings, load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = REPO / "docker-compose.yml"
+ENV_EXAMPLE = REPO / ".env.example"
+
+DAGSTER_SERVICES = ("code-server", "webserver", "daemon")
+STATEFUL = {  # service → the directory its data lives in
+    "postgres": "/var/lib/postgresql/data",
+    "dagster-postgres": "/var/lib/postgresql/data",
+    "redis": "/data",
+    "rabbitmq": "/var/lib/rabbitmq",
+    "consul": "/consul/data",
+    "minio": "/data",
+}
+ONE_SHOT = {"minio-bucket"}  # runs once and exits; no health to check
+REQUIRED_SERVICES = (*STATEFUL, *ONE_SHOT, *DAGSTER_SERVICES)
+INSTANCE_ENV = {"BACKUP_DATABASE_URL", "DAGSTER_CODE_SERVER_HOST", "DAGSTER_CODE_SERVER_PORT"}
+REQUIRED_ENV = {
+    "code-server": INSTANCE_ENV
+    | {
+        "BACKUP_S3_ENDPOINT_URL",
+        "BACKUP_S3_BUCKET",
+        "BACKUP_S3_ACCESS_KEY",
+        "BACKUP_S3_SECRET_KEY",
+        "BACKUP_POSTGRES_BACKUP_DSN",
+        "BACKUP_REDIS_HOST",
+        "BACKUP_REDIS_PASSWORD",
+        "BACKUP_RABBITMQ_URL",
+        "BACKUP_RABBITMQ_MANAGEMENT_URL",
+        "BACKUP_RABBITMQ_ADMIN_USER",
+        "BACKUP_RABBITMQ_ADMIN_PASSWORD",
+        "BACKUP_CONSUL_HTTP_ADDR",
+        "BACKUP_DOCUMENTS_ROOT",
+        "BACKUP_RESTIC_PASSWORD",
+    },
+    "webserver": INSTANCE_ENV,
+    "daemon": INSTANCE_ENV,
+}
+SECRETS = (
+    "CRM_POSTGRES_PASSWORD",
+    "DAGSTER_POSTGRES_PASSWORD",
+    "REDIS_PASSWORD",
+    "RABBITMQ_PASSWORD",
+    "BACKUP_S3_ACCESS_KEY",
+    "BACKUP_S3_SECRET_KEY",
+    "BACKUP_RESTIC_PASSWORD",
+)
+
+
+def settings_variables() -> set[str]:
+    """Every environment variable BackupSettings reads, aliases included."""
+    names = set()
+    for field_name, field in BackupSettings.model_fields.items():
+        if isinstance(field.validation_alias, AliasChoices):
+            names.update(str(choice) for choice in field.validation_alias.choices)
+        else:
+            names.add(f"BACKUP_{field_name.upper()}")
+    return names
+
+
+def compose_config(compose_file: Path, env_file: Path) -> dict[str, Any]:
+    """The file as Compose resolves it; AssertionError with Compose's own words if invalid."""
+    result = subprocess.run(
+        ["docker-compose", "--project-directory", str(REPO), "-f", str(compose_file),
+         "--env-file", str(env_file), "config"],
+        capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert result.returncode == 0, f"docker-compose config: {result.stderr.strip()}"
+    return yaml.safe_load(result.stdout)
+
+
+def volume_target(volume: str | dict[str, Any]) -> str:
+    """The container path of a volume, in short (`name:/path[:mode]`) or long syntax."""
+    return volume["target"] if isinstance(volume, dict) else volume.split(":")[1]
+
+
+def deployment_problems(config: dict[str, Any]) -> list[str]:
+    """What keeps the resolved file from being the stack the README promises."""
+    services = config["services"]
+    problems = [f"service {name} is missing" for name in REQUIRED_SERVICES if name not in services]
+    known = settings_variables()
+    for name, service in services.items():
+        environment = service.get("environment") or {}
+        if name not in ONE_SHOT and not service.get("healthcheck", {}).get("test"):
+            problems.append(f"service {name} has no health check")
+        for variable in sorted(REQUIRED_ENV.get(name, set()) - environment.keys()):
+            problems.append(f"service {name} does not set {variable}")
+        for variable in sorted(v for v in environment if v.startswith("BACKUP_")):
+            if variable not in known:
+                problems.append(f"service {name} sets {variable}, which the settings do not read")
+        if name in STATEFUL:
+            targets = {volume_target(volume) for volume in service.get("volumes", [])}
+            if STATEFUL[name] not in targets:
+                problems.append(f"service {name} keeps {STATEFUL[name]} on no volume")
+    webserver_check = services.get("webserver", {}).get("healthcheck", {}).get("test", [])
+    if "/server_info" not in " ".join(webserver_check):
+        problems.append("the webserver's health check does not ask /server_info")
+    return problems
+
+
+def mutated(tmp_path: Path, change) -> Path:
+    """A copy of docker-compose.yml with `change` applied to its parsed YAML."""
+    document = yaml.safe_load(COMPOSE_FILE.read_text())
+    change(document)
+    path = tmp_path / "docker-compose.yml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _docker_compose_installed():
+    assert shutil.which("docker-compose"), "docker-compose is missing: run `make install`"
+
+
+def test_the_compose_stack_is_complete():
+    config = compose_config(COMPOSE_FILE, ENV_EXAMPLE)
+
+    assert deployment_problems(config) == []
+
+
+def test_the_code_servers_environment_is_a_valid_configuration(monkeypatch):
+    environment = compose_config(COMPOSE_FILE, ENV_EXAMPLE)["services"]["code-server"]
+    for name, value in environment["environment"].items():
+        monkeypatch.setenv(name, value)
+
+    settings = load_settings()
+
+    assert settings.s3_enabled
+    assert settings.documents_root == Path("/documents")
+    assert settings.restic_password is not None
+
+
+@pytest.mark.parametrize("service", REQUIRED_SERVICES)
+def test_a_removed_service_is_caught(tmp_path, service):
+    def remove(document):
+        del document["services"][service]
+        for other in document["services"].values():
+            if isinstance(other.get("depends_on"), dict):
+                other["depends_on"].pop(service, None)
+
+    config = compose_config(mutated(tmp_path, remove), ENV_EXAMPLE)
+
+    assert f"service {service} is missing" in deployment_problems(config)
+
+
+@pytest.mark.parametrize(
+    ("service", "variable"),
+    [("code-server", "BACKUP_POSTGRES_BACKUP_DSN"), ("code-server", "BACKUP_S3_BUCKET")],
+)
+def test_a_removed_required_variable_is_caught(tmp_path, service, variable):
+    config = compose_config(
+        mutated(tmp_path, lambda d: d["services"][service]["environment"].pop(variable)),
+        ENV_EXAMPLE,
+    )
+
+    assert f"service {service} does not set {variable}" in deployment_problems(config)
+
+
+def test_a_variable_the_settings_do_not_read_is_caught(tmp_path):
+    def misspell(document):
+        document["services"]["code-server"]["environment"]["BACKUP_S3_BUKET"] = "backups"
+
+    config = compose_config(mutated(tmp_path, misspell), ENV_EXAMPLE)
+
+    assert deployment_problems(config) == [
+        "service code-server sets BACKUP_S3_BUKET, which the settings do not read"
+    ]
+
+
+def test_a_service_without_a_health_check_is_caught(tmp_path):
+    config = compose_config(
+        mutated(tmp_path, lambda d: d["services"]["daemon"].pop("healthcheck")), ENV_EXAMPLE
+    )
+
+    assert deployment_problems(config) == ["service daemon has no health check"]
+
+
+@pytest.mark.parametrize("secret", SECRETS)
+def test_compose_refuses_to_start_without_a_required_secret(tmp_path, secret):
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        "".join(
+            line + "\n"
+            for line in ENV_EXAMPLE.read_text().splitlines()
+            if not line.startswith(f"{secret}=")
+        )
+    )
+
+    with pytest.raises(AssertionError, match=f"set {secret} in .env"):
+        compose_config(COMPOSE_FILE, env_file)
+
+
+def test_the_dockerfile_copies_only_what_exists():
+    copied = [
+        source
+        for line in (REPO / "Dockerfile").read_text().splitlines()
+        if line.startswith("COPY ")
+        for source in line.split()[1:-1]
+    ]
+
+    assert copied, "the Dockerfile copies nothing"
+    assert [source for source in copied if not (REPO / source).exists()] == []

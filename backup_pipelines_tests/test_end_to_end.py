@@ -1,0 +1,230 @@
+"""The deployed shape, end to end: webserver, daemon and code server on loopback ports with
+the production dagster.yaml (PostgreSQL storage, run queue), driven as operators drive it:
+through the UI's GraphQL API, a request on RabbitMQ, and a real browser (Debian's chromium).
+"""
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pika
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.expected_conditions import (
+    element_to_be_clickable as shown_and_enabled,
+)
+from selenium.webdriver.support.expected_conditions import (
+    presence_of_element_located as drawn,
+)
+from selenium.webdriver.support.ui import WebDriverWait
+
+from backup_pipelines.notifications import EXCHANGE
+from backup_pipelines.sensors import REQUESTS_QUEUE
+from backup_pipelines.settings import SOURCES
+from backup_pipelines_tests.dagster_stack import DagsterStack, running_stack
+from backup_pipelines_tests.postgres_fixtures import database_state, scratch_databases, unique_name
+
+pytestmark = pytest.mark.e2e
+
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-results" / "browser"
+BACKUP_ASSETS = [f"{source}_backup" for source in SOURCES]
+# The small link nodes the graph draws for assets of another group, labelled with their name.
+FOREIGN_NODE_LABELS = (By.CSS_SELECTOR, "[class*=ForeignNode] .label")
+BROWSER_FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--window-size=1400,1800",  # the whole graph on one screen
+]
+
+MATERIALIZATIONS_QUERY = """
+query Materializations($path: [String!]!) {
+  assetOrError(assetKey: {path: $path}) {
+    ... on Asset {
+      assetMaterializations(limit: 10) {
+        runId
+        metadataEntries { label ... on TextMetadataEntry { text } }
+      }
+    }
+  }
+}
+"""
+CHECKS_QUERY = """
+query CheckEvaluations($runId: ID!) {
+  logsForRun(runId: $runId) {
+    ... on EventConnection {
+      events { ... on AssetCheckEvaluationEvent { evaluation { checkName success } } }
+    }
+  }
+}
+"""
+AUTOMATION_QUERY = """
+query Automation($repository: RepositorySelector!) {
+  schedulesOrError(repositorySelector: $repository) {
+    ... on Schedules {
+      results { name scheduleState { status } futureTicks(limit: 1) { results { timestamp } } }
+    }
+  }
+  sensorsOrError(repositorySelector: $repository) {
+    ... on Sensors { results { name sensorState { status ticks(limit: 1) { status } } } }
+  }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterStack]:
+    with running_stack(tmp_path_factory.mktemp("stack")) as running:
+        yield running
+
+
+def test_a_materialization_launched_as_the_ui_does_is_a_restorable_snapshot(stack):
+    run_id = stack.materialize("postgres_backup")
+
+    run = stack.wait_for_run(runIds=[run_id])
+    assert run["status"] == "SUCCESS", stack.log_tails()
+    assert run_id in [r["runId"] for r in stack.runs()], "the run is missing from the history"
+    materializations = stack.graphql(MATERIALIZATIONS_QUERY, path=["postgres_backup"])
+    latest = materializations["assetOrError"]["assetMaterializations"][0]
+    assert latest["runId"] == run_id
+    metadata = {entry["label"]: entry.get("text") for entry in latest["metadataEntries"]}
+    assert metadata["snapshot_id"].endswith(run_id[:8])
+    checks = {
+        event["evaluation"]["checkName"]: event["evaluation"]["success"]
+        for event in stack.graphql(CHECKS_QUERY, runId=run_id)["logsForRun"]["events"]
+        if "evaluation" in event
+    }
+    assert checks == {"integrity": True, "restore_drill": True}
+
+    restored = unique_name("bp_e2e_restored")
+    with scratch_databases(restored):
+        restore = subprocess.run(
+            [sys.executable, "-m", "backup_pipelines.cli", "restore", "postgres",
+             "--snapshot", metadata["snapshot_id"], "--database", stack.crm_database,
+             "--target-dsn", f"postgresql://postgres@127.0.0.1:5432/{restored}"],
+            env=stack.cli_env, capture_output=True, text=True,
+        )  # fmt: skip
+        assert restore.returncode == 0, restore.stderr
+        assert database_state(restored) == database_state(stack.crm_database)
+
+
+def test_a_request_on_the_queue_makes_the_daemon_launch_a_backup(stack):
+    connection = pika.BlockingConnection(pika.URLParameters(stack.rabbitmq_url))
+    try:
+        channel = connection.channel()
+        channel.exchange_declare(EXCHANGE, "topic", durable=True)
+        events = channel.queue_declare("", exclusive=True).method.queue
+        channel.queue_bind(events, EXCHANGE, "backup.#")
+        channel.queue_declare(REQUESTS_QUEUE, durable=True)
+        reason = f"before the CRM upgrade {uuid.uuid4().hex[:6]}"
+        channel.basic_publish(
+            "",
+            REQUESTS_QUEUE,
+            json.dumps({"source": "rabbitmq", "reason": reason}).encode(),
+            pika.BasicProperties(message_id=str(uuid.uuid4()), delivery_mode=2),
+        )
+
+        # The sensor ticks every 30 s; the run then waits in the queue for the daemon.
+        run = stack.wait_for_run(timeout_s=150, tags=[{"key": "backup/reason", "value": reason}])
+
+        assert (run["jobName"], run["status"]) == ("rabbitmq_backup_job", "SUCCESS")
+        published = []
+        deadline = time.monotonic() + 10
+        while "backup.completed" not in published and time.monotonic() < deadline:
+            method, _, body = channel.basic_get(events, auto_ack=True)
+            if method is None:
+                time.sleep(0.2)
+            elif json.loads(body)["run_id"] == run["runId"]:
+                published.append(method.routing_key)
+        assert published == ["backup.started", "backup.completed"]
+    finally:
+        connection.close()
+
+
+def test_every_schedule_and_sensor_runs_in_the_daemon(stack):
+    repository = {"repositoryLocationName": "backup_pipelines", "repositoryName": "__repository__"}
+
+    automation = stack.graphql(AUTOMATION_QUERY, repository=repository)
+
+    schedules = automation["schedulesOrError"]["results"]
+    assert sorted(s["name"] for s in schedules) == sorted(
+        [f"{source}_backup_schedule" for source in SOURCES] + ["retention_schedule"]
+    )
+    for schedule in schedules:
+        assert schedule["scheduleState"]["status"] == "RUNNING", schedule
+        assert schedule["futureTicks"]["results"], f"{schedule['name']} has no next tick"
+    sensors = automation["sensorsOrError"]["results"]
+    assert {s["name"]: s["sensorState"]["status"] for s in sensors} == {
+        "backup_requests_sensor": "RUNNING",
+        "documents_change_sensor": "RUNNING",
+        "backup_run_failure_sensor": "RUNNING",
+        "notifications_outbox_sensor": "RUNNING",
+    }
+    ticked = {s["name"] for s in sensors if s["sensorState"]["ticks"]}
+    assert {"backup_requests_sensor", "documents_change_sensor"} <= ticked
+    assert stack.unhealthy_daemons() == []
+
+
+@pytest.fixture
+def browser() -> Iterator[webdriver.Chrome]:
+    options = Options()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in BROWSER_FLAGS:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    try:
+        yield driver
+    finally:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(SCREENSHOTS / "last-page.png"))  # where a failure stopped
+        driver.quit()
+
+
+def wait_for(
+    driver: webdriver.Chrome, xpath: str, timeout_s: float = 60, condition=shown_and_enabled
+) -> WebElement:
+    """The element, once the condition holds. The UI re-renders as data arrives, so elements
+    that go stale are looked up again."""
+    return WebDriverWait(
+        driver, timeout_s, ignored_exceptions=[StaleElementReferenceException]
+    ).until(condition((By.XPATH, xpath)))
+
+
+def upstream_nodes(driver: webdriver.Chrome) -> set[str] | bool:
+    """Names of the nodes drawn upstream of the group (from the `crm` group), once all are drawn."""
+    names = {e.get_attribute("title") for e in driver.find_elements(*FOREIGN_NODE_LABELS)}
+    return names if len(names) >= len(SOURCES) else False
+
+
+def test_an_operator_sees_the_lineage_and_materializes_from_the_browser(stack, browser):
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+
+    browser.get(f"{stack.url}/locations/backup_pipelines/asset-groups/backups")
+    for name in BACKUP_ASSETS:
+        wait_for(browser, f"//*[@data-tooltip='{name}']", condition=drawn)  # may be off-screen
+    upstream = WebDriverWait(browser, 30).until(upstream_nodes)
+    browser.save_screenshot(str(SCREENSHOTS / "asset-lineage.png"))
+    assert upstream == set(SOURCES)
+
+    browser.get(f"{stack.url}/assets/rabbitmq_backup")
+    wait_for(browser, "//*[normalize-space()='crm / rabbitmq']")  # its upstream asset
+    wait_for(browser, "//button[normalize-space()='Materialize']").click()
+    run_link = wait_for(browser, "//a[starts-with(@href, '/runs/')][normalize-space()='View']")
+    run_id = run_link.get_attribute("href").rsplit("/", 1)[-1]
+    run_link.click()
+    wait_for(browser, "//*[normalize-space()='Success']", timeout_s=120)
+    browser.save_screenshot(str(SCREENSHOTS / "materialized-run.png"))
+
+    assert stack.runs(runIds=[run_id])[0]["status"] == "SUCCESS"
