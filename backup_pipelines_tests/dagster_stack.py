@@ -59,7 +59,7 @@ DAEMONS_QUERY = """
 RUNS_QUERY = """
 query Runs($filter: RunsFilter) {
   runsOrError(filter: $filter) {
-    ... on Runs { results { runId status jobName tags { key value } } }
+    ... on Runs { results { runId status jobName startTime endTime tags { key value } } }
     ... on PythonError { message }
   }
 }

@@ -31,7 +31,12 @@ from backup_pipelines.notifications import EXCHANGE
 from backup_pipelines.sensors import REQUESTS_QUEUE
 from backup_pipelines.settings import SOURCES
 from backup_pipelines_tests.dagster_stack import DagsterStack, running_stack
-from backup_pipelines_tests.postgres_fixtures import database_state, scratch_databases, unique_name
+from backup_pipelines_tests.postgres_fixtures import (
+    connect,
+    database_state,
+    scratch_databases,
+    unique_name,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -120,6 +125,23 @@ def test_a_materialization_launched_as_the_ui_does_is_a_restorable_snapshot(stac
         assert database_state(restored) == database_state(stack.crm_database)
 
 
+def test_a_second_run_of_a_source_waits_in_the_queue_until_the_first_ends(stack):
+    with connect(stack.crm_database) as blocker:
+        with blocker.transaction():
+            # pg_dump waits for this lock, so the first backup stays in progress meanwhile.
+            blocker.execute("LOCK TABLE crm.contacts IN ACCESS EXCLUSIVE MODE")
+            first = stack.materialize("postgres_backup")
+            wait_for_status(stack, first, "STARTED")
+            second = stack.materialize("postgres_backup")
+            time.sleep(10)  # several turns of the daemon's queue
+
+            assert stack.runs(runIds=[second])[0]["status"] == "QUEUED"
+
+    runs = [stack.wait_for_run(runIds=[run_id]) for run_id in (first, second)]
+    assert [run["status"] for run in runs] == ["SUCCESS", "SUCCESS"]
+    assert runs[1]["startTime"] >= runs[0]["endTime"]
+
+
 def test_a_request_on_the_queue_makes_the_daemon_launch_a_backup(stack):
     connection = pika.BlockingConnection(pika.URLParameters(stack.rabbitmq_url))
     try:
@@ -175,6 +197,13 @@ def test_every_schedule_and_sensor_runs_in_the_daemon(stack):
     ticked = {s["name"] for s in sensors if s["sensorState"]["ticks"]}
     assert {"backup_requests_sensor", "documents_change_sensor"} <= ticked
     assert stack.unhealthy_daemons() == []
+
+
+def wait_for_status(stack: DagsterStack, run_id: str, status: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while stack.runs(runIds=[run_id])[0]["status"] != status:
+        assert time.monotonic() < deadline, f"run {run_id} never reached {status}"
+        time.sleep(0.5)
 
 
 @pytest.fixture
