@@ -22,7 +22,7 @@ ENV DAGSTER_HOME=/opt/dagster/home \
 COPY deploy/dagster.yaml deploy/workspace.yaml /opt/dagster/home/
 RUN useradd --system --uid 10001 --home-dir /opt/dagster/home dagster \
  && mkdir -p /opt/dagster/home/storage /var/lib/backup-artifacts \
- && chown -R dagster /opt/dagster/home/storage /var/lib/backup-artifacts
+ && chown -R dagster /opt/dagster/home /var/lib/backup-artifacts
 USER dagster
 
 EXPOSE 3000 4000
