@@ -109,12 +109,13 @@ COMMON_RESTORE_ARGUMENTS = {"command", "source", "snapshot", "target", "force"}
 
 def cmd_restore(args: argparse.Namespace, store: SnapshotStore, settings: BackupSettings) -> int:
     options = {k: v for k, v in vars(args).items() if k not in COMMON_RESTORE_ARGUMENTS}
+    snapshot = store.find(args.source, args.snapshot)
     request = RestoreRequest(
-        snapshot=args.snapshot,
+        snapshot=snapshot,
         target=args.target,
         force=args.force,
         work_dir=settings.staging_dir / "restore",
-        identity_file=settings.age_identity_file,
+        identities=identities_for(snapshot.manifest.encryption, settings.age_identity_file),
         options=options,
         log=logger.info,
     )

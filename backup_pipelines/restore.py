@@ -20,6 +20,7 @@ from backup_pipelines.io_managers import SnapshotIOManager
 from backup_pipelines.notifications import NotificationPublisher, event_body
 from backup_pipelines.redaction import mask_url
 from backup_pipelines.resources import SnapshotPipeline
+from backup_pipelines.snapshot.encryption import identities_for
 from backup_pipelines.snapshot.store import LATEST
 from backup_pipelines.sources import RestoreRequest, registered_sources
 
@@ -63,15 +64,17 @@ def restore_snapshot(
     }
     store = io_manager.build_store()
     try:
-        snapshot_id = store.find(config.source, config.snapshot).snapshot_id
+        snapshot = store.find(config.source, config.snapshot)
+        identities = identities_for(snapshot.manifest.encryption, snapshot_pipeline.identity_file)
     except BackupError as exc:
         raise Failure(description=str(exc), allow_retries=False) from None
+    snapshot_id = snapshot.snapshot_id
     request = RestoreRequest(
-        snapshot=snapshot_id,
+        snapshot=snapshot,
         target=config.target,
         force=config.force,
         work_dir=snapshot_pipeline.work_dir("restore"),
-        identity_file=snapshot_pipeline.identity_file,
+        identities=identities,
         options={key: value for key, value in options.items() if value is not None},
         log=context.log.info,
     )

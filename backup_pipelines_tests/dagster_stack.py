@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,14 +67,11 @@ query Runs($filter: RunsFilter) {
 
 
 @dataclass
-class DagsterStack:
+class DagsterUI:
     """A running webserver, daemon and code server, spoken to as the UI does: GraphQL."""
 
     url: str
     logs: Path
-    cli_env: dict[str, str] = field(default_factory=dict)  # for `backup-pipelines` commands
-    crm_database: str = ""  # the database the stack backs up
-    rabbitmq_url: str = ""  # the vhost of its events and backup.requests
 
     def graphql(self, query: str, **variables: Any) -> dict[str, Any]:
         response = requests.post(
@@ -141,6 +138,15 @@ class DagsterStack:
         return "\n".join(tails)
 
 
+@dataclass
+class DagsterStack(DagsterUI):
+    """The UI of a stack that backs up a scratch CRM database."""
+
+    cli_env: dict[str, str]  # for `backup-pipelines` commands
+    crm_database: str  # the database the stack backs up
+    rabbitmq_url: str  # the vhost of its events and backup.requests
+
+
 def _start(name: str, command: list[str], env: Mapping[str, str], logs: Path) -> subprocess.Popen:
     with (logs / f"{name}.log").open("wb") as log:  # the child keeps its own copy
         return subprocess.Popen(
@@ -157,13 +163,13 @@ def _stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
-def _wait_until(check, what: str, timeout_s: float, stack: DagsterStack) -> None:
+def _wait_until(check, what: str, timeout_s: float, ui: DagsterUI) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if check():
             return
         time.sleep(0.5)
-    raise RuntimeError(f"{what} not ready within {timeout_s} s\n{stack.log_tails()}")
+    raise RuntimeError(f"{what} not ready within {timeout_s} s\n{ui.log_tails()}")
 
 
 def _grpc_healthy(bin_dir: Path, port: int, env: Mapping[str, str]) -> bool:
@@ -235,7 +241,7 @@ def _processes(workdir: Path, env: Mapping[str, str], instance_url: str) -> Iter
         "DAGSTER_CODE_SERVER_PORT": str(code_port),
     }
     url = f"http://127.0.0.1:{web_port}"
-    probe = DagsterStack(url=url, logs=logs)  # for readiness checks and failure output
+    ui = DagsterUI(url=url, logs=logs)
     workspace = str(home / "workspace.yaml")
     commands = {
         "code-server": [str(bin_dir / "dagster"), "code-server", "start", "-h", "127.0.0.1",
@@ -251,9 +257,9 @@ def _processes(workdir: Path, env: Mapping[str, str], instance_url: str) -> Iter
     )
     with ExitStack() as cleanup:  # stops the processes in reverse order of start
         cleanup.callback(_stop, _start("code-server", commands["code-server"], env, logs))
-        _wait_until(lambda: _grpc_healthy(bin_dir, code_port, env), "code server", 90, probe)
+        _wait_until(lambda: _grpc_healthy(bin_dir, code_port, env), "code server", 90, ui)
         for name in ("webserver", "daemon"):
             cleanup.callback(_stop, _start(name, commands[name], env, logs))
         wait_for_http(f"{url}/server_info", timeout_s=90)
-        _wait_until(lambda: not probe.unhealthy_daemons(), "the daemons", 90, probe)
+        _wait_until(lambda: not ui.unhealthy_daemons(), "the daemons", 90, ui)
         yield url, logs

@@ -14,11 +14,8 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import redis
@@ -26,11 +23,8 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import materialize_asset, median_of, print_table, timed
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from backup_pipelines_tests.redis_fixtures import redis_process
 
 
 def fill(client: redis.Redis, keys: int) -> None:
@@ -52,61 +46,36 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="bench-redis-") as scratch:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-redis-") as scratch,
+        redis_process(Path(scratch) / "server") as client,
+    ):
         scratch_dir = Path(scratch)
-        port = free_port()
-        server = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--dir",
-                scratch,
-                "--repl-diskless-sync-delay",
-                "0",
-                "--logfile",
-                f"{scratch}/log",
-            ]
-        )
-        try:
-            client = redis.Redis(port=port)
-            for _ in range(100):
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    time.sleep(0.05)
-            fill(client, args.keys)
-            used = client.info("memory")["used_memory"]
-            env = {
-                **os.environ,
-                "BACKUP_ARTIFACTS_DIR": str(scratch_dir / "artifacts"),
-                "BACKUP_REDIS_HOST": "127.0.0.1",
-                "BACKUP_REDIS_PORT": str(port),
-                "DAGSTER_HOME": scratch,
-            }
-            rdb = scratch_dir / "plain.rdb"
+        port = client.connection_pool.connection_kwargs["port"]
+        fill(client, args.keys)
+        used = client.info("memory")["used_memory"]
+        env = {
+            **os.environ,
+            "BACKUP_ARTIFACTS_DIR": str(scratch_dir / "artifacts"),
+            "BACKUP_REDIS_HOST": "127.0.0.1",
+            "BACKUP_REDIS_PORT": str(port),
+            "DAGSTER_HOME": scratch,
+        }
+        rdb = scratch_dir / "plain.rdb"
 
-            def redis_cli_run() -> tuple[float, int, int]:
-                seconds, peak, _ = timed(
-                    ["redis-cli", "-h", "127.0.0.1", "-p", str(port), "--rdb", str(rdb)]
-                )
-                return seconds, rdb.stat().st_size, peak
+        def redis_cli_run() -> tuple[float, int, int]:
+            seconds, peak, _ = timed(
+                ["redis-cli", "-h", "127.0.0.1", "-p", str(port), "--rdb", str(rdb)]
+            )
+            return seconds, rdb.stat().st_size, peak
 
-            rows = [
-                (
-                    "redis_backup asset",
-                    *median_of(args.repeat, lambda: materialize_asset("redis_backup", env)),
-                ),
-                ("redis-cli --rdb", *median_of(args.repeat, redis_cli_run)),
-            ]
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
+        rows = [
+            (
+                "redis_backup asset",
+                *median_of(args.repeat, lambda: materialize_asset("redis_backup", env)),
+            ),
+            ("redis-cli --rdb", *median_of(args.repeat, redis_cli_run)),
+        ]
 
     print_table(
         f"{args.keys} keys, used_memory {used / 2**20:.0f} MiB, {os.cpu_count()} cores, "

@@ -23,13 +23,18 @@ DeepVerify = Callable[[SnapshotStore, StoredSnapshot, Sequence[x25519.Identity],
 
 @dataclass(frozen=True)
 class RestoreRequest:
-    """What to restore where, as the CLI and `restore_job` both describe it."""
+    """What to restore where, as the CLI and `restore_job` both describe it.
 
-    snapshot: str
+    The caller has found the snapshot (resolving `latest`) and loaded the age
+    identities it needs, so the manifest is read once and a missing identity
+    fails before any source touches its target.
+    """
+
+    snapshot: StoredSnapshot
     target: str | None
     force: bool
     work_dir: Path
-    identity_file: Path | None = None
+    identities: Sequence[x25519.Identity] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
     log: Log = print
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from backup_pipelines.settings import load_settings
-from backup_pipelines.snapshot.encryption import identities_for
 from backup_pipelines.snapshot.store import SnapshotStore
 from backup_pipelines.sources import RestoreRequest, SourceCommands
 from backup_pipelines.sources.consul.api import ConsulApi
@@ -30,10 +29,9 @@ def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def restore(request: RestoreRequest, store: SnapshotStore) -> str:
-    snapshot = store.find(SOURCE, request.snapshot)
+    snapshot, identities = request.snapshot, request.identities
     token = load_settings().consul_token
     api = ConsulApi(request.target or "", token.get_secret_value() if token else None)
-    identities = identities_for(snapshot.manifest.encryption, request.identity_file)
     if request.options.get("snapshot_restore"):
         return restore_archive(
             store,

@@ -28,9 +28,8 @@ def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def restore(request: RestoreRequest, store: SnapshotStore) -> str:
-    snapshot = store.find(SOURCE, request.snapshot)
     return restore_tree(
-        snapshot,
+        request.snapshot,
         repository_from_settings(load_settings()),
         Path(request.target or ""),
         force=request.force,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from backup_pipelines.snapshot.encryption import identities_for
 from backup_pipelines.snapshot.store import SnapshotStore
 from backup_pipelines.sources import RestoreRequest, SourceCommands
 from backup_pipelines.sources.postgres.cluster import Cluster
@@ -35,15 +34,14 @@ def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def restore(request: RestoreRequest, store: SnapshotStore) -> str:
-    snapshot = store.find(SOURCE, request.snapshot)
     return restore_snapshot(
         store,
-        snapshot,
+        request.snapshot,
         Cluster(request.target),
         database=request.options.get("database"),
         include_globals=bool(request.options.get("include_globals")),
         force=request.force,
-        identities=identities_for(snapshot.manifest.encryption, request.identity_file),
+        identities=request.identities,
         work_dir=request.work_dir,
         log=request.log,
     )

@@ -9,7 +9,6 @@ from pathlib import Path
 from pyrage import x25519
 
 from backup_pipelines.settings import load_settings
-from backup_pipelines.snapshot.encryption import identities_for
 from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
 from backup_pipelines.sources import RestoreRequest, SourceCommands
 from backup_pipelines.sources.rabbitmq.api import ManagementApi
@@ -32,7 +31,6 @@ def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def restore(request: RestoreRequest, store: SnapshotStore) -> str:
-    snapshot = store.find(SOURCE, request.snapshot)
     settings = load_settings()
     api = ManagementApi(
         request.target or settings.rabbitmq_management_url,
@@ -41,11 +39,11 @@ def restore(request: RestoreRequest, store: SnapshotStore) -> str:
     )
     return restore_definitions(
         store,
-        snapshot,
+        request.snapshot,
         api,
         vhost=request.options.get("vhost"),
         force=request.force,
-        identities=identities_for(snapshot.manifest.encryption, request.identity_file),
+        identities=request.identities,
         log=request.log,
     )
 

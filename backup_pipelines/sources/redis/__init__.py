@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from backup_pipelines.snapshot.encryption import identities_for
 from backup_pipelines.snapshot.store import SnapshotStore
 from backup_pipelines.sources import RestoreRequest, SourceCommands
 from backup_pipelines.sources.redis.restore import (
@@ -35,8 +34,7 @@ def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def restore(request: RestoreRequest, store: SnapshotStore) -> str:
-    snapshot = store.find(SOURCE, request.snapshot)
-    identities = identities_for(snapshot.manifest.encryption, request.identity_file)
+    snapshot, identities = request.snapshot, request.identities
     output_dir = request.options.get("output_dir")
     if output_dir is not None:
         return write_output_dir(
