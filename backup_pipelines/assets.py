@@ -21,7 +21,7 @@ from dagster import (
     asset,
 )
 
-from backup_pipelines.errors import ConfigurationError, SourceRefused
+from backup_pipelines.errors import PERMANENT_ERRORS
 from backup_pipelines.notifications import NotificationPublisher, event_body, publish_backup_failure
 from backup_pipelines.resources import (
     ConsulResource,
@@ -45,7 +45,6 @@ TRANSIENT_RETRIES = RetryPolicy(
     backoff=Backoff.EXPONENTIAL,
     jitter=Jitter.PLUS_MINUS,
 )
-PERMANENT_ERRORS = (ConfigurationError, SourceRefused)  # retrying will not help
 BACKUP_ASSET = {
     "group_name": "backups",
     "retry_policy": TRANSIENT_RETRIES,

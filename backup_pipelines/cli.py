@@ -64,9 +64,21 @@ def _listing(snapshot: StoredSnapshot) -> dict:
     return {**snapshot.manifest.model_dump(mode="json"), "location": snapshot.location}
 
 
+def report_unreadable(store: SnapshotStore, sources: Sequence[str]) -> None:
+    """Say on stderr which locations hold a manifest that is not a valid snapshot's."""
+    for source in sources:
+        for found in store.unreadable(source):
+            print(
+                f"warning: {found.location}: {found.reason}; not a snapshot (prune removes it "
+                "once it is a day old)",
+                file=sys.stderr,
+            )
+
+
 def cmd_snapshots(args: argparse.Namespace, store: SnapshotStore, _: BackupSettings) -> int:
     sources = [args.source] if args.source else list(SOURCES)
     snapshots = sorted(store.iter_all(sources), key=lambda s: s.manifest.started_at, reverse=True)
+    report_unreadable(store, sources)
     if args.json:
         print(json.dumps([_listing(snapshot) for snapshot in snapshots], indent=2))
         return EXIT_OK
@@ -83,6 +95,8 @@ def cmd_snapshots(args: argparse.Namespace, store: SnapshotStore, _: BackupSetti
 
 
 def cmd_verify(args: argparse.Namespace, store: SnapshotStore, settings: BackupSettings) -> int:
+    if args.snapshot == LATEST:
+        report_unreadable(store, [args.source])
     snapshot = store.find(args.source, args.snapshot)
     problems = verify_snapshot(store, snapshot)
     if args.deep and not problems:
@@ -130,8 +144,10 @@ def cmd_prune(args: argparse.Namespace, store: SnapshotStore, settings: BackupSe
         RetentionRules.from_settings(settings),
         dry_run=args.dry_run,
         now=utc_now(),
+        staging_dir=settings.staging_dir,
         forget_documents=forget,
         log=logger.info,
+        warn=logger.warning,
     )
     listing = as_listing(reports)
     if args.json:

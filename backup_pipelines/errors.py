@@ -21,12 +21,22 @@ class IntegrityError(BackupError):
     """Stored bytes do not match the manifest, or an artifact does not parse."""
 
 
+class UnreadableManifest(IntegrityError):
+    """A `manifest.json` that does not parse, breaks the format's rules, or names another
+    location than the one it was read from: not a snapshot, and never acted on."""
+
+
 class SnapshotNotFound(BackupError):
     """No complete snapshot with that id (or none at all) for a source."""
 
 
 class StoreError(BackupError):
     """The snapshot store (local disk or S3) could not be read or written."""
+
+
+class StorageFull(BackupError):
+    """A disk ran out of space (staging, the local store, a restore's scratch): retrying
+    would fill it again, so the run fails at once; the message names the path."""
 
 
 class SourceUnavailable(BackupError):
@@ -36,3 +46,7 @@ class SourceUnavailable(BackupError):
 class SourceRefused(BackupError):
     """A backed-up system answered no (credentials, permissions, no such database):
     retrying will not help, so the run fails at once."""
+
+
+PERMANENT_ERRORS = (ConfigurationError, SourceRefused, StorageFull)
+"""Failures that retrying will not mend: a run fails at once, naming what to fix."""

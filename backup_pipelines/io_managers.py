@@ -16,11 +16,13 @@ from dagster import (
     AssetKey,
     ConfigurableIOManager,
     EnvVar,
+    Failure,
     InputContext,
     MetadataValue,
     OutputContext,
 )
 
+from backup_pipelines.errors import PERMANENT_ERRORS
 from backup_pipelines.notifications import NotificationPublisher, event_body
 from backup_pipelines.settings import BackupSettings
 from backup_pipelines.snapshot import warn_local_store
@@ -70,6 +72,8 @@ class SnapshotIOManager(ConfigurableIOManager):
         store = self.build_store()
         try:
             stored = store.commit(obj)
+        except PERMANENT_ERRORS as exc:  # a full disk: retrying would fill it again
+            raise Failure(description=str(exc), allow_retries=False) from None
         finally:
             obj.discard()
         duration_s = time.monotonic() - obj.monotonic_start

@@ -24,15 +24,13 @@ from dagster import ConfigurableResource, HookContext, failure_hook
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import AMQPError
 
+from backup_pipelines.messaging import BINDING, EXCHANGE, NOTIFICATIONS_QUEUE
 from backup_pipelines.redaction import redact
 from backup_pipelines.snapshot.manifest import format_utc
 from backup_pipelines.snapshot.store import StoredSnapshot
 
 logger = logging.getLogger(__name__)
 
-EXCHANGE = "backup.notifications"
-QUEUE = "backup.notifications"
-BINDING = "backup.#"
 CONNECT_TIMEOUT_S = 5
 ERROR_LIMIT = 500
 
@@ -134,8 +132,8 @@ def confirming_channel(url: str) -> Iterator[BlockingChannel]:
         channel = connection.channel()
         channel.confirm_delivery()
         channel.exchange_declare(EXCHANGE, "topic", durable=True)
-        channel.queue_declare(QUEUE, durable=True)
-        channel.queue_bind(QUEUE, EXCHANGE, BINDING)
+        channel.queue_declare(NOTIFICATIONS_QUEUE, durable=True)
+        channel.queue_bind(NOTIFICATIONS_QUEUE, EXCHANGE, BINDING)
         yield channel
     finally:
         if connection.is_open:

@@ -8,9 +8,10 @@ left when the walk ends also keeps the oldest snapshot. `within_days` keeps
 everything younger than that, counted from the newest snapshot. Whatever
 the rules, the newest complete snapshot is never deleted.
 
-Only complete snapshots (with a manifest) are ever considered, so an
-interrupted or empty attempt can never justify deleting a real one; the
-interrupted ones are removed separately, once older than a day.
+Only complete snapshots (with a valid manifest) are ever considered, so an
+interrupted, empty or tampered attempt can never justify deleting a real
+one; interrupted attempts, unreadable manifests and staging work are
+removed separately, once nothing in them changed for a day.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from backup_pipelines.errors import ConfigurationError
 from backup_pipelines.settings import SOURCES, BackupSettings, RetentionCount
-from backup_pipelines.snapshot.store import SnapshotStore
+from backup_pipelines.snapshot.files import LEFTOVER_AGE, remove_stale
+from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot, Unreadable
+from backup_pipelines.sources.documents.restic import is_restic_id
 
 UNLIMITED = -1
-LEFTOVER_AGE = timedelta(hours=24)
 
 BUCKETS: dict[str, Callable[[datetime], int]] = {
     "daily": lambda t: t.year * 10_000 + t.month * 100 + t.day,
@@ -113,7 +116,26 @@ class SourcePrune:
     keep: list[str]
     delete: list[str]
     leftovers: list[str]
+    """Day-old interrupted attempts and locations whose manifest is unreadable."""
+    unreadable: list[Unreadable] = field(default_factory=list)
     freed_bytes: int = 0
+
+
+def restic_ids_to_forget(snapshots: dict[str, StoredSnapshot], decision: Decision) -> list[str]:
+    """The restic snapshots only deleted documents snapshots point at.
+
+    The ids come from manifests, so each is checked (hex only, nothing restic
+    could read as an option), and an id a kept snapshot also names (on its
+    8-hex short form, as restic resolves ids by prefix) is never forgotten.
+    """
+
+    def restic_id(snapshot_id: str) -> str | None:
+        value = snapshots[snapshot_id].manifest.stats.get("restic_snapshot_id")
+        return value if is_restic_id(value) else None
+
+    kept = {found[:8] for i in decision.keep if (found := restic_id(i))}
+    dropped = {found for i in decision.delete if (found := restic_id(i))}
+    return sorted(found for found in dropped if found[:8] not in kept)
 
 
 def prune_source(
@@ -125,8 +147,10 @@ def prune_source(
     now: datetime,
     forget_documents: Callable[[list[str]], None] | None = None,
 ) -> SourcePrune:
-    """Apply the rules to one source: delete what they drop, and day-old interrupted attempts.
+    """Apply the rules to one source: delete what they drop, and day-old leftovers.
 
+    Only locations the store listed are ever deleted, and a snapshot's id is
+    the location it was read from (the store checks the manifest agrees).
     Each snapshot goes manifest first, so a prune cut short leaves every
     listed snapshot whole; documents snapshots are forgotten in restic only
     after their manifests are gone, so no listed snapshot points at data
@@ -134,22 +158,22 @@ def prune_source(
     """
     snapshots = {s.snapshot_id: s for s in store.list_snapshots(source)}
     decision = decide([Candidate(i, s.manifest.started_at) for i, s in snapshots.items()], rules)
-    leftovers = [i for i, written in store.incomplete(source) if now - written > LEFTOVER_AGE]
-    report = SourcePrune(source, decision.keep, decision.delete, leftovers)
+    unreadable = store.unreadable(source)
+    stale = [i for i, written in store.incomplete(source) if now - written > LEFTOVER_AGE]
+    stale += [u.snapshot_id for u in unreadable if now - u.modified > LEFTOVER_AGE]
+    report = SourcePrune(source, decision.keep, decision.delete, stale, unreadable)
     report.freed_bytes = sum(snapshots[i].manifest.size_bytes for i in decision.delete)
-    restic_ids = [
-        str(snapshots[i].manifest.stats.get("restic_snapshot_id")) for i in decision.delete
-    ]
-    if source == "documents" and restic_ids and forget_documents is None:
+    restic_ids = restic_ids_to_forget(snapshots, decision) if source == "documents" else []
+    if restic_ids and forget_documents is None:
         raise ConfigurationError(
             "BACKUP_RESTIC_PASSWORD is needed to prune documents snapshots "
             "(restic holds their data)"
         )
     if dry_run:
         return report
-    for snapshot_id in decision.delete + leftovers:
+    for snapshot_id in decision.delete + stale:
         store.delete(source, snapshot_id)
-    if source == "documents" and restic_ids and forget_documents is not None:
+    if restic_ids and forget_documents is not None:
         forget_documents(restic_ids)
     return report
 
@@ -160,22 +184,41 @@ def prune(
     *,
     dry_run: bool,
     now: datetime,
+    staging_dir: Path | None = None,
     forget_documents: Callable[[list[str]], None] | None = None,
     log: Callable[[str], None] = print,
+    warn: Callable[[str], None] | None = None,
 ) -> list[SourcePrune]:
-    """Retention over every source, in turn."""
+    """Retention over every source in turn, then day-old work in the staging area."""
+    warn = warn or log
     reports = []
     for source in SOURCES:
         report = prune_source(
             store, source, rules, dry_run=dry_run, now=now, forget_documents=forget_documents
         )
+        for found in report.unreadable:
+            warn(f"{found.location}: {found.reason}; not a snapshot, removed once a day old")
         verb = "would delete" if dry_run else "deleted"
         log(
             f"{source}: keeping {len(report.keep)}, {verb} {len(report.delete)} snapshots "
-            f"({report.freed_bytes} bytes) and {len(report.leftovers)} interrupted attempts"
+            f"({report.freed_bytes} bytes) and {len(report.leftovers)} leftovers"
         )
         reports.append(report)
+    if staging_dir is not None and not dry_run:
+        removed = [
+            path for area in _subdirectories(staging_dir) for path in remove_stale(area, now)
+        ]
+        if removed:
+            log(f"removed {len(removed)} day-old leftovers from the staging area {staging_dir}")
     return reports
+
+
+def _subdirectories(directory: Path) -> list[Path]:
+    """`.staging/<source>` and the restore, verify and drill work areas beside them."""
+    try:
+        return [entry for entry in directory.iterdir() if entry.is_dir() and not entry.is_symlink()]
+    except FileNotFoundError:
+        return []
 
 
 def as_listing(reports: Sequence[SourcePrune]) -> dict[str, list[str]]:

@@ -1,5 +1,7 @@
 """`retention_job`: the retention rules applied to every source, from Dagster (daily schedule)."""
 
+from pathlib import Path
+
 from dagster import (
     Nothing,
     OpExecutionContext,
@@ -12,7 +14,7 @@ from dagster import (
 
 from backup_pipelines.io_managers import SnapshotIOManager
 from backup_pipelines.notifications import NotificationPublisher, event_body
-from backup_pipelines.resources import DocumentsResource
+from backup_pipelines.resources import DocumentsResource, SnapshotPipeline
 from backup_pipelines.retention import RetentionRules, prune
 from backup_pipelines.settings import load_settings
 from backup_pipelines.snapshot.manifest import utc_now
@@ -24,6 +26,7 @@ def apply_retention(
     io_manager: ResourceParam[SnapshotIOManager],
     notifications: NotificationPublisher,
     documents: DocumentsResource,
+    snapshot_pipeline: SnapshotPipeline,
 ):
     """Delete what the rules drop and day-old interrupted attempts; say so as `backup.pruned`."""
     rules = RetentionRules.from_settings(load_settings())
@@ -33,8 +36,10 @@ def apply_retention(
         rules,
         dry_run=False,
         now=utc_now(),
+        staging_dir=Path(snapshot_pipeline.staging_dir),
         forget_documents=forget,
         log=context.log.info,
+        warn=context.log.warning,
     )
     for report in reports:
         if report.delete or report.leftovers:
@@ -46,7 +51,8 @@ def apply_retention(
         metadata={
             "kept": sum(len(r.keep) for r in reports),
             "deleted": sum(len(r.delete) for r in reports),
-            "interrupted_removed": sum(len(r.leftovers) for r in reports),
+            "leftovers_removed": sum(len(r.leftovers) for r in reports),
+            "unreadable_manifests": sum(len(r.unreadable) for r in reports),
             "bytes_freed": sum(r.freed_bytes for r in reports),
             **{f"{r.source}_kept": len(r.keep) for r in reports},
             **{f"{r.source}_deleted": len(r.delete) for r in reports},

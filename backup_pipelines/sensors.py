@@ -3,26 +3,30 @@
 All run by default, like the schedules.
 """
 
+import hashlib
 import json
 import os
 import time
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pika
 from dagster import (
     DagsterEventType,
+    DagsterInstance,
     DefaultSensorStatus,
     RunFailureSensorContext,
     RunRequest,
+    RunsFilter,
     SensorDefinition,
     SensorEvaluationContext,
     SkipReason,
     run_failure_sensor,
     sensor,
 )
+from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
+from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import AMQPError
 
 if TYPE_CHECKING:  # the type define_asset_job returns; not exported by dagster
@@ -30,19 +34,24 @@ if TYPE_CHECKING:  # the type define_asset_job returns; not exported by dagster
         UnresolvedAssetJobDefinition,
     )
 
+from backup_pipelines.messaging import DEAD_LETTER_QUEUE, REQUESTS_QUEUE
 from backup_pipelines.notifications import NotificationPublisher, event_body, short_error
 from backup_pipelines.settings import SOURCES, load_settings
+from backup_pipelines.snapshot.names import shown
 
-REQUESTS_QUEUE = "backup.requests"
-DEAD_LETTER_QUEUE = "backup.requests.dead"
+REQUESTS_SENSOR = "backup_requests_sensor"
 REQUESTS_PER_TICK = 20
+MAX_REQUEST_BYTES = 64 << 10
 REASON_LIMIT = 200
+REJECTION_LIMIT = 200
 QUIET_PERIOD_S = 600
 MAX_WAIT_S = 3600
 
 
 def parse_request(body: bytes) -> tuple[str, str]:
     """`{"source": ..., "reason": ...}` → (source, reason); ValueError says what is wrong."""
+    if len(body) > MAX_REQUEST_BYTES:
+        raise ValueError(f"larger than {MAX_REQUEST_BYTES} bytes")
     try:
         request = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -51,73 +60,126 @@ def parse_request(body: bytes) -> tuple[str, str]:
         raise ValueError("not a JSON object")
     source = request.get("source")
     if source not in (*SOURCES, "all"):
-        raise ValueError(f"'source' must be one of {', '.join((*SOURCES, 'all'))}, not {source!r}")
+        choices = ", ".join((*SOURCES, "all"))
+        raise ValueError(f"'source' must be one of {choices}, not {shown(source)}")
     reason = request.get("reason", "")
     if not isinstance(reason, str):
         raise ValueError("'reason' must be a string")
     return source, reason[:REASON_LIMIT] or "unspecified"
 
 
+def request_key(properties: pika.BasicProperties, body: bytes) -> str:
+    """What makes two deliveries the same request: the sender's `message_id`, else a digest of
+    the body (and its `timestamp` property, so identical requests sent at different times
+    stay two). It is the run key, so Dagster never runs one request twice."""
+    if isinstance(properties.message_id, str) and properties.message_id:
+        return properties.message_id
+    digest = hashlib.sha256(body)
+    if properties.timestamp is not None:
+        digest.update(f"@{properties.timestamp}".encode())
+    return f"request-{digest.hexdigest()[:32]}"
+
+
 def _job_for(source: str) -> str:
     return "backup_all_job" if source == "all" else f"{source}_backup_job"
 
 
-def _requests_from_queue(url: str, context: SensorEvaluationContext) -> Iterator[RunRequest]:
+def _rejection(problem: Exception) -> str:
+    """Why a message was set aside, bounded (it goes into a header and the log)."""
+    text = str(problem) if isinstance(problem, ValueError) else type(problem).__name__
+    return text[:REJECTION_LIMIT]
+
+
+def take_requests(
+    url: str, launched: Callable[[str], bool], log: Callable[[str], None]
+) -> list[RunRequest]:
+    """Run requests for the messages on the queue; each is acked only once Dagster holds its run.
+
+    A message whose run exists (launched at an earlier tick) is acked now; a
+    new one becomes a run request and stays un-acked, so it goes back to the
+    queue when the connection closes and is acked at the next tick, after
+    the daemon stored its run. A crash anywhere in between loses nothing,
+    and the run key keeps it from running twice. A malformed message, or
+    one that fails to parse in any way, is moved (with publisher confirms)
+    to the dead-letter queue, so it never blocks the queue or its neighbours.
+    """
     parameters = pika.URLParameters(url)
     parameters.socket_timeout = 5
     parameters.connection_attempts = 1
     connection = pika.BlockingConnection(parameters)
     try:
         channel = connection.channel()
+        channel.confirm_delivery()
         channel.queue_declare(REQUESTS_QUEUE, durable=True)
         channel.queue_declare(DEAD_LETTER_QUEUE, durable=True)
+        requests: dict[str, RunRequest] = {}
         for _ in range(REQUESTS_PER_TICK):
             method, properties, body = channel.basic_get(REQUESTS_QUEUE)
             if method is None:
-                return
+                break
             try:
                 source, reason = parse_request(body)
-            except ValueError as problem:
-                context.log.warning(f"set aside a malformed backup request: {problem}")
-                channel.basic_publish(
-                    "",
-                    DEAD_LETTER_QUEUE,
-                    body,
-                    pika.BasicProperties(delivery_mode=2, headers={"x-rejected": str(problem)}),
-                )
+            except Exception as problem:  # whatever the body does, it must not block the queue
+                _set_aside(channel, body, _rejection(problem), log)
                 channel.basic_ack(method.delivery_tag)
                 continue
-            yield RunRequest(
-                job_name=_job_for(source),
-                run_key=properties.message_id or f"request-{uuid.uuid4()}",
-                tags={"backup/reason": reason, "backup/trigger": REQUESTS_QUEUE},
-            )
-            channel.basic_ack(method.delivery_tag)  # after the run request exists
+            key = request_key(properties, body)
+            if launched(key):
+                channel.basic_ack(method.delivery_tag)
+            elif key not in requests:
+                requests[key] = RunRequest(
+                    job_name=_job_for(source),
+                    run_key=key,
+                    tags={"backup/reason": reason, "backup/trigger": REQUESTS_QUEUE},
+                )
+        return list(requests.values())
     finally:
         if connection.is_open:
-            connection.close()
+            connection.close()  # what was not acked goes back to the queue
+
+
+def _set_aside(
+    channel: BlockingChannel, body: bytes, reason: str, log: Callable[[str], None]
+) -> None:
+    log(f"set aside a malformed backup request: {reason}")
+    channel.basic_publish(
+        "",
+        DEAD_LETTER_QUEUE,
+        body,
+        pika.BasicProperties(delivery_mode=2, headers={"x-rejected": reason}),
+        mandatory=True,
+    )
+
+
+def launched_by_requests_sensor(instance: DagsterInstance) -> Callable[[str], bool]:
+    """Whether a run with this run key was created by the requests sensor."""
+
+    def launched(run_key: str) -> bool:
+        tags = {RUN_KEY_TAG: run_key, SENSOR_NAME_TAG: REQUESTS_SENSOR}
+        return bool(instance.get_run_records(RunsFilter(tags=tags), limit=1))
+
+    return launched
 
 
 def backup_requests_sensor(jobs: Sequence["UnresolvedAssetJobDefinition"]) -> SensorDefinition:
     @sensor(
-        name="backup_requests_sensor",
+        name=REQUESTS_SENSOR,
         jobs=list(jobs),
         minimum_interval_seconds=30,
         default_status=DefaultSensorStatus.RUNNING,
         description=f"Launches the backups other services ask for on the queue {REQUESTS_QUEUE}"
-        f"; malformed requests go to {DEAD_LETTER_QUEUE}.",
+        f" (each request once; acked once its run exists); malformed requests go to "
+        f"{DEAD_LETTER_QUEUE}.",
     )
     def _sensor(
         context: SensorEvaluationContext, notifications: NotificationPublisher
-    ) -> Iterator[RunRequest | SkipReason]:
+    ) -> list[RunRequest] | SkipReason:
+        launched = launched_by_requests_sensor(context.instance)
         try:
-            requests = list(_requests_from_queue(notifications.rabbitmq_url, context))
+            requests = take_requests(notifications.rabbitmq_url, launched, context.log.warning)
         except (AMQPError, OSError) as exc:
-            yield SkipReason(f"RabbitMQ is unreachable ({type(exc).__name__}); trying again")
-            return
-        if not requests:
-            yield SkipReason(f"no requests on {REQUESTS_QUEUE}")
-        yield from requests
+            return SkipReason(f"RabbitMQ is unreachable ({type(exc).__name__}); trying again")
+        return requests or SkipReason(f"no new requests on {REQUESTS_QUEUE}")
 
     return _sensor
 

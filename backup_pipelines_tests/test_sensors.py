@@ -2,7 +2,11 @@
 
 import json
 import os
+import signal
+import subprocess
+import sys
 from datetime import timedelta
+from pathlib import Path
 
 import pika
 import pytest
@@ -13,15 +17,13 @@ from dagster import (
     build_schedule_context,
     build_sensor_context,
 )
+from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
+from dagster._core.test_utils import create_run_for_test
 
 from backup_pipelines.definitions import OUTBOX_NAME, build_definitions, source_jobs
+from backup_pipelines.messaging import DEAD_LETTER_QUEUE, REQUESTS_QUEUE
 from backup_pipelines.notifications import NotificationPublisher
-from backup_pipelines.sensors import (
-    DEAD_LETTER_QUEUE,
-    REQUESTS_QUEUE,
-    documents_change_sensor,
-    parse_request,
-)
+from backup_pipelines.sensors import REQUESTS_SENSOR, documents_change_sensor, parse_request
 from backup_pipelines.settings import load_settings
 
 BROKER = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -44,6 +46,43 @@ def evaluate(sensor, context) -> list:
     return list(result) if result is not None and not isinstance(result, RunRequest) else [result]
 
 
+def waiting(channel, queue: str = REQUESTS_QUEUE) -> int:
+    return channel.queue_declare(queue, passive=True).method.message_count
+
+
+def set_aside(channel) -> list[tuple[bytes, str]]:
+    found = []
+    while (message := channel.basic_get(DEAD_LETTER_QUEUE, auto_ack=True))[0]:
+        found.append((message[2], message[1].headers["x-rejected"]))
+    return found
+
+
+class RequestsSensor:
+    """The real backup_requests_sensor, ticked against one Dagster instance as the daemon does."""
+
+    def __init__(self, artifacts: Path):
+        self.instance = DagsterInstance.ephemeral()
+        self.sensor = build_definitions(load_settings()).get_sensor_def(REQUESTS_SENSOR)
+        self.notifications = NotificationPublisher(
+            rabbitmq_url=BROKER, outbox_path=str(artifacts / OUTBOX_NAME)
+        )
+
+    def tick(self) -> list[RunRequest]:
+        with build_sensor_context(
+            instance=self.instance, resources={"notifications": self.notifications}
+        ) as context:
+            return [r for r in evaluate(self.sensor, context) if isinstance(r, RunRequest)]
+
+    def launch(self, requests: list[RunRequest]) -> None:
+        """What the daemon does with a tick's run requests: store a run for each."""
+        for request in requests:
+            tags = {**request.tags, RUN_KEY_TAG: request.run_key, SENSOR_NAME_TAG: REQUESTS_SENSOR}
+            create_run_for_test(self.instance, job_name=request.job_name, tags=tags)
+
+    def runs(self) -> list[str]:
+        return sorted(run.tags[RUN_KEY_TAG] for run in self.instance.get_runs())
+
+
 def test_requests_launch_backups_and_malformed_ones_are_set_aside(backup_env, requests_channel):
     for body in (
         b"not json at all",
@@ -52,25 +91,14 @@ def test_requests_launch_backups_and_malformed_ones_are_set_aside(backup_env, re
         b'{"source": "all", "reason": "audit"}',
     ):
         requests_channel.basic_publish("", REQUESTS_QUEUE, body)
-    defs = build_definitions(load_settings())
-    sensor = defs.get_sensor_def("backup_requests_sensor")
-    notifications = NotificationPublisher(
-        rabbitmq_url=BROKER, outbox_path=str(backup_env / OUTBOX_NAME)
-    )
-    with build_sensor_context(
-        instance=DagsterInstance.ephemeral(), resources={"notifications": notifications}
-    ) as context:
-        requests = [r for r in evaluate(sensor, context) if isinstance(r, RunRequest)]
+    sensor = RequestsSensor(backup_env)
 
+    requests = sensor.tick()
     assert [(r.job_name, r.tags["backup/reason"]) for r in requests] == [
         ("postgres_backup_job", "before the migration"),
         ("backup_all_job", "audit"),
     ]
-    assert requests_channel.queue_declare(REQUESTS_QUEUE, passive=True).method.message_count == 0
-    set_aside = []
-    while (message := requests_channel.basic_get(DEAD_LETTER_QUEUE, auto_ack=True))[0]:
-        set_aside.append((message[2], message[1].headers["x-rejected"]))
-    assert set_aside == [
+    assert set_aside(requests_channel) == [
         (b"not json at all", "not JSON"),
         (
             b'{"source": "mysql"}',
@@ -78,6 +106,81 @@ def test_requests_launch_backups_and_malformed_ones_are_set_aside(backup_env, re
             "documents, all, not 'mysql'",
         ),
     ]
+    assert waiting(requests_channel) == 2  # acked only once Dagster holds their runs
+
+    sensor.launch(requests)
+    assert sensor.tick() == []
+    assert waiting(requests_channel) == 0
+    assert len(sensor.runs()) == 2
+
+
+def test_a_poison_message_never_blocks_its_neighbours(backup_env, requests_channel):
+    poison = [
+        b"[" * 30_000 + b"]" * 30_000,  # RecursionError in json, under the size limit
+        b'{"source": "postgres", "reason": "' + b"x" * (1 << 20) + b'"}',  # too large
+        json.dumps({"source": "\x1b[31m" + "y" * 10_000}).encode(),
+        b"\xff\xfe\x00",
+    ]
+    good = [json.dumps({"source": s}).encode() for s in ("redis", "consul")]
+    for body in (good[0], *poison, good[1]):
+        requests_channel.basic_publish("", REQUESTS_QUEUE, body)
+    sensor = RequestsSensor(backup_env)
+
+    requests = sensor.tick()
+    assert [r.job_name for r in requests] == ["redis_backup_job", "consul_backup_job"]
+    rejected = set_aside(requests_channel)
+    assert [body for body, _ in rejected] == poison
+    assert all(0 < len(reason) <= 200 for _, reason in rejected)
+    assert [reason for _, reason in rejected][:2] == ["RecursionError", "larger than 65536 bytes"]
+    sensor.launch(requests)
+    assert sensor.tick() == [] and waiting(requests_channel) == 0
+
+
+SENSOR_THAT_DIES = """
+import os, signal, sys
+from backup_pipelines.sensors import take_requests
+seen = []
+def launched(key):
+    seen.append(key)
+    if len(seen) == int(sys.argv[2]):  # every message read, none acked: the process dies
+        os.kill(os.getpid(), signal.SIGKILL)
+    return False
+take_requests(sys.argv[1], launched, print)
+"""
+
+
+def test_a_sensor_killed_after_reading_loses_nothing_and_runs_nothing_twice(
+    backup_env, requests_channel
+):
+    bodies = [json.dumps({"source": s}).encode() for s in ("postgres", "redis", "postgres")]
+    ids = ["deploy-1234", None, None]  # two requests without an id: told apart by timestamp
+    for body, message_id, stamp in zip(bodies, ids, (1, 2, 3), strict=True):
+        properties = pika.BasicProperties(message_id=message_id, timestamp=stamp)
+        requests_channel.basic_publish("", REQUESTS_QUEUE, body, properties)
+
+    died = subprocess.run(
+        [sys.executable, "-c", SENSOR_THAT_DIES, BROKER, "3"], capture_output=True, timeout=60
+    )
+    assert died.returncode == -signal.SIGKILL, died.stderr.decode()
+    sensor = RequestsSensor(backup_env)
+    first = sensor.tick()
+    assert [r.job_name for r in first] == [
+        "postgres_backup_job",
+        "redis_backup_job",
+        "postgres_backup_job",
+    ]
+    assert first[0].run_key == "deploy-1234" and len({r.run_key for r in first}) == 3
+
+    # the daemon died too before it stored the runs: the next tick asks for the same runs
+    assert [r.run_key for r in sensor.tick()] == [r.run_key for r in first]
+    sensor.launch(first)
+    assert sensor.tick() == [] and waiting(requests_channel) == 0
+
+    # the same message delivered again (a publisher retrying) never runs twice
+    again = pika.BasicProperties(message_id="deploy-1234", timestamp=1)
+    requests_channel.basic_publish("", REQUESTS_QUEUE, bodies[0], again)
+    assert sensor.tick() == [] and waiting(requests_channel) == 0
+    assert sensor.runs() == sorted(r.run_key for r in first)
 
 
 def test_request_parsing():

@@ -226,7 +226,7 @@ def test_part_size_keeps_uploads_under_the_part_cap():
 def test_manifest_rejects_other_formats():
     good = {
         "source": "redis",
-        "snapshot_id": "x",
+        "snapshot_id": "20261122T030000Z-1a2b3c4d",
         "started_at": "2026-11-22T03:00:00Z",
         "finished_at": "2026-11-22T03:00:42Z",
         "run_id": "r",

@@ -35,10 +35,15 @@ def load_identities(path: Path | None) -> list[x25519.Identity]:
             "this snapshot is encrypted: set BACKUP_AGE_IDENTITY_FILE to the age identity file"
         )
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise ConfigurationError(
             f"BACKUP_AGE_IDENTITY_FILE: cannot read {path}: {exc.strerror}"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigurationError(
+            f"BACKUP_AGE_IDENTITY_FILE: {path} is not an age identity file (it is not text; "
+            "age-keygen writes one 'AGE-SECRET-KEY-...' line)"
         ) from None
     identities = []
     for line in text.splitlines():

@@ -12,12 +12,24 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, field_serializer, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+
+from backup_pipelines.snapshot.names import check_artifact_name, check_snapshot_id, check_source
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "backup-pipelines-snapshot"
 MANIFEST_VERSION = 1
-SNAPSHOT_ID_PATTERN = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
+ENCRYPTIONS = (None, "age")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+MAX_PROBLEMS_SHOWN = 3
 
 
 def utc_now() -> datetime:
@@ -41,8 +53,22 @@ class FileEntry(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     name: str
-    size: int
+    size: int = Field(ge=0)
     sha256: str
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if value == MANIFEST_NAME:
+            raise ValueError(f"an artifact may not be called {MANIFEST_NAME}")
+        return check_artifact_name(value)
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str) -> str:
+        if SHA256_HEX.fullmatch(value) is None:
+            raise ValueError("is not a sha256 in lowercase hex")
+        return value
 
 
 class Manifest(BaseModel):
@@ -74,6 +100,41 @@ class Manifest(BaseModel):
             raise ValueError(f"manifest version {value} is not supported (expected 1)")
         return value
 
+    _source = field_validator("source")(check_source)
+    _snapshot_id = field_validator("snapshot_id")(check_snapshot_id)
+
+    @field_validator("started_at", "finished_at")
+    @classmethod
+    def _aware(cls, moment: datetime) -> datetime:
+        """Times without a zone would not compare with the others (retention sorts by them)."""
+        if moment.tzinfo is None:
+            raise ValueError("has no time zone (the contract writes UTC with a Z)")
+        return moment.astimezone(UTC)
+
+    @field_validator("compression")
+    @classmethod
+    def _zstd(cls, value: str) -> str:
+        if value != "zstd":
+            raise ValueError("only zstd is supported")
+        return value
+
+    @field_validator("encryption")
+    @classmethod
+    def _known_encryption(cls, value: str | None) -> str | None:
+        if value not in ENCRYPTIONS:
+            raise ValueError("must be null or 'age'")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        """The id carries the start time to the second, and no artifact is listed twice."""
+        if self.snapshot_id[:16] != self.started_at.strftime("%Y%m%dT%H%M%SZ"):
+            raise ValueError("snapshot_id does not carry started_at")
+        names = [entry.name for entry in self.files]
+        if len(set(names)) != len(names):
+            raise ValueError("an artifact is listed twice")
+        return self
+
     @field_serializer("started_at", "finished_at")
     def _utc(self, moment: datetime) -> str:
         return format_utc(moment)
@@ -93,4 +154,18 @@ class Manifest(BaseModel):
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Manifest:
-        return cls.model_validate_json(raw)
+        """Parse and validate; `ValueError` says briefly what is wrong, never echoing the input."""
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as exc:
+            raise ValueError(describe_errors(exc)) from None
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """Pydantic's errors as one bounded line: where and which rule, without the input."""
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False)[:MAX_PROBLEMS_SHOWN]:
+        where = ".".join(str(part) for part in error["loc"]) or "manifest"
+        problems.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+    more = exc.error_count() - len(problems)
+    return "; ".join(problems) + (f" (and {more} more)" if more > 0 else "")

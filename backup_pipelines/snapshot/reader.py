@@ -20,6 +20,8 @@ import zstandard
 from pyrage import x25519
 
 from backup_pipelines.errors import IntegrityError, StoreError
+from backup_pipelines.snapshot.files import disk_full
+from backup_pipelines.snapshot.names import check_artifact_name
 from backup_pipelines.snapshot.staging import stored_name
 from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
 from backup_pipelines.snapshot.streams import CHUNK_SIZE, CountingWriter, HashingReader
@@ -107,7 +109,10 @@ def artifact_file(
     tools that need a real file; it is removed when the block ends."""
     work_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=work_dir, prefix=f"{snapshot.source}-") as scratch:
-        path = Path(scratch) / Path(name).name
-        with path.open("wb") as out:
-            restore_artifact(store, snapshot, name, out, identities)
+        path = Path(scratch) / check_artifact_name(name)
+        try:
+            with path.open("wb") as out:
+                restore_artifact(store, snapshot, name, out, identities)
+        except OSError as exc:
+            raise disk_full(exc, path) or exc from None
         yield path

@@ -2,8 +2,10 @@
 
 Artifacts go up as multipart uploads from the staged files, never through
 memory whole: the part size grows with the file so the 10,000-part limit is
-never reached, and boto3's transfer manager aborts a failed multipart
-upload so no partial object is left. The manifest goes up last.
+never reached. A failed multipart upload is aborted (by boto3's transfer
+manager, then once more here); when the connection is gone for that too,
+the open upload is listed as an interrupted attempt and `prune` aborts it a
+day later. The manifest goes up last.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import BinaryIO
 
 import boto3
@@ -21,13 +23,19 @@ from boto3.exceptions import Boto3Error
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
-from pydantic import ValidationError
 
 from backup_pipelines.errors import StoreError
 from backup_pipelines.redaction import redact
-from backup_pipelines.snapshot.manifest import MANIFEST_NAME, SNAPSHOT_ID_PATTERN, utc_now
+from backup_pipelines.snapshot.manifest import MANIFEST_NAME, utc_now
+from backup_pipelines.snapshot.names import is_snapshot_id
 from backup_pipelines.snapshot.staging import StagedSnapshot
-from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
+from backup_pipelines.snapshot.store import (
+    MAX_MANIFEST_BYTES,
+    Listed,
+    SnapshotStore,
+    StoredSnapshot,
+    parse_manifest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +46,7 @@ PARTS_HEADROOM = 9_000
 DELETE_BATCH = 1_000
 UPLOAD_CONCURRENCY = 4
 S3_ERRORS = (BotoCoreError, ClientError, Boto3Error)
+_EPOCH = datetime.fromtimestamp(0, UTC)
 
 
 def part_size_for(size: int) -> int:
@@ -82,8 +91,9 @@ class S3SnapshotStore(SnapshotStore):
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}/ at {self.endpoint_url or 'AWS'}"
 
-    def _key(self, source: str, snapshot_id: str, name: str = "") -> str:
-        return "/".join(part for part in (self.prefix, source, snapshot_id, name) if part)
+    def _key(self, *parts: str) -> str:
+        """`<prefix>/<source>/<snapshot_id>/<name>`: every part was checked by the caller."""
+        return "/".join(part for part in (self.prefix, *parts) if part)
 
     def location(self, source: str, snapshot_id: str) -> str:
         return f"s3://{self.bucket}/{self._key(source, snapshot_id)}/"
@@ -93,10 +103,13 @@ class S3SnapshotStore(SnapshotStore):
         return StoreError(f"S3 {action} failed at {self.describe()}: {reason}")
 
     def commit(self, staged: StagedSnapshot) -> StoredSnapshot:
-        if self.read_manifest(staged.source, staged.snapshot_id) is not None:
-            raise StoreError(f"{staged.source} snapshot {staged.snapshot_id} already exists")
+        """Upload every artifact, then the manifest; any S3 failure is this upload's failure
+        (what a `backup.failed` event reports), never a secondary error of the check first."""
+        manifest_key = self._key(staged.source, staged.snapshot_id, MANIFEST_NAME)
         uploaded: list[str] = []
         try:
+            if self._exists(manifest_key):
+                raise StoreError(f"{staged.source} snapshot {staged.snapshot_id} already exists")
             for entry in staged.files:
                 key = self._key(staged.source, staged.snapshot_id, entry.name)
                 part_size = part_size_for(entry.size)
@@ -114,56 +127,104 @@ class S3SnapshotStore(SnapshotStore):
             raw = staged.manifest(finished_at=utc_now()).to_bytes()
             self._client.put_object(
                 Bucket=self.bucket,
-                Key=self._key(staged.source, staged.snapshot_id, MANIFEST_NAME),
+                Key=manifest_key,
                 Body=raw,
                 ContentType="application/json",
             )
         except S3_ERRORS as exc:
-            self._delete_keys(uploaded, best_effort=True)
+            self._clean_failed_commit(staged, uploaded)
             raise self.failure(
                 f"upload of {staged.source} snapshot {staged.snapshot_id}", exc
             ) from None
-        return StoredSnapshot.from_manifest_bytes(
-            raw, self.location(staged.source, staged.snapshot_id)
-        )
+        location = self.location(staged.source, staged.snapshot_id)
+        return parse_manifest(raw, staged.source, staged.snapshot_id, location)
 
-    def _keys_under(self, prefix: str) -> Iterator[str]:
+    def _exists(self, key: str) -> bool:
+        try:
+            self._client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return False
+            raise
+        return True
+
+    def _clean_failed_commit(self, staged: StagedSnapshot, uploaded: list[str]) -> None:
+        """Best effort: the objects already up and any multipart upload left open.
+
+        With the connection gone this fails too; `prune` then finds the
+        attempt (objects or open uploads, no manifest) and removes it a day later.
+        """
+        try:
+            self._delete_keys(uploaded)
+            self._abort_uploads(self._key(staged.source, staged.snapshot_id) + "/")
+        except S3_ERRORS:
+            logger.warning(
+                "could not clean up the failed upload of %s/%s; prune removes it after 24 h",
+                staged.source,
+                staged.snapshot_id,
+            )
+
+    def _keys_under(self, prefix: str) -> Iterator[dict]:
         paginator = self._client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-            for item in page.get("Contents", []):
-                yield item["Key"]
+            yield from page.get("Contents", [])
 
-    def snapshot_ids(self, source: str) -> list[str]:
-        prefix = self._key(source, "") + "/"
+    def _uploads_under(self, prefix: str) -> Iterator[dict]:
+        """Multipart uploads begun and neither completed nor aborted."""
+        paginator = self._client.get_paginator("list_multipart_uploads")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            yield from page.get("Uploads", [])
+
+    def _list(self, source: str) -> dict[str, Listed]:
+        prefix = self._key(source) + "/"
+        latest: dict[str, datetime] = {}
+        complete: set[str] = set()
         try:
-            keys = list(self._keys_under(prefix))
+            for item in self._keys_under(prefix):
+                snapshot_id, _, name = item["Key"][len(prefix) :].partition("/")
+                if is_snapshot_id(snapshot_id):
+                    if name == MANIFEST_NAME:
+                        complete.add(snapshot_id)
+                    latest[snapshot_id] = max(item["LastModified"], latest.get(snapshot_id, _EPOCH))
         except S3_ERRORS as exc:
             raise self.failure(f"listing of {source} snapshots", exc) from None
-        suffix = "/" + MANIFEST_NAME
-        return [
-            key[len(prefix) : -len(suffix)]
-            for key in keys
-            if key.endswith(suffix) and key[len(prefix) :].count("/") == 1
-        ]
+        return {
+            sid: Listed(sid, sid in complete, modified.astimezone(UTC))
+            for sid, modified in latest.items()
+        }
 
-    def read_manifest(self, source: str, snapshot_id: str) -> StoredSnapshot | None:
+    def incomplete(self, source: str) -> list[tuple[str, datetime]]:
+        """Attempts without a manifest, those whose only trace is an open multipart upload too."""
+        found = dict(super().incomplete(source))
+        complete = set(self.snapshot_ids(source))
+        prefix = self._key(source) + "/"
+        try:
+            for upload in self._uploads_under(prefix):
+                snapshot_id = upload["Key"][len(prefix) :].partition("/")[0]
+                if is_snapshot_id(snapshot_id) and snapshot_id not in complete:
+                    began = upload["Initiated"].astimezone(UTC)
+                    found[snapshot_id] = max(began, found.get(snapshot_id, began))
+        except S3_ERRORS as exc:
+            raise self.failure(f"listing of {source} uploads", exc) from None
+        return sorted(found.items())
+
+    def _manifest_bytes(self, source: str, snapshot_id: str) -> bytes | None:
         key = self._key(source, snapshot_id, MANIFEST_NAME)
         try:
-            raw = self._client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            try:
+                return body.read(MAX_MANIFEST_BYTES + 1)
+            finally:
+                body.close()
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return None
             raise self.failure(f"read of {key}", exc) from None
         except S3_ERRORS as exc:
             raise self.failure(f"read of {key}", exc) from None
-        try:
-            return StoredSnapshot.from_manifest_bytes(raw, self.location(source, snapshot_id))
-        except ValidationError:
-            logger.warning("ignoring s3://%s/%s: not a valid snapshot manifest", self.bucket, key)
-            return None
 
     @contextmanager
-    def open_file(self, source: str, snapshot_id: str, name: str) -> Iterator[BinaryIO]:
+    def _open(self, source: str, snapshot_id: str, name: str) -> Iterator[BinaryIO]:
         key = self._key(source, snapshot_id, name)
         try:
             body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
@@ -174,45 +235,27 @@ class S3SnapshotStore(SnapshotStore):
         finally:
             body.close()
 
-    def incomplete(self, source: str) -> list[tuple[str, datetime]]:
-        prefix = self._key(source, "") + "/"
-        latest: dict[str, datetime] = {}
-        complete: set[str] = set()
+    def _remove(self, source: str, snapshot_id: str) -> None:
+        prefix = self._key(source, snapshot_id) + "/"
         try:
-            paginator = self._client.get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-                for item in page.get("Contents", []):
-                    snapshot_id, _, name = item["Key"][len(prefix) :].partition("/")
-                    if not SNAPSHOT_ID_PATTERN.match(snapshot_id):
-                        continue
-                    if name == MANIFEST_NAME:
-                        complete.add(snapshot_id)
-                    modified = item["LastModified"]
-                    latest[snapshot_id] = max(modified, latest.get(snapshot_id, modified))
-        except S3_ERRORS as exc:
-            raise self.failure(f"listing of {source} snapshots", exc) from None
-        return [(sid, when) for sid, when in latest.items() if sid not in complete]
-
-    def delete(self, source: str, snapshot_id: str) -> None:
-        try:
-            self._client.delete_object(
-                Bucket=self.bucket, Key=self._key(source, snapshot_id, MANIFEST_NAME)
-            )
-            self._delete_keys(list(self._keys_under(self._key(source, snapshot_id) + "/")))
+            self._client.delete_object(Bucket=self.bucket, Key=prefix + MANIFEST_NAME)
+            self._delete_keys([item["Key"] for item in self._keys_under(prefix)])
+            self._abort_uploads(prefix)
         except S3_ERRORS as exc:
             raise self.failure(f"delete of {source} snapshot {snapshot_id}", exc) from None
 
-    def _delete_keys(self, keys: list[str], *, best_effort: bool = False) -> None:
+    def _delete_keys(self, keys: list[str]) -> None:
         for start in range(0, len(keys), DELETE_BATCH):
             batch = [{"Key": key} for key in keys[start : start + DELETE_BATCH]]
-            try:
-                self._client.delete_objects(
-                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
-                )
-            except S3_ERRORS:
-                if not best_effort:
-                    raise
-                logger.warning("could not remove %d partial objects from S3", len(batch))
+            self._client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+            )
+
+    def _abort_uploads(self, prefix: str) -> None:
+        for upload in list(self._uploads_under(prefix)):
+            self._client.abort_multipart_upload(
+                Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+            )
 
 
 class _BodyReader(io.RawIOBase):

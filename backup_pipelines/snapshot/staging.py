@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -28,7 +28,9 @@ from pyrage import x25519
 
 from backup_pipelines.errors import ProducerFailed
 from backup_pipelines.processes import describe_exit, not_installed, stderr_tail
+from backup_pipelines.snapshot.files import disk_full, remove_stale
 from backup_pipelines.snapshot.manifest import FileEntry, Manifest, new_snapshot_id, utc_now
+from backup_pipelines.snapshot.names import check_artifact_name
 from backup_pipelines.snapshot.streams import (
     CHUNK_SIZE,
     HashingWriter,
@@ -41,7 +43,6 @@ from backup_pipelines.snapshot.streams import (
 logger = logging.getLogger(__name__)
 
 ZSTD_LEVEL = 3
-LEFTOVER_AGE = timedelta(hours=24)
 
 
 def stored_name(name: str, encrypted: bool) -> str:
@@ -144,20 +145,25 @@ class StagedSnapshot:
             raise ValueError(f"artifact {name!r} is already part of this snapshot")
         metered = MeteredReader(source, label, self.progress)
         compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1)
-        path = self.directory / target_name
-        path.parent.mkdir(parents=True, exist_ok=True)  # names may hold one folder level
-        with path.open("xb") as out:
-            sink = HashingWriter(out)
-            with compressor.stream_reader(metered, read_size=CHUNK_SIZE) as compressed:
-                try:
-                    if self.recipients:
-                        pyrage.encrypt_io(compressed, sink, list(self.recipients))
-                    else:
-                        copy_stream(compressed, sink)
-                except Exception:
-                    if metered.error is not None:
-                        raise metered.error from None
-                    raise
+        path = self.directory / check_artifact_name(target_name)
+        try:
+            with path.open("xb") as out:
+                sink = HashingWriter(out)
+                with compressor.stream_reader(metered, read_size=CHUNK_SIZE) as compressed:
+                    try:
+                        if self.recipients:
+                            pyrage.encrypt_io(compressed, sink, list(self.recipients))
+                        else:
+                            copy_stream(compressed, sink)
+                    except Exception:
+                        # pyrage reports errors of either side as its own: raise the real one
+                        if metered.error is not None:
+                            raise metered.error from None
+                        if sink.error is not None:
+                            raise sink.error from None
+                        raise
+        except OSError as exc:
+            raise disk_full(exc, path) or exc from None
         return FileEntry(name=target_name, size=sink.size, sha256=sink.hexdigest()), metered
 
     def _accept(
@@ -191,15 +197,6 @@ class StagedSnapshot:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def _remove_leftovers(staging_root: Path) -> None:
-    """Staging directories of killed workers, older than a day, are removed."""
-    cutoff = time.time() - LEFTOVER_AGE.total_seconds()
-    for directory in staging_root.glob("*"):
-        with contextlib.suppress(OSError):
-            if directory.stat().st_mtime < cutoff:
-                shutil.rmtree(directory, ignore_errors=True)
-
-
 @contextlib.contextmanager
 def stage(
     staging_dir: Path,
@@ -213,10 +210,13 @@ def stage(
     started_at = utc_now()
     snapshot_id = new_snapshot_id(run_id, started_at)
     staging_root = staging_dir / source
-    staging_root.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(staging_root)
     directory = staging_root / snapshot_id
-    directory.mkdir()
+    try:
+        staging_root.mkdir(parents=True, exist_ok=True)
+        remove_stale(staging_root, started_at)  # what killed workers of this source left
+        directory.mkdir()
+    except OSError as exc:
+        raise disk_full(exc, directory) or exc from None
     staged = StagedSnapshot(
         source=source,
         snapshot_id=snapshot_id,

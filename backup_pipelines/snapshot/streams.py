@@ -102,20 +102,29 @@ def copy_stream(source: BinaryIO, target: BinaryIO) -> None:
 
 
 class HashingWriter(io.RawIOBase):
-    """Writes through to `inner`, hashing and counting the bytes as stored."""
+    """Writes through to `inner`, hashing and counting the bytes as stored.
+
+    A write error (a full disk) is kept in `error`, as pyrage reports it
+    only as a generic failure of its own.
+    """
 
     def __init__(self, inner: BinaryIO):
         self._inner = inner
         self._hash = hashlib.sha256()
         self.size = 0
+        self.error: BaseException | None = None
 
     def writable(self) -> bool:
         return True
 
     def write(self, data: bytes) -> int:  # type: ignore[override]
+        try:
+            self._inner.write(data)
+        except Exception as exc:
+            self.error = exc
+            raise
         self._hash.update(data)
         self.size += len(data)
-        self._inner.write(data)
         return len(data)
 
     def hexdigest(self) -> str:

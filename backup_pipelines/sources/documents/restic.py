@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -22,6 +23,12 @@ from backup_pipelines.processes import describe_exit, not_installed, run_tool, s
 
 PROGRESS_EVERY_S = 10.0
 HOST_TAG = "backup-pipelines"
+RESTIC_SNAPSHOT_ID = re.compile(r"[0-9a-f]{8}|[0-9a-f]{64}")
+
+
+def is_restic_id(value: object) -> bool:
+    """A restic snapshot id, short or full: hex only, so never read as an option or a path."""
+    return isinstance(value, str) and RESTIC_SNAPSHOT_ID.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)
@@ -120,6 +127,8 @@ class ResticRepository:
         """Drop exactly these snapshots, then the data only they used (retention's hook)."""
         if not snapshot_ids:
             return
+        if not all(map(is_restic_id, snapshot_ids)):
+            raise BackupError("refusing to forget restic snapshots by ids that are not hex ids")
         self.run("forget", *snapshot_ids, label="restic forget")
         self.run("prune", label="restic prune")
 

@@ -5,18 +5,35 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from backup_pipelines.errors import BackupError
+from backup_pipelines.errors import BackupError, IntegrityError
+from backup_pipelines.snapshot.names import shown
 from backup_pipelines.snapshot.store import StoredSnapshot
-from backup_pipelines.sources.documents.restic import ResticRepository
+from backup_pipelines.sources.documents.restic import ResticRepository, is_restic_id
 
 
 def restic_id_of(snapshot: StoredSnapshot) -> str:
-    try:
-        return str(snapshot.manifest.stats["restic_snapshot_id"])
-    except KeyError:
-        raise BackupError(f"documents/{snapshot.snapshot_id} names no restic snapshot") from None
+    """The restic snapshot a documents snapshot points at, checked (it goes on a command line)."""
+    restic_id = snapshot.manifest.stats.get("restic_snapshot_id")
+    if not is_restic_id(restic_id):
+        raise IntegrityError(
+            f"documents/{snapshot.snapshot_id} names no valid restic snapshot id "
+            f"({shown(restic_id)})"
+        )
+    return restic_id
+
+
+def backed_up_root(snapshot: StoredSnapshot) -> PurePosixPath:
+    """The directory that was backed up, under which restic restores the tree: an absolute,
+    normalised path (no `..`), so the restored tree is looked for inside the scratch only."""
+    root = snapshot.manifest.stats.get("root", "/")
+    path = PurePosixPath(root) if isinstance(root, str) else None
+    if path is None or not path.is_absolute() or ".." in path.parts or str(path) != root:
+        raise IntegrityError(
+            f"documents/{snapshot.snapshot_id} names no valid backed-up root ({shown(root)})"
+        )
+    return path
 
 
 def _empty(directory: Path) -> None:
@@ -43,13 +60,15 @@ def restore_tree(
     """
     if target.exists() and any(target.iterdir()) and not force:
         raise BackupError(f"{target} is not empty; add --force to replace its contents")
-    root = str(snapshot.manifest.stats.get("root", "/"))
+    restic_id, root = restic_id_of(snapshot), backed_up_root(snapshot)
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.restore-"))
     try:
         log(f"restic restore of documents/{snapshot.snapshot_id} into {target}")
-        repository.restore(restic_id_of(snapshot), str(scratch))
-        restored = scratch / root.lstrip("/")
+        repository.restore(restic_id, str(scratch))
+        restored = scratch.joinpath(*root.parts[1:])
+        if not restored.is_dir() or restored.is_symlink():
+            raise IntegrityError(f"restic restored no directory {root} from {restic_id}")
         if target.exists():
             _empty(target)
         else:
@@ -66,7 +85,10 @@ def check_repository(
     snapshot: StoredSnapshot, repository: ResticRepository, read_data: str | None
 ) -> list[str]:
     """The snapshot's restic id exists, and `restic check` (reading that much data) passes."""
-    restic_id = restic_id_of(snapshot)
+    try:
+        restic_id = restic_id_of(snapshot)
+    except IntegrityError as exc:
+        return [str(exc)]
     if not repository.snapshot_exists(restic_id):
         return [f"restic snapshot {restic_id} is not in {repository.location}"]
     try:

@@ -4,13 +4,15 @@ Each dump is fetched, checked against its sha256, decrypted and
 decompressed into a local temporary file first, because `pg_restore -j`
 (parallel restore, several times faster) needs a seekable file, and
 because nothing should reach the target from an artifact that turns out
-damaged halfway.
+damaged halfway. It is restored into a new database, which replaces the
+target only once the restore succeeded.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -93,32 +95,91 @@ def drop_database(cluster: Cluster, name: str) -> None:
         )
 
 
-def refuse_if_occupied(cluster: Cluster, target_db: str, force: bool) -> int | None:
-    """Tables in `target_db` (None if it does not exist); refuse a non-empty one without force."""
+def refuse_if_occupied(cluster: Cluster, target_db: str, force: bool) -> None:
+    """Refuse a target database that has tables, unless `force`."""
     tables = table_count(cluster, target_db)
     if tables and not force:
         raise BackupError(
             f"database {target_db!r} on {cluster.where} already has {tables} tables; "
-            "restore into an empty database, or add --force to drop and recreate it"
+            "restore into an empty database, or add --force to replace it"
         )
-    return tables
 
 
-def prepare_target(
-    cluster: Cluster, target_db: str, figures: dict[str, Any], force: bool, log: Log
-) -> None:
-    """Make `target_db` an empty database to restore into, or refuse.
+def scratch_name(purpose: str) -> str:
+    """A database name of our own, short enough for PostgreSQL's 63 bytes whatever the target's."""
+    return f"bp_{purpose}_{secrets.token_hex(6)}"
 
-    A database that already has tables is left alone unless `force`, and
-    with `force` it is dropped and created anew so it ends equal to the
-    snapshot, not a mix of old and restored objects.
+
+def database_owner(connection: psycopg.Connection, name: str) -> str | None:
+    row = connection.execute(
+        "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", [name]
+    ).fetchone()
+    return row[0] if row else None
+
+
+def swap_into_place(cluster: Cluster, restored: str, target_db: str, log: Log) -> None:
+    """Give the restored database the target's name; the old one is dropped only after.
+
+    The old database stops taking connections, its sessions are ended, and
+    it is renamed aside; if the restored one cannot take its name, the old
+    one gets it back. The restored database keeps the old one's owner.
     """
-    tables = refuse_if_occupied(cluster, target_db, force)
-    if tables is not None and force:
-        log(f"dropping database {target_db!r} on {cluster.where} (--force)")
-        drop_database(cluster, target_db)
-    if tables is None or force:
-        create_database(cluster, target_db, figures, log)
+    with cluster.connect(_admin_db(target_db)) as connection:
+        owner = database_owner(connection, target_db)
+        if owner is None:
+            _rename(connection, restored, target_db)
+            return
+        _keep_owner(connection, restored, owner, log)
+        retired = scratch_name("replaced")
+        log(f"replacing database {target_db!r} on {cluster.where} with the restored one")
+        _close_database(connection, target_db)
+        try:
+            _rename(connection, target_db, retired)
+        except psycopg.Error:
+            _allow_connections(connection, target_db)
+            raise
+        try:
+            _rename(connection, restored, target_db)
+        except psycopg.Error:
+            _rename(connection, retired, target_db)
+            _allow_connections(connection, target_db)
+            raise
+        connection.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(retired)))
+
+
+def _rename(connection: psycopg.Connection, old: str, new: str) -> None:
+    connection.execute(
+        sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new))
+    )
+
+
+def _keep_owner(connection: psycopg.Connection, restored: str, owner: str, log: Log) -> None:
+    try:
+        connection.execute(
+            sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                sql.Identifier(restored), sql.Identifier(owner)
+            )
+        )
+    except psycopg.Error as exc:
+        log(f"the restored database keeps the restoring user as its owner, not {owner!r}: {exc}")
+
+
+def _close_database(connection: psycopg.Connection, name: str) -> None:
+    """No new sessions on `name`, and the open ones ended (a rename needs it unused)."""
+    connection.execute(
+        sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(name))
+    )
+    connection.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = %s AND pid <> pg_backend_pid()",
+        [name],
+    )
+
+
+def _allow_connections(connection: psycopg.Connection, name: str) -> None:
+    connection.execute(
+        sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(name))
+    )
 
 
 def restore_database(
@@ -232,34 +293,69 @@ def restore_snapshot(
     work_dir: Path,
     log: Log,
 ) -> str:
-    """Restore one database (into the target DSN's database) or all of them (same names)."""
-    available = snapshot_databases(snapshot)
-    if database is not None and database not in available:
-        raise BackupError(
-            f"snapshot {snapshot.snapshot_id} holds no database {database!r} "
-            f"(it holds: {', '.join(available)})"
-        )
-    if database is not None:
-        target_db = cluster.params.get("dbname") or database
-        if target_db == MAINTENANCE_DB != database:
-            raise BackupError(
-                f"--target-dsn names the maintenance database {MAINTENANCE_DB!r}; put the "
-                f"database to restore {database!r} into in the DSN (…/{database}_restored)"
-            )
-        pairs = [(database, target_db)]
-    else:
-        pairs = [(name, name) for name in available]
+    """Restore one database (into the target DSN's database) or all of them (same names).
+
+    Nothing the target holds is touched until the snapshot is proven: each
+    dump is fetched, checked against its sha256, decrypted and restored by
+    pg_restore into a new database of our own, and only when every one has
+    been restored do they take their targets' names (the old databases are
+    dropped after that). A damaged snapshot or a wrong age identity leaves
+    every target as it was. The roles (`--globals`) are applied first, from
+    a checked globals.sql, as the dumps need them.
+    """
+    pairs = _database_pairs(snapshot, cluster, database)
     figures = snapshot.manifest.stats.get("databases", {})
     for _, target_db in pairs:  # refuse before touching anything
         refuse_if_occupied(cluster, target_db, force)
     work_dir.mkdir(parents=True, exist_ok=True)
     if include_globals:
         apply_globals(store, snapshot, cluster, identities, work_dir, log)
-    for source_db, target_db in pairs:
-        prepare_target(cluster, target_db, figures.get(source_db, {}), force, log)
-        restore_database(store, snapshot, source_db, cluster, target_db, identities, work_dir, log)
-    restored = ", ".join(f"{s} → {t}" if s != t else s for s, t in pairs)
-    return f"restored postgres/{snapshot.snapshot_id} ({restored}) on {cluster.where}"
+    pending: list[tuple[str, str]] = []  # (our new database, the target it replaces)
+    try:
+        for source_db, target_db in pairs:
+            scratch = scratch_name("restore")
+            create_database(cluster, scratch, figures.get(source_db, {}), log)
+            pending.append((scratch, target_db))
+            restore_database(
+                store, snapshot, source_db, cluster, scratch, identities, work_dir, log
+            )
+        while pending:
+            swap_into_place(cluster, *pending[0], log)
+            pending.pop(0)
+    finally:
+        for scratch, _ in pending:
+            _drop_left_behind(cluster, scratch, log)
+    names = ", ".join(f"{s} → {t}" if s != t else s for s, t in pairs)
+    return f"restored postgres/{snapshot.snapshot_id} ({names}) on {cluster.where}"
+
+
+def _drop_left_behind(cluster: Cluster, scratch: str, log: Log) -> None:
+    """Drop a database of ours after a failure, without hiding that failure."""
+    try:
+        drop_database(cluster, scratch)
+    except (BackupError, psycopg.Error) as exc:
+        log(f"could not drop the unfinished database {scratch!r} on {cluster.where}: {exc}")
+
+
+def _database_pairs(
+    snapshot: StoredSnapshot, cluster: Cluster, database: str | None
+) -> list[tuple[str, str]]:
+    """(database in the snapshot, database to restore it as) for each one to restore."""
+    available = snapshot_databases(snapshot)
+    if database is None:
+        return [(name, name) for name in available]
+    if database not in available:
+        raise BackupError(
+            f"snapshot {snapshot.snapshot_id} holds no database {database!r} "
+            f"(it holds: {', '.join(available)})"
+        )
+    target_db = cluster.params.get("dbname") or database
+    if target_db == MAINTENANCE_DB != database:
+        raise BackupError(
+            f"--target-dsn names the maintenance database {MAINTENANCE_DB!r}; put the "
+            f"database to restore {database!r} into in the DSN (…/{database}_restored)"
+        )
+    return [(database, target_db)]
 
 
 def deep_verify_dumps(

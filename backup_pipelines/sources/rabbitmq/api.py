@@ -15,6 +15,7 @@ from urllib.parse import quote
 import requests
 
 from backup_pipelines.errors import SourceRefused, SourceUnavailable
+from backup_pipelines.messaging import OWN_EXCHANGES, OWN_QUEUES
 from backup_pipelines.redaction import mask_url
 
 TIMEOUT_S = (10, 300)
@@ -83,16 +84,20 @@ class ManagementApi:
         )
 
     def vhost_objects(self, vhost: str) -> tuple[int, int]:
-        """Queues and non-default exchanges in `vhost` ((0, 0) when it does not exist)."""
+        """Queues and exchanges in `vhost` other than the broker's defaults and this project's
+        own (its events and requests live on the broker it backs up); (0, 0) when it does not
+        exist."""
         names = {vhost["name"] for vhost in self.get("vhosts")}
         if vhost not in names:
             return 0, 0
         encoded = quote(vhost, safe="")
-        queues = self.get(f"queues/{encoded}")
+        queues = [q for q in self.get(f"queues/{encoded}") if q["name"] not in OWN_QUEUES]
         exchanges = [
             exchange
             for exchange in self.get(f"exchanges/{encoded}")
-            if exchange["name"] and not exchange["name"].startswith("amq.")
+            if exchange["name"]
+            and not exchange["name"].startswith("amq.")
+            and exchange["name"] not in OWN_EXCHANGES
         ]
         return len(queues), len(exchanges)
 

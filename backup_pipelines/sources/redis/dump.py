@@ -10,16 +10,18 @@ that pause is expected.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import redis
 
 from backup_pipelines.errors import ProducerFailed
+from backup_pipelines.snapshot.names import check_artifact_name
 from backup_pipelines.snapshot.staging import StagedSnapshot
 from backup_pipelines.sources.redis.server import RedisRefused, RedisServer, keyspace
 
 RDB_ARTIFACT = "dump.rdb"
 AOF_DIR = "appendonlydir"
+AOF_PREFIX = f"{AOF_DIR}."
 LEGACY_AOF = "appendonly.aof"
 
 
@@ -41,7 +43,15 @@ def aof_files(data_dir: Path | None, log: Callable[[str], None]) -> list[Path]:
 
 
 def aof_artifact(path: Path) -> str:
-    return f"{AOF_DIR}/{path.name}" if path.parent.name == AOF_DIR else path.name
+    """Artifact names are plain file names, so `appendonlydir/x` is stored as `appendonlydir.x`."""
+    return f"{AOF_PREFIX}{path.name}" if path.parent.name == AOF_DIR else path.name
+
+
+def restored_path(artifact: str) -> PurePosixPath:
+    """Where an artifact goes in a Redis data dir: the inverse of `aof_artifact`."""
+    if artifact.startswith(AOF_PREFIX):
+        return PurePosixPath(AOF_DIR, check_artifact_name(artifact.removeprefix(AOF_PREFIX)))
+    return PurePosixPath(check_artifact_name(artifact))
 
 
 def dump_server(

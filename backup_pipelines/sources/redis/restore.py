@@ -13,6 +13,8 @@ run the same or a newer Redis than the snapshot's source.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
@@ -23,11 +25,12 @@ from pyrage import x25519
 
 from backup_pipelines.errors import BackupError, IntegrityError
 from backup_pipelines.processes import run_tool
+from backup_pipelines.snapshot.files import disk_full
 from backup_pipelines.snapshot.reader import artifact_file, restore_artifact
 from backup_pipelines.snapshot.staging import logical_name
 from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
 from backup_pipelines.sources import Log
-from backup_pipelines.sources.redis.dump import RDB_ARTIFACT
+from backup_pipelines.sources.redis.dump import RDB_ARTIFACT, restored_path
 from backup_pipelines.sources.redis.server import RedisServer, keyspace, throwaway_server
 
 BATCH = 500
@@ -130,21 +133,40 @@ def write_output_dir(
     force: bool,
     identities: Sequence[x25519.Identity],
 ) -> str:
-    """Write the RDB (and AOF files) where a stopped redis-server will load them."""
+    """Write the RDB (and AOF files) where a stopped redis-server will load them.
+
+    Every file is fetched, checked, decrypted and decompressed into a scratch
+    directory inside `output_dir`, and the RDB must pass redis-check-rdb;
+    only then do the files replace what was there, so a damaged snapshot or
+    a wrong identity leaves the directory as it was.
+    """
     if output_dir.exists() and any(output_dir.iterdir()) and not force:
         raise BackupError(f"{output_dir} is not empty; add --force to write into it anyway")
-    for entry in snapshot.manifest.files:
-        name = logical_name(entry.name)
-        path = output_dir / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.partial")
-        with partial.open("wb") as out:
-            restore_artifact(store, snapshot, name, out, identities)
-        partial.replace(path)
-    check_rdb(output_dir / RDB_ARTIFACT)
+    names = [logical_name(entry.name) for entry in snapshot.manifest.files]
+    placed = {name: restored_path(name) for name in names}
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=output_dir, prefix=".restore-") as scratch:
+            for name, relative in placed.items():
+                path = Path(scratch, relative)
+                path.parent.mkdir(exist_ok=True)
+                with path.open("xb") as out:
+                    restore_artifact(store, snapshot, name, out, identities)
+            check_rdb(Path(scratch, RDB_ARTIFACT))
+            for top in sorted({relative.parts[0] for relative in placed.values()}):
+                _replace(Path(scratch, top), output_dir / top, Path(scratch))
+    except OSError as exc:
+        raise disk_full(exc, output_dir, hint="free space there") or exc from None
     return (
         f"wrote redis/{snapshot.snapshot_id} to {output_dir} ({len(snapshot.manifest.files)} files)"
     )
+
+
+def _replace(new: Path, old: Path, scratch: Path) -> None:
+    """Put `new` where `old` is; an old directory goes into `scratch`, removed with it."""
+    if old.is_dir() and not old.is_symlink():
+        old.rename(scratch / f".replaced-{old.name}")
+    os.replace(new, old)
 
 
 def deep_verify_rdb(
