@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from backup_pipelines.snapshot.local_store import LocalSnapshotStore
+from backup_pipelines.snapshot.manifest import MANIFEST_NAME
 from backup_pipelines.snapshot.s3_store import S3SnapshotStore
 from backup_pipelines.snapshot.staging import stage
 from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
@@ -153,3 +154,34 @@ def commit_snapshot(
         return store.commit(staged)
     finally:
         staged.discard()
+
+
+def flip_byte(
+    store: SnapshotStore, snapshot_id: str, name: str, offset: int, source: str = "postgres"
+) -> None:
+    """Damage one stored byte in place, on whichever store."""
+    with store.open_file(source, snapshot_id, name) as stored:
+        content = bytearray(stored.read())
+    content[offset] ^= 0x01
+    if isinstance(store, LocalSnapshotStore):
+        (store.root / source / snapshot_id / name).write_bytes(content)
+    else:
+        store._client.put_object(
+            Bucket=store.bucket, Key=store._key(source, snapshot_id, name), Body=bytes(content)
+        )
+
+
+def read_manifest_bytes(store: SnapshotStore, source: str, snapshot_id: str) -> bytes:
+    if isinstance(store, LocalSnapshotStore):
+        return (store.root / source / snapshot_id / MANIFEST_NAME).read_bytes()
+    key = store._key(source, snapshot_id, MANIFEST_NAME)
+    return store._client.get_object(Bucket=store.bucket, Key=key)["Body"].read()
+
+
+def replace_manifest(store: SnapshotStore, source: str, snapshot_id: str, raw: bytes) -> None:
+    """Overwrite a stored manifest, as a tampering hand or a damaged disk would."""
+    if isinstance(store, LocalSnapshotStore):
+        (store.root / source / snapshot_id / MANIFEST_NAME).write_bytes(raw)
+    else:
+        key = store._key(source, snapshot_id, MANIFEST_NAME)
+        store._client.put_object(Bucket=store.bucket, Key=key, Body=raw)

@@ -11,7 +11,7 @@ from backup_pipelines.cli import main
 from backup_pipelines.definitions import build_definitions
 from backup_pipelines.settings import load_settings
 from backup_pipelines.snapshot import store_from_settings
-from backup_pipelines_tests.conftest import commit_snapshot
+from backup_pipelines_tests.conftest import commit_snapshot, flip_byte
 from backup_pipelines_tests.consul_double import MANAGEMENT, ConsulDouble
 
 ROOT_TOKEN = "root-token-never-shown"
@@ -124,3 +124,13 @@ def test_deep_verify_finds_an_archive_whose_sums_do_not_match(backup_env, consul
     )
     assert main(["verify", "consul", "--deep"]) == 1
     assert "consul.snap: state.bin does not match SHA256SUMS" in capsys.readouterr().err
+
+
+def test_a_damaged_kv_export_never_touches_the_target(backup_env, consul, capsys):
+    assert run_backup_job().success
+    store = store_from_settings(load_settings())
+    flip_byte(store, store.find("consul").snapshot_id, "kv.json.zst", offset=30, source="consul")
+    before = kv_of(consul)
+    assert main(["restore", "consul", "--http-addr", consul.url, "--force"]) == 1
+    assert "stored bytes do not match the manifest" in capsys.readouterr().err
+    assert kv_of(consul) == before

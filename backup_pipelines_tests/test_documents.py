@@ -15,6 +15,7 @@ from backup_pipelines.definitions import build_definitions
 from backup_pipelines.settings import load_settings
 from backup_pipelines.snapshot import store_from_settings
 from backup_pipelines.sources.documents.backup import repository_from_settings
+from backup_pipelines_tests.conftest import read_manifest_bytes, replace_manifest
 
 RESTIC_PASSWORD = "restic-pw-never-shown"
 
@@ -183,3 +184,32 @@ def test_pruning_documents_forgets_exactly_their_restic_snapshots(
     assert main(["restore", "documents", "--target-dir", str(target)]) == 0
     assert tree_state(target) == tree_state(root)
     assert older and RESTIC_PASSWORD not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "complaint"),
+    [
+        ("root", "/../../victim", "names no valid backed-up root"),
+        ("root", "relative/path", "names no valid backed-up root"),
+        ("restic_snapshot_id", "--help", "names no valid restic snapshot id"),
+        ("restic_snapshot_id", "latest", "names no valid restic snapshot id"),
+    ],
+)
+def test_a_tampered_documents_manifest_never_moves_files_it_does_not_own(
+    documents_root, tmp_path, capsys, field, value, complaint
+):
+    assert run_backup_job().success
+    store = store_from_settings(load_settings())
+    snapshot_id = store.find("documents").snapshot_id
+    manifest = json.loads(read_manifest_bytes(store, "documents", snapshot_id))
+    manifest["stats"][field] = value
+    replace_manifest(store, "documents", snapshot_id, json.dumps(manifest).encode())
+    victim, target = tmp_path / "victim", tmp_path / "target"
+    for directory in (victim, target):
+        directory.mkdir()
+        (directory / "keep.txt").write_text("mine")
+
+    assert main(["restore", "documents", "--target-dir", str(target), "--force"]) == 1
+    assert complaint in capsys.readouterr().err
+    for directory in (victim, target):
+        assert [p.name for p in directory.iterdir()] == ["keep.txt"]

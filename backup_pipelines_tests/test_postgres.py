@@ -22,7 +22,7 @@ from backup_pipelines.snapshot.staging import stage
 from backup_pipelines.sources.postgres.cluster import Cluster, PostgresUnavailable
 from backup_pipelines.sources.postgres.dump import dump_cluster
 from backup_pipelines.sources.postgres.restore import restore_drill
-from backup_pipelines_tests.conftest import RUN_ID, commit_snapshot
+from backup_pipelines_tests.conftest import RUN_ID, commit_snapshot, flip_byte
 from backup_pipelines_tests.postgres_fixtures import (
     connect,
     create_rich_database,
@@ -175,6 +175,9 @@ def test_globals_bring_back_roles_with_their_passwords(backup_env, monkeypatch, 
         server = "postgresql://postgres@127.0.0.1:5432/postgres"
         assert main(["restore", "postgres", "--target-dsn", server]) == 1
         assert "(restore the roles first with --globals)" in capsys.readouterr().err
+        with connect("postgres") as admin:  # the failed restore left no empty database behind
+            found = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database])
+            assert found.fetchone() is None
 
         assert main(["restore", "postgres", "--target-dsn", server, "--globals", "--force"]) == 0
         with connect("postgres") as admin:
@@ -320,3 +323,63 @@ def test_backups_of_the_cluster_never_overlap_and_transient_errors_retry():
     assert policy.max_retries >= 3 and policy.backoff == Backoff.EXPONENTIAL
     instance_config = yaml.safe_load((Path(__file__).parents[1] / "dagster.yaml").read_text())
     assert instance_config["concurrency"]["pools"]["default_limit"] == 1
+
+
+def our_databases() -> list[str]:
+    """Databases a restore creates for itself (bp_restore_*, bp_replaced_*)."""
+    with connect("postgres") as admin:
+        rows = admin.execute("SELECT datname FROM pg_database WHERE datname LIKE 'bp\\_re%'")
+        return [row[0] for row in rows.fetchall() if row[0].startswith(("bp_restore_", "bp_repl"))]
+
+
+def test_a_damaged_snapshot_or_a_wrong_key_never_touches_the_target(
+    source_db, monkeypatch, tmp_path, capsys
+):
+    identity, identity_file = x25519.Identity.generate(), tmp_path / "age-identity.txt"
+    identity_file.write_text(f"{identity}\n")
+    monkeypatch.setenv("BACKUP_ENCRYPTION_RECIPIENTS", str(identity.to_public()))
+    monkeypatch.setenv("BACKUP_AGE_IDENTITY_FILE", str(identity_file))
+    assert run_backup_job().success
+    occupied, missing = unique_name("bp_occupied"), unique_name("bp_missing")
+    with scratch_databases(occupied, missing):
+        create_rich_database(occupied)
+        with connect(occupied) as connection:
+            connection.execute(
+                "CREATE TABLE only_here (note text); INSERT INTO only_here VALUES ('x')"
+            )
+        before = database_state(occupied)
+
+        def restore(database: str) -> int:
+            command = ["restore", "postgres", "--target-dsn", target_dsn(database)]
+            return main([*command, "--database", source_db, "--force"])
+
+        identity_file.write_text(f"{x25519.Identity.generate()}\n")  # not the snapshot's key
+        assert restore(occupied) == 1
+        assert "cannot decrypt with the identity" in capsys.readouterr().err
+        assert database_state(occupied) == before
+
+        identity_file.write_text(f"{identity}\n")
+        store = store_from_settings(load_settings())
+        snapshot = store.find("postgres")
+        flip_byte(store, snapshot.snapshot_id, f"{source_db}.dump.zst.age", offset=5000)
+        for target in (occupied, missing):
+            assert restore(target) == 1
+            assert "stored bytes do not match the manifest" in capsys.readouterr().err
+        assert database_state(occupied) == before
+        with connect("postgres") as admin:
+            exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [missing])
+            assert exists.fetchone() is None  # no empty database left behind either
+        assert our_databases() == []
+
+
+def test_force_replaces_a_database_in_use_only_once_the_restore_succeeded(source_db):
+    assert run_backup_job().success
+    occupied = unique_name("bp_in_use")
+    with scratch_databases(occupied):
+        create_rich_database(occupied)
+        with connect(occupied) as connection:
+            connection.execute("CREATE TABLE only_here (note text)")
+            command = ["restore", "postgres", "--target-dsn", target_dsn(occupied)]
+            assert main([*command, "--database", source_db, "--force"]) == 0
+        assert database_state(occupied) == database_state(source_db)
+        assert our_databases() == []

@@ -11,13 +11,14 @@ from dagster import DagsterInstance
 
 from backup_pipelines.cli import main
 from backup_pipelines.definitions import build_definitions
+from backup_pipelines.messaging import EXCHANGE, OWN_QUEUES
 from backup_pipelines.settings import load_settings
 from backup_pipelines.snapshot import store_from_settings
 from backup_pipelines.snapshot.staging import stage
 from backup_pipelines.sources.rabbitmq.api import ManagementApi, RabbitUnavailable
 from backup_pipelines.sources.rabbitmq.definitions import only_vhost
 from backup_pipelines.sources.rabbitmq.dump import dump_definitions
-from backup_pipelines_tests.conftest import RUN_ID, commit_snapshot
+from backup_pipelines_tests.conftest import RUN_ID, commit_snapshot, flip_byte
 
 MANAGEMENT = "http://127.0.0.1:15672"
 USER_PASSWORD = "crm-user-pw-never-shown"
@@ -177,3 +178,37 @@ def test_deep_verify_finds_definitions_that_do_not_parse(backup_env, capsys):
     )
     assert main(["verify", "rabbitmq", "--deep"]) == 1
     assert "definitions.json has no 'users' list" in capsys.readouterr().err
+
+
+def test_this_projects_own_queues_do_not_make_a_broker_occupied(backup_env, crm_topology):
+    """Events and requests live on the broker being backed up: they are not the CRM's objects."""
+    vhost, _ = crm_topology
+    v = quote(vhost, safe="")
+    admin("PUT", f"exchanges/{v}/{EXCHANGE}", {"type": "topic", "durable": True})
+    for queue in OWN_QUEUES:
+        admin("PUT", f"queues/{v}/{queue}", {"durable": True})
+    before = vhost_state(vhost)
+    assert run_backup_job().success
+    for queue in ("crm.classic", "crm.quorum"):
+        admin("DELETE", f"queues/{v}/{queue}")
+    for exchange in ("crm.events", "crm.dlx"):
+        admin("DELETE", f"exchanges/{v}/{exchange}")
+
+    command = ["restore", "rabbitmq", "--management-url", MANAGEMENT, "--vhost", vhost]
+    assert main(command) == 0  # no --force needed: only our own objects were there
+    assert vhost_state(vhost) == before
+
+
+def test_damaged_definitions_never_reach_the_broker(backup_env, crm_topology, capsys):
+    vhost, _ = crm_topology
+    assert run_backup_job().success
+    store = store_from_settings(load_settings())
+    snapshot_id = store.find("rabbitmq").snapshot_id
+    flip_byte(store, snapshot_id, "definitions.json.zst", offset=40, source="rabbitmq")
+    admin("DELETE", f"queues/{quote(vhost, safe='')}/crm.classic")
+    before = vhost_state(vhost)
+
+    command = ["restore", "rabbitmq", "--management-url", MANAGEMENT, "--vhost", vhost]
+    assert main([*command, "--force"]) == 1
+    assert "stored bytes do not match the manifest" in capsys.readouterr().err
+    assert vhost_state(vhost) == before

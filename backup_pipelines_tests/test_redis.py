@@ -13,7 +13,7 @@ from backup_pipelines.snapshot import store_from_settings
 from backup_pipelines.snapshot.staging import stage
 from backup_pipelines.sources.redis.dump import dump_server
 from backup_pipelines.sources.redis.server import RedisServer, RedisUnavailable
-from backup_pipelines_tests.conftest import RUN_ID, commit_snapshot
+from backup_pipelines_tests.conftest import RUN_ID, commit_snapshot, flip_byte
 from backup_pipelines_tests.redis_fixtures import (
     assert_same_data,
     fill_crm_data,
@@ -166,3 +166,23 @@ def test_deep_verify_finds_an_rdb_that_does_not_parse(backup_env, capsys):
     assert main(["verify", "redis"]) == 0
     assert main(["verify", "redis", "--deep"]) == 1
     assert "redis-check-rdb failed" in capsys.readouterr().err
+
+
+def test_a_damaged_snapshot_never_touches_the_target(
+    backup_env, source_redis, target_redis, tmp_path, capsys
+):
+    assert run_backup_job().success
+    store = store_from_settings(load_settings())
+    flip_byte(store, store.find("redis").snapshot_id, "dump.rdb.zst", offset=200, source="redis")
+    target_redis.set("keep", "me")
+    output = tmp_path / "redis-files"
+    output.mkdir()
+    (output / "dump.rdb").write_bytes(b"the RDB a server runs on")
+
+    assert main(["restore", "redis", "--target-url", target_url(target_redis), "--force"]) == 1
+    assert "stored bytes do not match the manifest" in capsys.readouterr().err
+    assert target_redis.get("keep") == b"me" and target_redis.dbsize() == 1
+    assert main(["restore", "redis", "--output-dir", str(output), "--force"]) == 1
+    assert "stored bytes do not match the manifest" in capsys.readouterr().err
+    assert [p.name for p in output.iterdir()] == ["dump.rdb"]
+    assert (output / "dump.rdb").read_bytes() == b"the RDB a server runs on"

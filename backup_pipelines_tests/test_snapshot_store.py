@@ -17,12 +17,12 @@ from backup_pipelines.snapshot.manifest import MANIFEST_NAME, Manifest
 from backup_pipelines.snapshot.reader import restore_artifact, verify_snapshot
 from backup_pipelines.snapshot.s3_store import MAX_PARTS, part_size_for
 from backup_pipelines.snapshot.staging import stage
-from backup_pipelines.snapshot.store import SnapshotStore
 from backup_pipelines_tests.conftest import (
     RUN_ID,
     S3_ACCESS_KEY,
     S3_SECRET_KEY,
     commit_snapshot,
+    flip_byte,
     make_s3_store,
 )
 from backup_pipelines_tests.tcp_proxy import CuttingProxy
@@ -166,21 +166,6 @@ def test_flipped_byte_is_found_by_verify_and_refused_by_restore(store, staging_d
     assert problems == ["crm.dump.zst: sha256 does not match the manifest"]
     with pytest.raises(IntegrityError, match="do not match the manifest"):
         read_plain(store, snapshot, "crm.dump")
-
-
-def flip_byte(
-    store: SnapshotStore, snapshot_id: str, name: str, offset: int, source: str = "postgres"
-) -> None:
-    """Damage one stored byte in place, on whichever store."""
-    with store.open_file(source, snapshot_id, name) as stored:
-        content = bytearray(stored.read())
-    content[offset] ^= 0x01
-    if isinstance(store, LocalSnapshotStore):
-        (store.root / source / snapshot_id / name).write_bytes(content)
-    else:
-        store._client.put_object(
-            Bucket=store.bucket, Key=store._key(source, snapshot_id, name), Body=bytes(content)
-        )
 
 
 def test_directory_without_manifest_is_invisible(store, staging_dir):

@@ -82,7 +82,10 @@ def restore_artifact(
                 shutil.copyfileobj(reader, decompressor, CHUNK_SIZE)
             decompressor.flush()
             decode_error = None
-        except (pyrage.DecryptError, zstandard.ZstdError, ValueError) as exc:
+        except Exception as exc:
+            # pyrage reports a failing read or write as its own error: raise the real one
+            if failed := reader.error or plain.error:
+                raise failed from None
             decode_error = exc
         reader.drain()
     if reader.size != entry.size or reader.hexdigest() != entry.sha256:
@@ -93,7 +96,8 @@ def restore_artifact(
             "(is it the key the snapshot was encrypted to?)"
         )
     if decode_error is not None:
-        raise IntegrityError(f"{where}: not a valid zstd stream ({decode_error})")
+        kind = "age and zstd" if encrypted else "zstd"
+        raise IntegrityError(f"{where}: not a valid {kind} stream ({decode_error})")
     return plain.size
 
 

@@ -132,18 +132,24 @@ class HashingWriter(io.RawIOBase):
 
 
 class HashingReader(io.RawIOBase):
-    """Reads from `inner`, hashing and counting the bytes as stored."""
+    """Reads from `inner`, hashing and counting the bytes as stored; a read error is kept in
+    `error`, as pyrage reports it only as a failure of its own."""
 
     def __init__(self, inner: BinaryIO):
         self._inner = inner
         self._hash = hashlib.sha256()
         self.size = 0
+        self.error: BaseException | None = None
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        data = self._inner.read(len(buffer))
+        try:
+            data = self._inner.read(len(buffer))
+        except Exception as exc:
+            self.error = exc
+            raise
         size = len(data)
         buffer[:size] = data
         self._hash.update(data)
@@ -160,16 +166,22 @@ class HashingReader(io.RawIOBase):
 
 
 class CountingWriter(io.RawIOBase):
-    """Writes through to `inner`, counting bytes; never closes `inner`."""
+    """Writes through to `inner`, counting bytes; never closes `inner`. A write error (a full
+    disk) is kept in `error`."""
 
     def __init__(self, inner: BinaryIO):
         self._inner = inner
         self.size = 0
+        self.error: BaseException | None = None
 
     def writable(self) -> bool:
         return True
 
     def write(self, data: bytes) -> int:  # type: ignore[override]
-        self._inner.write(data)
+        try:
+            self._inner.write(data)
+        except Exception as exc:
+            self.error = exc
+            raise
         self.size += len(data)
         return len(data)
