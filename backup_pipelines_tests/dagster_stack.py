@@ -263,3 +263,24 @@ def _processes(workdir: Path, env: Mapping[str, str], instance_url: str) -> Iter
         wait_for_http(f"{url}/server_info", timeout_s=90)
         _wait_until(lambda: not ui.unhealthy_daemons(), "the daemons", 90, ui)
         yield url, logs
+
+
+@contextmanager
+def dev_stack(workdir: Path, env: Mapping[str, str]) -> Iterator[DagsterUI]:
+    """What `make dev` runs: `dagster dev` with the root dagster.yaml (SQLite under a
+    DAGSTER_HOME of its own) and workspace.yaml, on a loopback port."""
+    home, logs = workdir / "dagster_home", workdir / "logs"
+    home.mkdir(parents=True)
+    logs.mkdir()
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "dagster"), "dev", "-w",
+               str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
+    ui = DagsterUI(url=f"http://127.0.0.1:{port}", logs=logs)
+    process = _start("dagster-dev", command, {**env, "DAGSTER_HOME": str(home)}, logs)
+    try:
+        wait_for_http(f"{ui.url}/server_info", timeout_s=120)
+        _wait_until(lambda: not ui.unhealthy_daemons(), "the daemons", 120, ui)
+        yield ui
+    finally:
+        _stop(process)

@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from pyrage import x25519
 
 from backup_pipelines.cli import main
 from backup_pipelines.settings import load_settings
 from backup_pipelines.snapshot import store_from_settings
-from backup_pipelines_tests.conftest import S3_SECRET_KEY, commit_snapshot
-from backup_pipelines_tests.test_snapshot_store import flip_byte
+from backup_pipelines_tests.conftest import S3_SECRET_KEY, commit_snapshot, flip_byte
 
 
 def make_snapshots(count: int, source: str = "redis"):
@@ -95,3 +95,25 @@ def test_usage_errors_exit_2_and_failures_exit_1(backup_env, capsys):
     make_snapshots(1, source="consul")  # holds dump.rdb, not Consul's artifacts
     assert main(["verify", "consul", "--deep"]) == 1
     assert "has no consul.snap artifact" in capsys.readouterr().err
+
+
+def test_an_identity_file_that_is_not_one_is_a_clear_configuration_error(
+    backup_env, monkeypatch, tmp_path, capsys
+):
+    identity = x25519.Identity.generate()
+    settings = load_settings()
+    commit_snapshot(
+        store_from_settings(settings),
+        settings.staging_dir,
+        {"dump.rdb": b"REDIS0011"},
+        source="redis",
+        recipients=[identity.to_public()],
+    )
+    binary = tmp_path / "key.bin"
+    binary.write_bytes(os.urandom(64) + b"\xff\xfe")
+    monkeypatch.setenv("BACKUP_AGE_IDENTITY_FILE", str(binary))
+    assert main(["restore", "redis", "--output-dir", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == (
+        f"error: BACKUP_AGE_IDENTITY_FILE: {binary} is not an age identity file (it is not "
+        "text; age-keygen writes one 'AGE-SECRET-KEY-...' line)\n"
+    )

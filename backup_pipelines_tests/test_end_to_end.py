@@ -27,8 +27,7 @@ from selenium.webdriver.support.expected_conditions import (
 )
 from selenium.webdriver.support.ui import WebDriverWait
 
-from backup_pipelines.notifications import EXCHANGE
-from backup_pipelines.sensors import REQUESTS_QUEUE
+from backup_pipelines.messaging import EXCHANGE, REQUESTS_QUEUE
 from backup_pipelines.settings import SOURCES
 from backup_pipelines_tests.dagster_stack import DagsterStack, running_stack
 from backup_pipelines_tests.postgres_fixtures import (
@@ -171,6 +170,12 @@ def test_a_request_on_the_queue_makes_the_daemon_launch_a_backup(stack):
             elif json.loads(body)["run_id"] == run["runId"]:
                 published.append(method.routing_key)
         assert published == ["backup.started", "backup.completed"]
+        # acked at the sensor's next tick, once the daemon held the run; never run twice
+        deadline = time.monotonic() + 90
+        while channel.queue_declare(REQUESTS_QUEUE, passive=True).method.message_count:
+            assert time.monotonic() < deadline, "the request was never acked"
+            time.sleep(1)
+        assert len(stack.runs(tags=[{"key": "backup/reason", "value": reason}])) == 1
     finally:
         connection.close()
 

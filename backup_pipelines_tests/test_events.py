@@ -18,7 +18,8 @@ from dagster import (
 
 from backup_pipelines.assets import rabbitmq_backup
 from backup_pipelines.definitions import OUTBOX_NAME, build_definitions
-from backup_pipelines.notifications import EXCHANGE, NotificationPublisher, Outbox
+from backup_pipelines.messaging import EXCHANGE
+from backup_pipelines.notifications import NotificationPublisher, Outbox
 from backup_pipelines.sensors import backup_run_failure_sensor, notifications_outbox_sensor
 from backup_pipelines.settings import load_settings
 from backup_pipelines.snapshot import store_from_settings
