@@ -25,11 +25,14 @@ from unittest import mock
 
 import boto3
 import pytest
+from dagster import DagsterInstance
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backup_pipelines.cli import main
+from backup_pipelines.definitions import build_definitions
 from backup_pipelines.retention import RetentionRules, prune
+from backup_pipelines.settings import load_settings
 from backup_pipelines.snapshot.local_store import LocalSnapshotStore
 from backup_pipelines.snapshot.manifest import MANIFEST_NAME, new_snapshot_id
 from backup_pipelines.snapshot.reader import verify_snapshot
@@ -504,3 +507,20 @@ def test_a_symbolic_link_in_the_store_is_never_followed(backup_env, rdb, tmp_pat
     prune(store, RetentionRules(daily=1, weekly=0, monthly=0, yearly=0), dry_run=False,
           now=datetime.now(UTC) + timedelta(days=2), log=lambda _: None)  # fmt: skip
     assert sorted(p.name for p in elsewhere.iterdir()) == ["dump.rdb.zst", MANIFEST_NAME]
+
+
+def test_restore_job_refuses_a_path_for_a_snapshot(backup_env, rdb, tmp_path):
+    fill_store(LocalSnapshotStore(backup_env), backup_env / ".staging", rdb)
+    defs = build_definitions(load_settings())
+    config = {"source": SOURCE, "snapshot": "../../outside", "output_dir": str(tmp_path / "o")}
+    result = defs.resolve_job_def("restore_job").execute_in_process(
+        run_config={"ops": {"restore_snapshot": {"config": config}}},
+        instance=DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    assert not result.success
+    [failure] = [event for event in result.all_events if event.is_step_failure]
+    description = failure.step_failure_data.user_failure_data.description
+    assert description.endswith("'../../outside' is not a snapshot id (YYYYMMDDTHHMMSSZ-xxxxxxxx)"
+                                " or 'latest'")  # fmt: skip
+    assert not (tmp_path / "o").exists()

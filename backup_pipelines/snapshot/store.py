@@ -228,7 +228,7 @@ class SnapshotStore(ABC):
         try:
             check_snapshot_id(snapshot_id)
         except ValueError as exc:
-            raise ConfigurationError(f"--snapshot: {exc} or 'latest'") from None
+            raise ConfigurationError(f"{exc} or 'latest'") from None
         snapshot = self.read_manifest(source, snapshot_id)
         if snapshot is None:
             raise SnapshotNotFound(
