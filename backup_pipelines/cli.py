@@ -123,6 +123,8 @@ COMMON_RESTORE_ARGUMENTS = {"command", "source", "snapshot", "target", "force"}
 
 def cmd_restore(args: argparse.Namespace, store: SnapshotStore, settings: BackupSettings) -> int:
     options = {k: v for k, v in vars(args).items() if k not in COMMON_RESTORE_ARGUMENTS}
+    if args.snapshot == LATEST:
+        report_unreadable(store, [args.source])
     snapshot = store.find(args.source, args.snapshot)
     request = RestoreRequest(
         snapshot=snapshot,

@@ -23,7 +23,8 @@ from backup_pipelines.notifications import NotificationPublisher, Outbox
 from backup_pipelines.sensors import backup_run_failure_sensor, notifications_outbox_sensor
 from backup_pipelines.settings import load_settings
 from backup_pipelines.snapshot import store_from_settings
-from backup_pipelines_tests.test_snapshot_store import flip_byte
+from backup_pipelines_tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY, flip_byte
+from backup_pipelines_tests.tcp_proxy import CuttingProxy
 
 BROKER = "amqp://guest:guest@127.0.0.1:5672/%2F"
 CONTRACT_FIELDS = {
@@ -226,3 +227,20 @@ def test_a_failed_check_and_a_restore_are_announced(backup_env, events):
     [(routing_key, _, event)] = events.drain_for(restore.run_id)
     assert routing_key == "backup.restored"
     assert event["snapshot_id"] == store.find("rabbitmq").snapshot_id
+
+
+def test_a_failed_upload_is_reported_with_its_own_error(
+    backup_env, events, monkeypatch, s3_endpoint, s3_bucket
+):
+    """The retries meet S3 gone as well: the event must still name the upload, not a read."""
+    proxy = CuttingProxy(int(s3_endpoint.rsplit(":", 1)[1]), cut_after=1500)
+    monkeypatch.setenv("BACKUP_S3_ENDPOINT_URL", proxy.url)
+    monkeypatch.setenv("BACKUP_S3_BUCKET", s3_bucket)
+    monkeypatch.setenv("BACKUP_S3_ACCESS_KEY", S3_ACCESS_KEY)
+    monkeypatch.setenv("BACKUP_S3_SECRET_KEY", S3_SECRET_KEY)
+    result = run_job("rabbitmq_backup_job")
+
+    assert not result.success and proxy.cut.is_set()
+    [(routing_key, _, failed)] = events.for_run(result.run_id, count=2)[1:]
+    assert routing_key == "backup.failed"
+    assert failed["error"].startswith("S3 upload of rabbitmq snapshot "), failed["error"]

@@ -290,6 +290,21 @@ def run_commands(world: Path, env: dict[str, str], snapshot_arg: str) -> str:
     return out.getvalue() + err.getvalue()
 
 
+PROPERTY = settings(
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+def prune_two_days_on(store: SnapshotStore, staging_dir: Path | None = None) -> list:
+    """Retention as it will run once every leftover is older than a day."""
+    later = datetime.now(UTC) + timedelta(days=2)
+    quiet = lambda _: None  # noqa: E731
+    return prune(
+        store, RetentionRules(), dry_run=False, now=later, staging_dir=staging_dir, log=quiet
+    )
+
+
 def check_untouched(calls: list[tuple[str, str]], world: Path, allowed: dict[str, list[Path]]):
     """No call reaches the sentinel; writes and deletes in the world only where allowed."""
     sentinel = str(world / "sentinel")
@@ -309,11 +324,7 @@ def world_with(root: Path) -> tuple[Path, Path, Path]:
     return root, root / "artifacts", sentinel
 
 
-@settings(
-    max_examples=150,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@settings(PROPERTY, max_examples=150)
 @given(how=tampering, snapshot_arg=st.one_of(st.sampled_from(NAMES), st.text(max_size=30)))
 def test_a_tampered_manifest_never_reaches_outside_its_snapshot_local(rdb, how, snapshot_arg):
     with tempfile.TemporaryDirectory() as scratch:
@@ -329,14 +340,7 @@ def test_a_tampered_manifest_never_reaches_outside_its_snapshot_local(rdb, how, 
 
         with FileCalls.record() as calls:
             printed = run_commands(world, env, _placed(snapshot_arg, sentinel))
-            reports = prune(
-                store,
-                RetentionRules(),
-                dry_run=False,
-                now=datetime.now(UTC) + timedelta(days=2),
-                staging_dir=artifacts / ".staging",
-                log=lambda _: None,
-            )
+            reports = prune_two_days_on(store, artifacts / ".staging")
 
         assert not UNEXPECTED.search(printed), printed
         check_untouched(
@@ -370,11 +374,7 @@ def template_store(rdb, tmp_path_factory) -> dict[str, bytes]:
     }
 
 
-@settings(
-    max_examples=10,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@settings(PROPERTY, max_examples=10)
 @given(how=tampering, snapshot_arg=st.sampled_from(NAMES))
 def test_a_tampered_manifest_never_reaches_outside_its_snapshot_s3(
     s3_endpoint, template_store, how, snapshot_arg
@@ -400,13 +400,7 @@ def test_a_tampered_manifest_never_reaches_outside_its_snapshot_s3(
         store = make_s3_store(s3_endpoint, bucket)
         with FileCalls.record() as calls, s3_requests() as requests:
             printed = run_commands(world, env, _placed(snapshot_arg, sentinel))
-            prune(
-                store,
-                RetentionRules(),
-                dry_run=False,
-                now=datetime.now(UTC) + timedelta(days=2),
-                log=lambda _: None,
-            )
+            prune_two_days_on(store)
 
         assert not UNEXPECTED.search(printed), printed
         check_untouched(

@@ -155,17 +155,20 @@ class SnapshotStore(ABC):
         return parse_manifest(raw, source, snapshot_id, self.location(source, snapshot_id))
 
     def list_snapshots(self, source: str) -> list[StoredSnapshot]:
-        """Complete snapshots of `source`, newest first; unreadable manifests are only logged."""
-        snapshots = []
-        for snapshot_id in self.snapshot_ids(source):
+        """Complete snapshots of `source`, newest first (ids sort in time order)."""
+        return list(self._complete(source, sorted(self.snapshot_ids(source), reverse=True)))
+
+    def _complete(self, source: str, snapshot_ids: list[str]) -> Iterator[StoredSnapshot]:
+        """The valid snapshots among these locations, in their order; callers that talk to an
+        operator report the unreadable ones (`unreadable`), so here they are only skipped."""
+        for snapshot_id in snapshot_ids:
             try:
                 snapshot = self.read_manifest(source, snapshot_id)
             except UnreadableManifest as exc:
-                logger.warning("ignoring %s: not a snapshot", exc)
+                logger.debug("skipping %s: not a snapshot", exc)
                 continue
             if snapshot is not None:
-                snapshots.append(snapshot)
-        return sorted(snapshots, key=lambda s: s.snapshot_id, reverse=True)
+                yield snapshot
 
     def iter_all(self, sources: list[str]) -> Iterator[StoredSnapshot]:
         for source in sources:
@@ -216,14 +219,9 @@ class SnapshotStore(ABC):
         """
         check_source(source)
         if snapshot_id == LATEST:
-            for candidate in sorted(self.snapshot_ids(source), reverse=True):
-                try:
-                    snapshot = self.read_manifest(source, candidate)
-                except UnreadableManifest as exc:
-                    logger.warning("skipping %s: not a snapshot", exc)
-                    continue
-                if snapshot is not None:
-                    return snapshot
+            newest_first = sorted(self.snapshot_ids(source), reverse=True)
+            if newest := next(self._complete(source, newest_first), None):
+                return newest
             raise SnapshotNotFound(f"there is no complete {source} snapshot in {self.describe()}")
         try:
             check_snapshot_id(snapshot_id)
