@@ -21,7 +21,7 @@ from backup_pipelines.snapshot import store_from_settings
 from backup_pipelines.snapshot.encryption import identities_for
 from backup_pipelines.snapshot.manifest import utc_now
 from backup_pipelines.snapshot.reader import verify_snapshot
-from backup_pipelines.snapshot.store import LATEST, SnapshotStore, StoredSnapshot
+from backup_pipelines.snapshot.store import LATEST, SnapshotStore, StoredSnapshot, Unreadable
 from backup_pipelines.snapshot.streams import human_bytes
 from backup_pipelines.sources import RestoreRequest, registered_sources
 from backup_pipelines.sources.documents.backup import repository_from_settings
@@ -64,21 +64,22 @@ def _listing(snapshot: StoredSnapshot) -> dict:
     return {**snapshot.manifest.model_dump(mode="json"), "location": snapshot.location}
 
 
-def report_unreadable(store: SnapshotStore, sources: Sequence[str]) -> None:
+def report_unreadable(unreadable: Sequence[Unreadable]) -> None:
     """Say on stderr which locations hold a manifest that is not a valid snapshot's."""
-    for source in sources:
-        for found in store.unreadable(source):
-            print(
-                f"warning: {found.location}: {found.reason}; not a snapshot (prune removes it "
-                "once it is a day old)",
-                file=sys.stderr,
-            )
+    for found in unreadable:
+        print(
+            f"warning: {found.location}: {found.reason}; not a snapshot (prune removes it "
+            "once it is a day old)",
+            file=sys.stderr,
+        )
 
 
 def cmd_snapshots(args: argparse.Namespace, store: SnapshotStore, _: BackupSettings) -> int:
     sources = [args.source] if args.source else list(SOURCES)
-    snapshots = sorted(store.iter_all(sources), key=lambda s: s.manifest.started_at, reverse=True)
-    report_unreadable(store, sources)
+    surveys = [store.survey(source) for source in sources]
+    found = [snapshot for survey in surveys for snapshot in survey.snapshots]
+    snapshots = sorted(found, key=lambda s: s.manifest.started_at, reverse=True)
+    report_unreadable([item for survey in surveys for item in survey.unreadable])
     if args.json:
         print(json.dumps([_listing(snapshot) for snapshot in snapshots], indent=2))
         return EXIT_OK
@@ -96,7 +97,7 @@ def cmd_snapshots(args: argparse.Namespace, store: SnapshotStore, _: BackupSetti
 
 def cmd_verify(args: argparse.Namespace, store: SnapshotStore, settings: BackupSettings) -> int:
     if args.snapshot == LATEST:
-        report_unreadable(store, [args.source])
+        report_unreadable(store.survey(args.source).unreadable)
     snapshot = store.find(args.source, args.snapshot)
     problems = verify_snapshot(store, snapshot)
     if args.deep and not problems:
@@ -124,7 +125,7 @@ COMMON_RESTORE_ARGUMENTS = {"command", "source", "snapshot", "target", "force"}
 def cmd_restore(args: argparse.Namespace, store: SnapshotStore, settings: BackupSettings) -> int:
     options = {k: v for k, v in vars(args).items() if k not in COMMON_RESTORE_ARGUMENTS}
     if args.snapshot == LATEST:
-        report_unreadable(store, [args.source])
+        report_unreadable(store.survey(args.source).unreadable)
     snapshot = store.find(args.source, args.snapshot)
     request = RestoreRequest(
         snapshot=snapshot,

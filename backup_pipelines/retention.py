@@ -156,9 +156,10 @@ def prune_source(
     after their manifests are gone, so no listed snapshot points at data
     restic has dropped.
     """
-    snapshots = {s.snapshot_id: s for s in store.list_snapshots(source)}
+    survey = store.survey(source)
+    snapshots = {s.snapshot_id: s for s in survey.snapshots}
     decision = decide([Candidate(i, s.manifest.started_at) for i, s in snapshots.items()], rules)
-    unreadable = store.unreadable(source)
+    unreadable = survey.unreadable
     stale = [i for i, written in store.incomplete(source) if now - written > LEFTOVER_AGE]
     stale += [u.snapshot_id for u in unreadable if now - u.modified > LEFTOVER_AGE]
     report = SourcePrune(source, decision.keep, decision.delete, stale, unreadable)

@@ -243,13 +243,15 @@ def tampered(manifest: dict[str, Any], how: Any, sentinel: Path) -> bytes:
     manifest = json.loads(json.dumps(manifest))
     for field, value in how:
         value = _placed(value, sentinel)
-        if field == "file.name" or field.startswith("file."):
-            manifest["files"][0][field.removeprefix("file.")] = value
-        elif field == "extra file":
-            manifest["files"].append({"name": value, "size": 1, "sha256": "0" * 64})
-        elif field.startswith("stats."):
+        files = manifest.get("files")
+        first = files[0] if isinstance(files, list) and files else None
+        if field.startswith("file.") and isinstance(first, dict):
+            first[field.removeprefix("file.")] = value
+        elif field == "extra file" and isinstance(files, list):
+            files.append({"name": value, "size": 1, "sha256": "0" * 64})
+        elif field.startswith("stats.") and isinstance(manifest.get("stats"), dict):
             manifest["stats"][field.removeprefix("stats.")] = value
-        else:
+        elif "." not in field and field != "extra file":
             manifest[field] = value
     return json.dumps(manifest).encode()
 
@@ -444,18 +446,18 @@ def test_a_manifest_naming_another_snapshot_is_reported_and_decides_no_delete(
     )  # another snapshot's manifest, copied over
 
     assert [s.snapshot_id for s in store.list_snapshots(SOURCE)] == [middle, oldest]
-    [found] = store.unreadable(SOURCE)
+    [found] = store.survey(SOURCE).unreadable
     assert found.snapshot_id == newest and "not the location it was read from" in found.reason
     rules = RetentionRules(daily=1, weekly=0, monthly=0, yearly=0)
     now = datetime.now(UTC)
     [report] = [r for r in prune(store, rules, dry_run=False, now=now) if r.source == SOURCE]
     assert report.keep == [middle] and report.delete == [oldest] and report.leftovers == []
-    assert store.unreadable(SOURCE)  # a day younger: kept for an operator to look at
+    assert store.survey(SOURCE).unreadable  # a day younger: kept for an operator to look at
     later = now + timedelta(days=2)
     [report] = [r for r in prune(store, rules, dry_run=False, now=later) if r.source == SOURCE]
     assert report.leftovers == [newest]
     assert [s.snapshot_id for s in store.list_snapshots(SOURCE)] == [middle]
-    assert store.unreadable(SOURCE) == []
+    assert store.survey(SOURCE).unreadable == []
 
 
 def test_path_shaped_ids_and_names_are_refused_by_the_commands(backup_env, rdb, capsys, tmp_path):

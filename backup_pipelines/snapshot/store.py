@@ -13,12 +13,11 @@ into a path or key, and deletes go only to locations a store listed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import BinaryIO
 
@@ -35,8 +34,6 @@ from backup_pipelines.snapshot.staging import StagedSnapshot
 LATEST = "latest"
 MAX_MANIFEST_BYTES = 16 << 20
 """Far above any real manifest; a larger file is not read into memory at all."""
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,6 +72,14 @@ class Unreadable:
     location: str
     reason: str
     modified: datetime
+
+
+@dataclass
+class Survey:
+    """What a source's locations hold: valid snapshots, newest first, and unreadable ones."""
+
+    snapshots: list[StoredSnapshot] = field(default_factory=list)
+    unreadable: list[Unreadable] = field(default_factory=list)
 
 
 def parse_manifest(raw: bytes, source: str, snapshot_id: str, location: str) -> StoredSnapshot:
@@ -156,37 +161,27 @@ class SnapshotStore(ABC):
 
     def list_snapshots(self, source: str) -> list[StoredSnapshot]:
         """Complete snapshots of `source`, newest first (ids sort in time order)."""
-        return list(self._complete(source, sorted(self.snapshot_ids(source), reverse=True)))
+        return self.survey(source).snapshots
 
-    def _complete(self, source: str, snapshot_ids: list[str]) -> Iterator[StoredSnapshot]:
-        """The valid snapshots among these locations, in their order; callers that talk to an
-        operator report the unreadable ones (`unreadable`), so here they are only skipped."""
-        for snapshot_id in snapshot_ids:
-            try:
-                snapshot = self.read_manifest(source, snapshot_id)
-            except UnreadableManifest as exc:
-                logger.debug("skipping %s: not a snapshot", exc)
-                continue
-            if snapshot is not None:
-                yield snapshot
-
-    def iter_all(self, sources: list[str]) -> Iterator[StoredSnapshot]:
-        for source in sources:
-            yield from self.list_snapshots(source)
-
-    def unreadable(self, source: str) -> list[Unreadable]:
-        """Locations of `source` whose manifest is not a valid snapshot's, with the reason."""
+    def survey(self, source: str) -> Survey:
+        """Every location of `source` holding a manifest, read once: the complete snapshots
+        (newest first) and those whose manifest is not a valid snapshot's, with the reason."""
         check_source(source)
-        found = []
-        for snapshot_id, listed in sorted(self._list(source).items()):
+        survey = Survey()
+        for snapshot_id, listed in sorted(self._list(source).items(), reverse=True):
             if not listed.has_manifest:
                 continue
             try:
-                self.read_manifest(source, snapshot_id)
+                snapshot = self.read_manifest(source, snapshot_id)
             except UnreadableManifest as exc:
                 location = self.location(source, snapshot_id)
-                found.append(Unreadable(source, snapshot_id, location, str(exc), listed.modified))
-        return found
+                survey.unreadable.append(
+                    Unreadable(source, snapshot_id, location, str(exc), listed.modified)
+                )
+                continue
+            if snapshot is not None:
+                survey.snapshots.append(snapshot)
+        return survey
 
     def incomplete(self, source: str) -> list[tuple[str, datetime]]:
         """Interrupted attempts (a snapshot id, no manifest) and when they were last written.
@@ -219,9 +214,10 @@ class SnapshotStore(ABC):
         """
         check_source(source)
         if snapshot_id == LATEST:
-            newest_first = sorted(self.snapshot_ids(source), reverse=True)
-            if newest := next(self._complete(source, newest_first), None):
-                return newest
+            for candidate in sorted(self.snapshot_ids(source), reverse=True):
+                with contextlib.suppress(UnreadableManifest):  # `survey` reports those
+                    if snapshot := self.read_manifest(source, candidate):
+                        return snapshot
             raise SnapshotNotFound(f"there is no complete {source} snapshot in {self.describe()}")
         try:
             check_snapshot_id(snapshot_id)
