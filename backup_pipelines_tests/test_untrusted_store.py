@@ -520,3 +520,16 @@ def test_restore_job_refuses_a_path_for_a_snapshot(backup_env, rdb, tmp_path):
     assert description.endswith("'../../outside' is not a snapshot id (YYYYMMDDTHHMMSSZ-xxxxxxxx)"
                                 " or 'latest'")  # fmt: skip
     assert not (tmp_path / "o").exists()
+
+
+def test_a_redis_file_name_that_names_no_file_is_refused(backup_env, rdb, tmp_path, capsys):
+    store = LocalSnapshotStore(backup_env)
+    fill_store(store, backup_env / ".staging", rdb)
+    newest = snapshot_ids()[-1]
+    manifest = json.loads(read_manifest_bytes(store, SOURCE, newest))
+    manifest["files"].append({"name": "appendonlydir..zst", "size": 1, "sha256": "0" * 64})
+    replace_manifest(store, SOURCE, newest, json.dumps(manifest).encode())
+    output = tmp_path / "out"
+    assert main(["restore", SOURCE, "--output-dir", str(output)]) == 1
+    assert "error: not a file of a Redis data dir: " in capsys.readouterr().err
+    assert not output.exists()

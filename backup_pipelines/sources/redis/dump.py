@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 
 import redis
 
-from backup_pipelines.errors import ProducerFailed
+from backup_pipelines.errors import IntegrityError, ProducerFailed
 from backup_pipelines.snapshot.names import check_artifact_name
 from backup_pipelines.snapshot.staging import StagedSnapshot
 from backup_pipelines.sources.redis.server import RedisRefused, RedisServer, keyspace
@@ -49,9 +49,12 @@ def aof_artifact(path: Path) -> str:
 
 def restored_path(artifact: str) -> PurePosixPath:
     """Where an artifact goes in a Redis data dir: the inverse of `aof_artifact`."""
-    if artifact.startswith(AOF_PREFIX):
-        return PurePosixPath(AOF_DIR, check_artifact_name(artifact.removeprefix(AOF_PREFIX)))
-    return PurePosixPath(check_artifact_name(artifact))
+    try:
+        if artifact.startswith(AOF_PREFIX):
+            return PurePosixPath(AOF_DIR, check_artifact_name(artifact.removeprefix(AOF_PREFIX)))
+        return PurePosixPath(check_artifact_name(artifact))
+    except ValueError as exc:
+        raise IntegrityError(f"not a file of a Redis data dir: {exc}") from None
 
 
 def dump_server(
