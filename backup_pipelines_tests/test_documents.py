@@ -186,30 +186,36 @@ def test_pruning_documents_forgets_exactly_their_restic_snapshots(
     assert older and RESTIC_PASSWORD not in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(
-    ("field", "value", "complaint"),
-    [
-        ("root", "/../../victim", "names no valid backed-up root"),
-        ("root", "relative/path", "names no valid backed-up root"),
-        ("restic_snapshot_id", "--help", "names no valid restic snapshot id"),
-        ("restic_snapshot_id", "latest", "names no valid restic snapshot id"),
-    ],
-)
+TAMPERINGS = [
+    ("root", "/../victim", "names no valid backed-up root"),  # the scratch dir's sibling
+    ("root", "relative/path", "names no valid backed-up root"),
+    ("restic_snapshot_id", "--help", "names no valid restic snapshot id"),
+    ("restic_snapshot_id", "latest", "names no valid restic snapshot id"),
+]
+
+
 def test_a_tampered_documents_manifest_never_moves_files_it_does_not_own(
-    documents_root, tmp_path, capsys, field, value, complaint
+    backup_env, tmp_path, monkeypatch, capsys
 ):
+    documents = tmp_path / "documents"
+    (documents / "contracts").mkdir(parents=True)
+    (documents / "contracts" / "a.txt").write_text("signed")
+    monkeypatch.setenv("BACKUP_DOCUMENTS_ROOT", str(documents))
+    monkeypatch.setenv("BACKUP_RESTIC_PASSWORD", RESTIC_PASSWORD)
     assert run_backup_job().success
     store = store_from_settings(load_settings())
     snapshot_id = store.find("documents").snapshot_id
-    manifest = json.loads(read_manifest_bytes(store, "documents", snapshot_id))
-    manifest["stats"][field] = value
-    replace_manifest(store, "documents", snapshot_id, json.dumps(manifest).encode())
+    original = read_manifest_bytes(store, "documents", snapshot_id)
     victim, target = tmp_path / "victim", tmp_path / "target"
     for directory in (victim, target):
         directory.mkdir()
         (directory / "keep.txt").write_text("mine")
 
-    assert main(["restore", "documents", "--target-dir", str(target), "--force"]) == 1
-    assert complaint in capsys.readouterr().err
-    for directory in (victim, target):
-        assert [p.name for p in directory.iterdir()] == ["keep.txt"]
+    for field, value, complaint in TAMPERINGS:
+        manifest = json.loads(original)
+        manifest["stats"][field] = value
+        replace_manifest(store, "documents", snapshot_id, json.dumps(manifest).encode())
+        assert main(["restore", "documents", "--target-dir", str(target), "--force"]) == 1
+        assert complaint in capsys.readouterr().err, (field, value)
+        for directory in (victim, target):
+            assert [p.name for p in directory.iterdir()] == ["keep.txt"]

@@ -283,10 +283,10 @@ def run_commands(world: Path, env: dict[str, str], snapshot_arg: str) -> str:
         assert main(["snapshots", SOURCE]) == 0
         assert main(["verify", SOURCE, "--snapshot", target]) in (0, 1)
         assert main(["verify", SOURCE]) in (0, 1)
-        assert main(["verify", SOURCE, "--snapshot", snapshot_arg]) in (0, 1, 2)
+        assert main(["verify", SOURCE, f"--snapshot={snapshot_arg}"]) in (0, 1, 2)
         output = world / "restored"
         for snapshot in (target, snapshot_arg):
-            command = ["restore", SOURCE, "--output-dir", str(output), "--snapshot", snapshot]
+            command = ["restore", SOURCE, "--output-dir", str(output), f"--snapshot={snapshot}"]
             assert main([*command, "--force"]) in (0, 1, 2)
         assert main(["prune", "--dry-run", "--json"]) == 0
     return out.getvalue() + err.getvalue()
