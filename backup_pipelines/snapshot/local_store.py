@@ -10,12 +10,14 @@ store cannot turn a read or a delete towards anything outside it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -98,8 +100,12 @@ class LocalSnapshotStore(SnapshotStore):
                 logger.warning("ignoring %s: not a directory (a link or a file)", entry.path)
                 continue
             directory = Path(entry.path)
-            has_manifest = (directory / MANIFEST_NAME).is_file()
-            listed[entry.name] = Listed(entry.name, has_manifest, newest_change(directory))
+            try:  # the manifest is a snapshot's last write; only an attempt needs a walk
+                written = (directory / MANIFEST_NAME).lstat().st_mtime
+                listed[entry.name] = Listed(entry.name, True, datetime.fromtimestamp(written, UTC))
+            except FileNotFoundError:
+                with contextlib.suppress(FileNotFoundError):  # removed meanwhile: not there
+                    listed[entry.name] = Listed(entry.name, False, newest_change(directory))
         return listed
 
     def _manifest_bytes(self, source: str, snapshot_id: str) -> bytes | None:

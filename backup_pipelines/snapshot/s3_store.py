@@ -195,8 +195,9 @@ class S3SnapshotStore(SnapshotStore):
 
     def incomplete(self, source: str) -> list[tuple[str, datetime]]:
         """Attempts without a manifest, those whose only trace is an open multipart upload too."""
-        found = dict(super().incomplete(source))
-        complete = set(self.snapshot_ids(source))
+        listed = self._list(source)
+        complete = {sid for sid, entry in listed.items() if entry.has_manifest}
+        found = {sid: entry.modified for sid, entry in listed.items() if sid not in complete}
         prefix = self._key(source) + "/"
         try:
             for upload in self._uploads_under(prefix):
