@@ -1,8 +1,9 @@
 """The `backup-pipelines` command: list, verify, restore and prune without Dagster.
 
 On the worst day Dagster may be down with everything else; this command
-needs only the `BACKUP_*` environment and the store. Exit codes: 0 success,
-1 failure, 2 usage or configuration error; errors are one line on stderr.
+needs only the `BACKUP_*` environment and the store. Its sources, and each
+source's restore flags, come from the registry. Exit codes: 0 success, 1
+failure, 2 usage or configuration error; errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -13,21 +14,46 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from pydantic.fields import FieldInfo
+
 from backup_pipelines.errors import BackupError, ConfigurationError
 from backup_pipelines.redaction import redact
+from backup_pipelines.restore import restore
 from backup_pipelines.retention import RetentionRules, as_listing, prune
-from backup_pipelines.settings import SOURCES, BackupSettings, load_settings
-from backup_pipelines.snapshot import store_from_settings
-from backup_pipelines.snapshot.encryption import identities_for
+from backup_pipelines.runtime import Runtime, load_settings
 from backup_pipelines.snapshot.manifest import utc_now
 from backup_pipelines.snapshot.reader import verify_snapshot
-from backup_pipelines.snapshot.store import LATEST, SnapshotStore, StoredSnapshot, Unreadable
+from backup_pipelines.snapshot.store import LATEST, StoredSnapshot, Unreadable
 from backup_pipelines.snapshot.streams import human_bytes
-from backup_pipelines.sources import RestoreRequest, registered_sources
-from backup_pipelines.sources.documents.backup import repository_from_settings
+from backup_pipelines.sources.registry import SOURCE_NAMES, SOURCES, source_class
+from backup_pipelines.sources.source import RestoreOptions
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 logger = logging.getLogger("backup_pipelines.cli")
+
+
+def option_flag(name: str, info: FieldInfo) -> str:
+    """A restore option's flag: its own (`--target-dsn`) or `--<field-name>`."""
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    return str(extra.get("flag") or f"--{name.replace('_', '-')}")
+
+
+def add_restore_flags(parser: argparse.ArgumentParser, options: type[RestoreOptions]) -> None:
+    """One flag per field of the source's restore options; the description is its help."""
+    for name, info in options.model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        if info.annotation is bool:
+            parser.add_argument(
+                option_flag(name, info), dest=name, action="store_true", help=info.description
+            )
+            continue
+        parser.add_argument(
+            option_flag(name, info),
+            dest=name,
+            required=info.is_required(),
+            metavar=extra.get("metavar") or name.upper(),
+            help=info.description,
+        )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,25 +64,24 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     snapshots = commands.add_parser("snapshots", help="list complete snapshots, newest first")
-    snapshots.add_argument("source", nargs="?", choices=SOURCES)
+    snapshots.add_argument("source", nargs="?", choices=SOURCE_NAMES)
     snapshots.add_argument("--json", action="store_true", help="print manifests as JSON")
 
     verify = commands.add_parser("verify", help="re-read a snapshot and check it")
-    verify.add_argument("source", choices=SOURCES)
+    verify.add_argument("source", choices=SOURCE_NAMES)
     verify.add_argument("--snapshot", default=LATEST, metavar="ID|latest")
     verify.add_argument("--deep", action="store_true", help="also prove it restorable")
 
-    restore = commands.add_parser("restore", help="restore a snapshot into a target")
-    targets = restore.add_subparsers(dest="source", required=True, metavar="SOURCE")
-    for name, source in registered_sources().items():
-        target = targets.add_parser(name, help=f"restore a {name} snapshot")
+    restore_ = commands.add_parser("restore", help="restore a snapshot into a target")
+    targets = restore_.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    for source in SOURCES:
+        target = targets.add_parser(source.name, help=f"restore a {source.name} snapshot")
         target.add_argument("--snapshot", default=LATEST, metavar="ID|latest")
-        target.add_argument("--force", action="store_true", help="overwrite a non-empty target")
-        source.add_restore_arguments(target)
+        add_restore_flags(target, source.restore_options)
 
-    prune = commands.add_parser("prune", help="delete snapshots the retention rules drop")
-    prune.add_argument("--dry-run", action="store_true")
-    prune.add_argument("--json", action="store_true")
+    prune_ = commands.add_parser("prune", help="delete snapshots the retention rules drop")
+    prune_.add_argument("--dry-run", action="store_true")
+    prune_.add_argument("--json", action="store_true")
     return parser
 
 
@@ -74,9 +99,11 @@ def report_unreadable(unreadable: Sequence[Unreadable]) -> None:
         )
 
 
-def cmd_snapshots(args: argparse.Namespace, store: SnapshotStore, _: BackupSettings) -> int:
-    sources = [args.source] if args.source else list(SOURCES)
-    surveys = [store.survey(source) for source in sources]
+def cmd_snapshots(args: argparse.Namespace, runtime: Runtime) -> int:
+    store = runtime.store
+    surveys = [
+        store.survey(source) for source in ([args.source] if args.source else runtime.sources)
+    ]
     found = [snapshot for survey in surveys for snapshot in survey.snapshots]
     snapshots = sorted(found, key=lambda s: s.manifest.started_at, reverse=True)
     report_unreadable([item for survey in surveys for item in survey.unreadable])
@@ -95,17 +122,19 @@ def cmd_snapshots(args: argparse.Namespace, store: SnapshotStore, _: BackupSetti
     return EXIT_OK
 
 
-def cmd_verify(args: argparse.Namespace, store: SnapshotStore, settings: BackupSettings) -> int:
-    if args.snapshot == LATEST:
-        report_unreadable(store.survey(args.source).unreadable)
-    snapshot = store.find(args.source, args.snapshot)
-    problems = verify_snapshot(store, snapshot)
+def report_unreadable_for_latest(runtime: Runtime, source: str, snapshot_id: str) -> None:
+    """`latest` passes over unreadable manifests: say which, so none goes unnoticed."""
+    if snapshot_id == LATEST:
+        report_unreadable(runtime.store.survey(source).unreadable)
+
+
+def cmd_verify(args: argparse.Namespace, runtime: Runtime) -> int:
+    report_unreadable_for_latest(runtime, args.source, args.snapshot)
+    snapshot = runtime.store.find(args.source, args.snapshot)
+    problems = verify_snapshot(runtime.store, snapshot)
     if args.deep and not problems:
-        source = registered_sources().get(args.source)
-        if source is None:
-            raise ConfigurationError(f"--deep is not available for {args.source} yet")
-        identities = identities_for(snapshot.manifest.encryption, settings.age_identity_file)
-        problems = source.deep_verify(store, snapshot, identities, settings.staging_dir / "verify")
+        reader = runtime.reader(snapshot, "verify")
+        problems = runtime.sources[args.source].deep_verify(reader)
     where = f"{snapshot.source}/{snapshot.snapshot_id}"
     if problems:
         for problem in problems:
@@ -119,36 +148,24 @@ def cmd_verify(args: argparse.Namespace, store: SnapshotStore, settings: BackupS
     return EXIT_OK
 
 
-COMMON_RESTORE_ARGUMENTS = {"command", "source", "snapshot", "target", "force"}
-
-
-def cmd_restore(args: argparse.Namespace, store: SnapshotStore, settings: BackupSettings) -> int:
-    options = {k: v for k, v in vars(args).items() if k not in COMMON_RESTORE_ARGUMENTS}
-    if args.snapshot == LATEST:
-        report_unreadable(store.survey(args.source).unreadable)
-    snapshot = store.find(args.source, args.snapshot)
-    request = RestoreRequest(
-        snapshot=snapshot,
-        target=args.target,
-        force=args.force,
-        work_dir=settings.staging_dir / "restore",
-        identities=identities_for(snapshot.manifest.encryption, settings.age_identity_file),
-        options=options,
-        log=logger.info,
-    )
-    print(registered_sources()[args.source].restore(request, store))
+def cmd_restore(args: argparse.Namespace, runtime: Runtime) -> int:
+    model = source_class(args.source).restore_options
+    flags = {name: option_flag(name, info) for name, info in model.model_fields.items()}
+    given = {name: getattr(args, name) for name in flags if getattr(args, name) is not None}
+    options = model.parse(given, spelled=lambda name: flags.get(name, name))
+    report_unreadable_for_latest(runtime, args.source, args.snapshot)
+    print(restore(runtime, args.source, args.snapshot, options, logger.info).summary)
     return EXIT_OK
 
 
-def cmd_prune(args: argparse.Namespace, store: SnapshotStore, settings: BackupSettings) -> int:
-    forget = repository_from_settings(settings).forget if settings.restic_password else None
+def cmd_prune(args: argparse.Namespace, runtime: Runtime) -> int:
     reports = prune(
-        store,
-        RetentionRules.from_settings(settings),
+        runtime.store,
+        runtime.sources,
+        RetentionRules.from_settings(runtime.shared),
         dry_run=args.dry_run,
         now=utc_now(),
-        staging_dir=settings.staging_dir,
-        forget_documents=forget,
+        staging_dir=runtime.staging.directory,
         log=logger.info,
         warn=logger.warning,
     )
@@ -176,8 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = None
     try:
         settings = load_settings()
-        store = store_from_settings(settings)
-        return COMMANDS[args.command](args, store, settings)
+        return COMMANDS[args.command](args, Runtime(settings))
     except ConfigurationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -14,7 +14,8 @@ class ConfigurationError(BackupError):
 
 
 class ProducerFailed(BackupError):
-    """A dump tool exited non-zero or produced nothing usable."""
+    """A dump produced nothing usable: no bytes, or not the format it must have. (A tool that
+    exits non-zero is a `processes.ToolFailed`.)"""
 
 
 class IntegrityError(BackupError):

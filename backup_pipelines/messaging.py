@@ -1,7 +1,7 @@
-"""The RabbitMQ objects this project owns: the events exchange and queue, and the request queues.
+"""The broker objects this project owns: the events exchange and queue, and the request queues.
 
 They live on whatever broker `BACKUP_RABBITMQ_URL` names, which is often the
-broker being backed up, so the RabbitMQ restore must know them as ours.
+broker being backed up, so a restore of that broker's definitions must know them as ours.
 """
 
 EXCHANGE = "backup.notifications"

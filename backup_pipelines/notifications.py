@@ -1,4 +1,4 @@
-"""Backup events on RabbitMQ (`backup.notifications`), through a durable outbox.
+"""Backup events on the broker (`backup.notifications`), through a durable outbox.
 
 Every event is first written to a small SQLite outbox under
 `BACKUP_ARTIFACTS_DIR`, then delivered in order with publisher confirms and
@@ -13,14 +13,13 @@ import json
 import logging
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pika
-from dagster import ConfigurableResource, HookContext, failure_hook
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import AMQPError
 
@@ -33,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5
 ERROR_LIMIT = 500
+OUTBOX_NAME = ".outbox.sqlite"
+"""Under BACKUP_ARTIFACTS_DIR: events wait there while the broker is down."""
 
 
 def event_body(
@@ -140,15 +141,17 @@ def confirming_channel(url: str) -> Iterator[BlockingChannel]:
             connection.close()
 
 
-class NotificationPublisher(ConfigurableResource):
-    """Publishes backup events; the broker URL (with its password) comes as an `EnvVar`."""
+class NotificationPublisher:
+    """Publishes backup events through the outbox. The broker URL holds a password, so it is
+    never shown; `secrets` are masked in every error an event carries."""
 
-    rabbitmq_url: str
-    outbox_path: str
+    def __init__(self, rabbitmq_url: str, outbox_path: Path, secrets: Sequence[str] = ()):
+        self.rabbitmq_url = rabbitmq_url
+        self.outbox = Outbox(outbox_path)
+        self.secrets = list(secrets)
 
-    @property
-    def outbox(self) -> Outbox:
-        return Outbox(Path(self.outbox_path))
+    def __repr__(self) -> str:
+        return f"NotificationPublisher(outbox={self.outbox.path})"
 
     def publish(self, body: dict[str, Any]) -> None:
         """Keep the event durably, then try to deliver everything waiting. Never raises:
@@ -159,7 +162,7 @@ class NotificationPublisher(ConfigurableResource):
             logger.error(
                 "could not keep the %s event in the outbox %s (%s): it is lost",
                 body["event"],
-                self.outbox_path,
+                self.outbox.path,
                 exc,
             )
             return
@@ -170,28 +173,16 @@ class NotificationPublisher(ConfigurableResource):
             return self.outbox.deliver(self.rabbitmq_url)
         except (AMQPError, OSError, sqlite3.Error) as exc:
             logger.warning(
-                "backup events wait in the outbox %s (RabbitMQ unreachable or the outbox busy: %s)",
-                self.outbox_path,
+                "backup events wait in the outbox %s (the broker at BACKUP_RABBITMQ_URL is "
+                "unreachable or the outbox busy: %s)",
+                self.outbox.path,
                 type(exc).__name__,
             )
             return 0
 
-
-def short_error(exc: BaseException | None, secrets: list[str]) -> str:
-    """One line naming what failed, secrets masked, bounded in length."""
-    if exc is None:
-        return "unknown error"
-    text = getattr(exc, "description", None) or str(exc) or type(exc).__name__
-    return redact(" ".join(str(text).split()), secrets)[:ERROR_LIMIT]
-
-
-@failure_hook(required_resource_keys={"notifications"})
-def publish_backup_failure(context: HookContext) -> None:
-    """`backup.failed` for a backup step that failed for good (after its retries)."""
-    from backup_pipelines.settings import load_settings
-
-    source = context.op.name.removesuffix("_backup")
-    error = short_error(context.op_exception, load_settings().secret_values())
-    context.resources.notifications.publish(
-        event_body("backup.failed", source, context.run_id, error=error)
-    )
+    def short_error(self, exc: BaseException | None) -> str:
+        """One line naming what failed, secrets masked, bounded in length."""
+        if exc is None:
+            return "unknown error"
+        text = getattr(exc, "description", None) or str(exc) or type(exc).__name__
+        return redact(" ".join(str(text).split()), self.secrets)[:ERROR_LIMIT]

@@ -1,17 +1,44 @@
-"""Running the operators' own tools (pg_restore, psql, ...) with errors an operator can act on."""
+"""Running the operators' own tools (pg_dump, restic, ...) with errors an operator can act on.
+
+Every tool runs through `running`: stdout piped to the caller, stderr kept in
+a temporary file, and on exit a `ToolFailed` carrying the exit status and the
+masked tail of stderr, so each tool's module can classify a failure once (by
+exit code where the tool has one, by its words where it has not) instead of
+matching message text wherever the tool is called.
+"""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import BinaryIO
 
-from backup_pipelines.errors import BackupError
+from backup_pipelines.errors import BackupError, ConfigurationError
 from backup_pipelines.redaction import redact
 
 STDERR_TAIL_BYTES = 2000
+
+
+class ToolMissing(ConfigurationError):
+    """The tool is not installed: retrying will not help, installing will."""
+
+    def __init__(self, label: str, tool: str):
+        super().__init__(f"{label}: '{tool}' is not installed (run 'make install')")
+
+
+class ToolFailed(BackupError):
+    """A tool exited non-zero; `stderr` is the tail of what it said, secrets masked."""
+
+    def __init__(self, label: str, returncode: int, stderr: str):
+        self.label = label
+        self.returncode = returncode
+        self.stderr = stderr
+        super().__init__(
+            f"{label} failed ({describe_exit(returncode)}): {stderr or 'no error output'}"
+        )
 
 
 def describe_exit(returncode: int) -> str:
@@ -26,8 +53,44 @@ def stderr_tail(stream: BinaryIO, secrets: Sequence[str | None]) -> str:
     return redact(" ".join(text.split()), secrets)
 
 
-def not_installed(label: str, tool: str) -> BackupError:
-    return BackupError(f"{label}: '{tool}' is not installed (run 'make install')")
+@contextmanager
+def running(
+    argv: Sequence[str],
+    *,
+    label: str,
+    env: Mapping[str, str] | None = None,
+    secrets: Sequence[str | None] = (),
+    text: bool = False,
+) -> Iterator[subprocess.Popen]:
+    """Start a tool with its stdout piped to the block; raise `ToolFailed` unless it exits 0.
+
+    `label` names the work in messages instead of argv, which may hold a
+    connection string; `secrets` are masked in what the tool printed. When
+    the block raises, the tool is killed and the block's own error stands.
+    """
+    with tempfile.TemporaryFile() as stderr:
+        try:
+            process = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                env=dict(env) if env is not None else None,
+                text=text,
+            )
+        except FileNotFoundError:
+            raise ToolMissing(label, argv[0]) from None
+        assert process.stdout is not None
+        try:
+            yield process
+        except BaseException:
+            process.kill()
+            raise
+        finally:
+            process.stdout.close()
+            returncode = process.wait()
+        if returncode != 0:
+            raise ToolFailed(label, returncode, stderr_tail(stderr, secrets))
 
 
 def run_tool(
@@ -37,26 +100,7 @@ def run_tool(
     env: Mapping[str, str] | None = None,
     secrets: Sequence[str | None] = (),
 ) -> str:
-    """Run a tool to completion and return its stdout; raise `BackupError` unless it exits 0.
-
-    `label` names the work in messages instead of argv, which may hold a
-    connection string; `secrets` are masked in what the tool printed.
-    """
-    with tempfile.TemporaryFile() as stderr:
-        try:
-            result = subprocess.run(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                env=dict(env) if env is not None else None,
-                check=False,
-            )
-        except FileNotFoundError:
-            raise not_installed(label, argv[0]) from None
-        if result.returncode != 0:
-            raise BackupError(
-                f"{label} failed ({describe_exit(result.returncode)}): "
-                f"{stderr_tail(stderr, secrets) or 'no error output'}"
-            )
-    return result.stdout.decode("utf-8", "replace")
+    """Run a tool to completion and return its stdout (tools here print little)."""
+    with running(argv, label=label, env=env, secrets=secrets) as process:
+        output = process.stdout.read()
+    return output.decode("utf-8", "replace")

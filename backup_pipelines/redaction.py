@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import ValidationError
 
 MASK = "***"
 _KEYWORD_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
@@ -55,3 +57,15 @@ def secret_parts(value: str) -> list[str]:
         if found:
             parts.append(found)
     return parts
+
+
+Location = tuple[str | int, ...]
+
+
+def validation_problems(exc: ValidationError, where: Callable[[Location], str]) -> list[str]:
+    """Each of pydantic's errors as `<where>: <the rule broken>`, never with the input that
+    broke it: that may be a secret (a password in a variable, a tampered manifest's bytes)."""
+    return [
+        f"{where(error['loc'])}: {error['msg'].removeprefix('Value error, ')}"
+        for error in exc.errors(include_input=False, include_url=False)
+    ]

@@ -16,16 +16,15 @@ removed separately, once nothing in them changed for a day.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from backup_pipelines.errors import ConfigurationError
-from backup_pipelines.settings import SOURCES, BackupSettings, RetentionCount
+from backup_pipelines.settings import BackupSettings, RetentionCount
 from backup_pipelines.snapshot.files import LEFTOVER_AGE, remove_stale
-from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot, Unreadable
-from backup_pipelines.sources.documents.restic import is_restic_id
+from backup_pipelines.snapshot.store import SnapshotStore, Unreadable
+from backup_pipelines.sources.source import Source
 
 UNLIMITED = -1
 
@@ -121,87 +120,58 @@ class SourcePrune:
     freed_bytes: int = 0
 
 
-def restic_ids_to_forget(snapshots: dict[str, StoredSnapshot], decision: Decision) -> list[str]:
-    """The restic snapshots only deleted documents snapshots point at.
-
-    The ids come from manifests, so each is checked (hex only, nothing restic
-    could read as an option), and an id a kept snapshot also names (on its
-    8-hex short form, as restic resolves ids by prefix) is never forgotten.
-    """
-
-    def restic_id(snapshot_id: str) -> str | None:
-        value = snapshots[snapshot_id].manifest.stats.get("restic_snapshot_id")
-        return value if is_restic_id(value) else None
-
-    kept = {found[:8] for i in decision.keep if (found := restic_id(i))}
-    dropped = {found for i in decision.delete if (found := restic_id(i))}
-    return sorted(found for found in dropped if found[:8] not in kept)
-
-
 def prune_source(
-    store: SnapshotStore,
-    source: str,
-    rules: RetentionRules,
-    *,
-    dry_run: bool,
-    now: datetime,
-    forget_documents: Callable[[list[str]], None] | None = None,
+    store: SnapshotStore, source: Source, rules: RetentionRules, *, dry_run: bool, now: datetime
 ) -> SourcePrune:
     """Apply the rules to one source: delete what they drop, and day-old leftovers.
 
     Only locations the store listed are ever deleted, and a snapshot's id is
     the location it was read from (the store checks the manifest agrees).
     Each snapshot goes manifest first, so a prune cut short leaves every
-    listed snapshot whole; documents snapshots are forgotten in restic only
-    after their manifests are gone, so no listed snapshot points at data
-    restic has dropped.
+    listed snapshot whole; what the source keeps outside the store (restic's
+    snapshots) is released only after the manifests are gone, so no listed
+    snapshot points at data that was dropped.
     """
-    survey = store.survey(source)
+    survey = store.survey(source.name)
     snapshots = {s.snapshot_id: s for s in survey.snapshots}
     decision = decide([Candidate(i, s.manifest.started_at) for i, s in snapshots.items()], rules)
-    unreadable = survey.unreadable
-    stale = [i for i, written in store.incomplete(source) if now - written > LEFTOVER_AGE]
-    stale += [u.snapshot_id for u in unreadable if now - u.modified > LEFTOVER_AGE]
-    report = SourcePrune(source, decision.keep, decision.delete, stale, unreadable)
+    stale = [a.snapshot_id for a in survey.attempts if now - a.modified > LEFTOVER_AGE]
+    stale += [u.snapshot_id for u in survey.unreadable if now - u.modified > LEFTOVER_AGE]
+    report = SourcePrune(source.name, decision.keep, decision.delete, stale, survey.unreadable)
     report.freed_bytes = sum(snapshots[i].manifest.size_bytes for i in decision.delete)
-    restic_ids = restic_ids_to_forget(snapshots, decision) if source == "documents" else []
-    if restic_ids and forget_documents is None:
-        raise ConfigurationError(
-            "BACKUP_RESTIC_PASSWORD is needed to prune documents snapshots "
-            "(restic holds their data)"
-        )
+    release = source.forgetting(
+        [snapshots[i] for i in decision.delete], [snapshots[i] for i in decision.keep]
+    )
     if dry_run:
         return report
     for snapshot_id in decision.delete + stale:
-        store.delete(source, snapshot_id)
-    if restic_ids and forget_documents is not None:
-        forget_documents(restic_ids)
+        store.delete(source.name, snapshot_id)
+    if release is not None:
+        release()
     return report
 
 
 def prune(
     store: SnapshotStore,
+    sources: Mapping[str, Source],
     rules: RetentionRules,
     *,
     dry_run: bool,
     now: datetime,
     staging_dir: Path | None = None,
-    forget_documents: Callable[[list[str]], None] | None = None,
     log: Callable[[str], None] = print,
     warn: Callable[[str], None] | None = None,
 ) -> list[SourcePrune]:
     """Retention over every source in turn, then day-old work in the staging area."""
     warn = warn or log
     reports = []
-    for source in SOURCES:
-        report = prune_source(
-            store, source, rules, dry_run=dry_run, now=now, forget_documents=forget_documents
-        )
+    for source in sources.values():
+        report = prune_source(store, source, rules, dry_run=dry_run, now=now)
         for found in report.unreadable:
             warn(f"{found.location}: {found.reason}; not a snapshot, removed once a day old")
         verb = "would delete" if dry_run else "deleted"
         log(
-            f"{source}: keeping {len(report.keep)}, {verb} {len(report.delete)} snapshots "
+            f"{source.name}: keeping {len(report.keep)}, {verb} {len(report.delete)} snapshots "
             f"({report.freed_bytes} bytes) and {len(report.leftovers)} leftovers"
         )
         reports.append(report)

@@ -1,43 +1,23 @@
 """`retention_job`: the retention rules applied to every source, from Dagster (daily schedule)."""
 
-from pathlib import Path
+from dagster import Nothing, OpExecutionContext, Out, Output, ResourceParam, job, op
 
-from dagster import (
-    Nothing,
-    OpExecutionContext,
-    Out,
-    Output,
-    ResourceParam,
-    job,
-    op,
-)
-
-from backup_pipelines.io_managers import SnapshotIOManager
-from backup_pipelines.notifications import NotificationPublisher, event_body
-from backup_pipelines.resources import DocumentsResource, SnapshotPipeline
+from backup_pipelines.notifications import event_body
 from backup_pipelines.retention import RetentionRules, prune
-from backup_pipelines.settings import load_settings
+from backup_pipelines.runtime import Runtime
 from backup_pipelines.snapshot.manifest import utc_now
 
 
 @op(out=Out(Nothing))
-def apply_retention(
-    context: OpExecutionContext,
-    io_manager: ResourceParam[SnapshotIOManager],
-    notifications: NotificationPublisher,
-    documents: DocumentsResource,
-    snapshot_pipeline: SnapshotPipeline,
-):
+def apply_retention(context: OpExecutionContext, runtime: ResourceParam[Runtime]):
     """Delete what the rules drop and day-old interrupted attempts; say so as `backup.pruned`."""
-    rules = RetentionRules.from_settings(load_settings())
-    forget = documents.restic().forget if documents.restic_password else None
     reports = prune(
-        io_manager.build_store(),
-        rules,
+        runtime.store,
+        runtime.sources,
+        RetentionRules.from_settings(runtime.shared),
         dry_run=False,
         now=utc_now(),
-        staging_dir=Path(snapshot_pipeline.staging_dir),
-        forget_documents=forget,
+        staging_dir=runtime.staging.directory,
         log=context.log.info,
         warn=context.log.warning,
     )
@@ -45,7 +25,7 @@ def apply_retention(
         if report.delete or report.leftovers:
             body = event_body("backup.pruned", report.source, context.run_id)
             body.update(size_bytes=report.freed_bytes, deleted=report.delete + report.leftovers)
-            notifications.publish(body)
+            runtime.notifications.publish(body)
     yield Output(
         None,
         metadata={

@@ -1,12 +1,11 @@
-"""Nightly (or hourly) runs from `BACKUP_<SOURCE>_CRON`, and freshness derived from the same cron.
+"""Each source's runs on its cron (`BACKUP_<SOURCE>_CRON`), freshness derived from the same
+cron, and the daily retention run.
 
 Schedules run by default: a backup system whose schedules an operator must
 remember to switch on is one that silently does not back up.
 """
 
-import time
 from datetime import timedelta
-from itertools import pairwise
 from typing import TYPE_CHECKING
 
 from dagster import (
@@ -19,22 +18,17 @@ from dagster import (
     SkipReason,
     schedule,
 )
-from dagster._utils.schedules import cron_string_iterator
 
-if TYPE_CHECKING:  # the type define_asset_job returns; not exported by dagster
-    from dagster._core.definitions.unresolved_asset_job_definition import (
-        UnresolvedAssetJobDefinition,
-    )
+from backup_pipelines.cron import cron_interval
+from backup_pipelines.naming import schedule_name
+from backup_pipelines.settings import env_name
+from backup_pipelines.sources.source import Source
+
+if TYPE_CHECKING:
+    from backup_pipelines.dagster_internals import UnresolvedAssetJobDefinition
 
 FRESHNESS_GRACE = timedelta(minutes=30)
 RETENTION_CRON = "30 4 * * *"
-
-
-def cron_interval(cron: str) -> timedelta:
-    """The longest gap between the next few ticks of `cron` (UTC)."""
-    ticks = cron_string_iterator(time.time(), cron, "UTC")
-    upcoming = [next(ticks) for _ in range(8)]
-    return max(later - earlier for earlier, later in pairwise(upcoming))
 
 
 def freshness_for(cron: str) -> FreshnessPolicy:
@@ -45,18 +39,18 @@ def freshness_for(cron: str) -> FreshnessPolicy:
     )
 
 
-def backup_schedule(
-    source: str, job: "UnresolvedAssetJobDefinition", cron: str, not_configured: str | None
-) -> ScheduleDefinition:
+def backup_schedule(source: Source, job: "UnresolvedAssetJobDefinition") -> ScheduleDefinition:
     """The source's schedule; it skips, saying why, while the source is not configured."""
+    not_configured = source.not_configured()
 
     @schedule(
-        name=f"{source}_backup_schedule",
+        name=schedule_name(source.name),
         job=job,
-        cron_schedule=cron,
+        cron_schedule=source.cron,
         execution_timezone="UTC",
         default_status=DefaultScheduleStatus.RUNNING,
-        description=f"A {source} snapshot on BACKUP_{source.upper()}_CRON ({cron}, UTC).",
+        description=f"A {source.name} snapshot on {env_name(source.settings_model, 'cron')} "
+        f"({source.cron}, UTC).",
     )
     def _schedule(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
         if not_configured:

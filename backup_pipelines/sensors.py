@@ -1,14 +1,13 @@
-"""Sensors: backups on request (RabbitMQ), on change (documents), and events for failed runs.
+"""Sensors: backups on request (the broker's `backup.requests`), on change (sources that watch
+their data), and events for failed runs and waiting events.
 
 All run by default, like the schedules.
 """
 
 import hashlib
 import json
-import os
 import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pika
@@ -16,6 +15,7 @@ from dagster import (
     DagsterEventType,
     DagsterInstance,
     DefaultSensorStatus,
+    ResourceParam,
     RunFailureSensorContext,
     RunRequest,
     RunsFilter,
@@ -25,19 +25,19 @@ from dagster import (
     run_failure_sensor,
     sensor,
 )
-from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import AMQPError
 
-if TYPE_CHECKING:  # the type define_asset_job returns; not exported by dagster
-    from dagster._core.definitions.unresolved_asset_job_definition import (
-        UnresolvedAssetJobDefinition,
-    )
-
+from backup_pipelines.dagster_internals import RUN_KEY_TAG, SENSOR_NAME_TAG
+from backup_pipelines.errors import ConfigurationError
 from backup_pipelines.messaging import DEAD_LETTER_QUEUE, REQUESTS_QUEUE
-from backup_pipelines.notifications import NotificationPublisher, event_body, short_error
-from backup_pipelines.settings import SOURCES, load_settings
+from backup_pipelines.naming import backup_step_key, change_sensor_name, source_of_asset
+from backup_pipelines.notifications import event_body
+from backup_pipelines.runtime import Runtime
 from backup_pipelines.snapshot.names import shown
+
+if TYPE_CHECKING:
+    from backup_pipelines.dagster_internals import UnresolvedAssetJobDefinition
 
 REQUESTS_SENSOR = "backup_requests_sensor"
 REQUESTS_PER_TICK = 20
@@ -48,7 +48,7 @@ QUIET_PERIOD_S = 600
 MAX_WAIT_S = 3600
 
 
-def parse_request(body: bytes) -> tuple[str, str]:
+def parse_request(body: bytes, choices: Sequence[str]) -> tuple[str, str]:
     """`{"source": ..., "reason": ...}` → (source, reason); ValueError says what is wrong."""
     if len(body) > MAX_REQUEST_BYTES:
         raise ValueError(f"larger than {MAX_REQUEST_BYTES} bytes")
@@ -59,9 +59,8 @@ def parse_request(body: bytes) -> tuple[str, str]:
     if not isinstance(request, dict):
         raise ValueError("not a JSON object")
     source = request.get("source")
-    if source not in (*SOURCES, "all"):
-        choices = ", ".join((*SOURCES, "all"))
-        raise ValueError(f"'source' must be one of {choices}, not {shown(source)}")
+    if source not in choices:
+        raise ValueError(f"'source' must be one of {', '.join(choices)}, not {shown(source)}")
     reason = request.get("reason", "")
     if not isinstance(reason, str):
         raise ValueError("'reason' must be a string")
@@ -80,10 +79,6 @@ def request_key(properties: pika.BasicProperties, body: bytes) -> str:
     return f"request-{digest.hexdigest()[:32]}"
 
 
-def _job_for(source: str) -> str:
-    return "backup_all_job" if source == "all" else f"{source}_backup_job"
-
-
 def _rejection(problem: Exception) -> str:
     """Why a message was set aside, bounded (it goes into a header and the log)."""
     text = str(problem) if isinstance(problem, ValueError) else type(problem).__name__
@@ -91,17 +86,22 @@ def _rejection(problem: Exception) -> str:
 
 
 def take_requests(
-    url: str, launched: Callable[[str], bool], log: Callable[[str], None]
+    url: str,
+    jobs: Mapping[str, str],
+    launched: Callable[[str], bool],
+    log: Callable[[str], None],
 ) -> list[RunRequest]:
     """Run requests for the messages on the queue; each is acked only once Dagster holds its run.
 
-    A message whose run exists (launched at an earlier tick) is acked now; a
-    new one becomes a run request and stays un-acked, so it goes back to the
-    queue when the connection closes and is acked at the next tick, after
-    the daemon stored its run. A crash anywhere in between loses nothing,
-    and the run key keeps it from running twice. A malformed message, or
-    one that fails to parse in any way, is moved (with publisher confirms)
-    to the dead-letter queue, so it never blocks the queue or its neighbours.
+    `jobs` maps what a request may ask for (a source, or `all`) to the job
+    that backs it up. A message whose run exists (launched at an earlier
+    tick) is acked now; a new one becomes a run request and stays un-acked,
+    so it goes back to the queue when the connection closes and is acked at
+    the next tick, after the daemon stored its run. A crash anywhere in
+    between loses nothing, and the run key keeps it from running twice. A
+    malformed message, or one that fails to parse in any way, is moved (with
+    publisher confirms) to the dead-letter queue, so it never blocks the
+    queue or its neighbours.
     """
     parameters = pika.URLParameters(url)
     parameters.socket_timeout = 5
@@ -118,7 +118,7 @@ def take_requests(
             if method is None:
                 break
             try:
-                source, reason = parse_request(body)
+                source, reason = parse_request(body, list(jobs))
             except Exception as problem:  # whatever the body does, it must not block the queue
                 _set_aside(channel, body, _rejection(problem), log)
                 channel.basic_ack(method.delivery_tag)
@@ -128,7 +128,7 @@ def take_requests(
                 channel.basic_ack(method.delivery_tag)
             elif key not in requests:
                 requests[key] = RunRequest(
-                    job_name=_job_for(source),
+                    job_name=jobs[source],
                     run_key=key,
                     tags={"backup/reason": reason, "backup/trigger": REQUESTS_QUEUE},
                 )
@@ -161,10 +161,15 @@ def launched_by_requests_sensor(instance: DagsterInstance) -> Callable[[str], bo
     return launched
 
 
-def backup_requests_sensor(jobs: Sequence["UnresolvedAssetJobDefinition"]) -> SensorDefinition:
+def backup_requests_sensor(
+    jobs: Mapping[str, "UnresolvedAssetJobDefinition"],
+) -> SensorDefinition:
+    """`jobs`: the job for each thing a request may name (every source, and `all`)."""
+    job_names = {request: job.name for request, job in jobs.items()}
+
     @sensor(
         name=REQUESTS_SENSOR,
-        jobs=list(jobs),
+        jobs=list(jobs.values()),
         minimum_interval_seconds=30,
         default_status=DefaultSensorStatus.RUNNING,
         description=f"Launches the backups other services ask for on the queue {REQUESTS_QUEUE}"
@@ -172,56 +177,50 @@ def backup_requests_sensor(jobs: Sequence["UnresolvedAssetJobDefinition"]) -> Se
         f"{DEAD_LETTER_QUEUE}.",
     )
     def _sensor(
-        context: SensorEvaluationContext, notifications: NotificationPublisher
+        context: SensorEvaluationContext, runtime: ResourceParam[Runtime]
     ) -> list[RunRequest] | SkipReason:
         launched = launched_by_requests_sensor(context.instance)
+        url = runtime.notifications.rabbitmq_url
         try:
-            requests = take_requests(notifications.rabbitmq_url, launched, context.log.warning)
+            requests = take_requests(url, job_names, launched, context.log.warning)
         except (AMQPError, OSError) as exc:
-            return SkipReason(f"RabbitMQ is unreachable ({type(exc).__name__}); trying again")
+            return SkipReason(
+                f"the broker at BACKUP_RABBITMQ_URL is unreachable ({type(exc).__name__}); "
+                "trying again"
+            )
         return requests or SkipReason(f"no new requests on {REQUESTS_QUEUE}")
 
     return _sensor
 
 
-def tree_fingerprint(root: Path) -> list[int]:
-    """[entries, newest mtime in ns]: cheap, and changes with any add, delete or write."""
-    entries, newest = 0, 0
-    stack = [root]
-    while stack:
-        with os.scandir(stack.pop()) as listing:
-            for entry in listing:
-                entries += 1
-                newest = max(newest, entry.stat(follow_symlinks=False).st_mtime_ns)
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(Path(entry.path))
-    return [entries, newest]
-
-
-def documents_change_sensor(
-    root: Path | None,
+def change_sensor(
+    source: str,
     job: "UnresolvedAssetJobDefinition",
     quiet_period_s: float = QUIET_PERIOD_S,
     max_wait_s: float = MAX_WAIT_S,
 ) -> SensorDefinition:
-    """A documents backup once the tree changed and then stayed quiet (or changed for too long)."""
+    """A backup once the source's data changed and then stayed quiet (or changed for too long)."""
 
     @sensor(
-        name="documents_change_sensor",
+        name=change_sensor_name(source),
         job=job,
         minimum_interval_seconds=60,
         default_status=DefaultSensorStatus.RUNNING,
-        description="Backs up the documents tree after it changed and was quiet for "
+        description=f"Backs up {source} after its data changed and was quiet for "
         f"{quiet_period_s:.0f} s (or after {max_wait_s:.0f} s of constant change).",
     )
-    def _sensor(context: SensorEvaluationContext) -> RunRequest | SkipReason:
-        if root is None or not root.is_dir():
-            return SkipReason("BACKUP_DOCUMENTS_ROOT is not set to a directory")
-        now, fingerprint = time.time(), tree_fingerprint(root)
+    def _sensor(
+        context: SensorEvaluationContext, runtime: ResourceParam[Runtime]
+    ) -> RunRequest | SkipReason:
+        try:
+            fingerprint = runtime.sources[source].fingerprint()
+        except ConfigurationError as exc:
+            return SkipReason(str(exc))
+        now = time.time()
         cursor: dict[str, Any] = json.loads(context.cursor) if context.cursor else {}
         if not cursor:
             context.update_cursor(json.dumps({"backed_up": fingerprint}))
-            return SkipReason("first look at the tree: its state is the baseline")
+            return SkipReason("first look at the data: its state is the baseline")
         if fingerprint == cursor["backed_up"]:
             return SkipReason("no change since the last backup request")
         if fingerprint != cursor.get("seen"):
@@ -231,58 +230,60 @@ def documents_change_sensor(
         overdue = now - cursor["changing_since"] >= max_wait_s
         if not (settled or overdue):
             context.update_cursor(json.dumps(cursor))
-            return SkipReason("the tree changed; waiting for it to settle")
+            return SkipReason("the data changed; waiting for it to settle")
         context.update_cursor(json.dumps({"backed_up": fingerprint}))
         return RunRequest(
-            run_key=f"documents-{fingerprint[0]}-{fingerprint[1]}",
-            tags={"backup/trigger": "documents_change_sensor"},
+            run_key=f"{source}-{'-'.join(map(str, fingerprint))}",
+            tags={"backup/trigger": change_sensor_name(source)},
         )
 
     return _sensor
 
 
-def _sources_of_run(job_name: str, asset_names: set[str]) -> list[str]:
-    if asset_names:
-        return [s for s in SOURCES if f"{s}_backup" in asset_names]
-    if job_name == "backup_all_job":
-        return list(SOURCES)
-    return [s for s in SOURCES if job_name == f"{s}_backup_job"]
+def backup_run_failure_sensor(sources_of_job: Mapping[str, Sequence[str]]) -> SensorDefinition:
+    """`backup.failed` for backup runs that failed where no step hook could (resource set-up
+    errors, a killed worker); `sources_of_job` names the sources each backup job covers."""
 
-
-@run_failure_sensor(
-    name="backup_run_failure_sensor",
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Publishes backup.failed for backup runs that failed where no step hook could "
-    "(resource set-up errors, a killed worker), never twice for the same failure.",
-)
-def backup_run_failure_sensor(
-    context: RunFailureSensorContext, notifications: NotificationPublisher
-) -> None:
-    run = context.dagster_run
-    asset_names = {key.path[-1] for key in run.asset_selection or ()}
-    hooked = {
-        record.dagster_event.step_key
-        for record in context.instance.all_logs(run.run_id, of_type=DagsterEventType.HOOK_COMPLETED)
-        if record.dagster_event
-    }
-    error = short_error(
-        Exception(context.failure_event.message or "the run failed"),
-        load_settings().secret_values(),
+    @run_failure_sensor(
+        name="backup_run_failure_sensor",
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Publishes backup.failed for backup runs that failed where no step hook "
+        "could (resource set-up errors, a killed worker), never twice for the same failure.",
     )
-    for source in _sources_of_run(run.job_name, asset_names):
-        if f"{source}_backup" not in hooked:
-            notifications.publish(event_body("backup.failed", source, run.run_id, error=error))
+    def _sensor(context: RunFailureSensorContext, runtime: ResourceParam[Runtime]) -> None:
+        run = context.dagster_run
+        if run.asset_selection:
+            sources = [s for key in run.asset_selection if (s := source_of_asset(key))]
+        else:
+            sources = list(sources_of_job.get(run.job_name, ()))
+        hooked = {
+            record.dagster_event.step_key
+            for record in context.instance.all_logs(
+                run.run_id, of_type=DagsterEventType.HOOK_COMPLETED
+            )
+            if record.dagster_event
+        }
+        notifications = runtime.notifications
+        error = notifications.short_error(
+            Exception(context.failure_event.message or "the run failed")
+        )
+        for source in sources:
+            if backup_step_key(source) not in hooked:
+                notifications.publish(event_body("backup.failed", source, run.run_id, error=error))
+
+    return _sensor
 
 
 @sensor(
     name="notifications_outbox_sensor",
     minimum_interval_seconds=60,
     default_status=DefaultSensorStatus.RUNNING,
-    description="Delivers backup events that waited in the outbox while RabbitMQ was down.",
+    description="Delivers backup events that waited in the outbox while the broker was down.",
 )
 def notifications_outbox_sensor(
-    context: SensorEvaluationContext, notifications: NotificationPublisher
+    context: SensorEvaluationContext, runtime: ResourceParam[Runtime]
 ) -> SkipReason:
+    notifications = runtime.notifications
     waiting = notifications.outbox.pending()
     if not waiting:
         return SkipReason("the outbox is empty")

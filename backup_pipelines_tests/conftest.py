@@ -1,4 +1,6 @@
-"""Fixtures for real services: moto's S3 server over loopback HTTP, stores, settings env."""
+"""Fixtures for real services (moto's S3 server over loopback HTTP, stores, the settings
+environment) and the helpers every test module shares: running a job of the real
+definitions, and asserting a run failed once, at once, naming what to fix."""
 
 from __future__ import annotations
 
@@ -14,16 +16,17 @@ from pathlib import Path
 import boto3
 import pytest
 import requests
+from dagster import DagsterInstance, ExecuteInProcessResult
 
-from backup_pipelines.snapshot.local_store import LocalSnapshotStore
+from backup_pipelines.definitions import build_definitions
+from backup_pipelines.naming import backup_job_name, backup_step_key
+from backup_pipelines.runtime import Runtime, load_runtime
 from backup_pipelines.snapshot.manifest import MANIFEST_NAME
-from backup_pipelines.snapshot.s3_store import S3SnapshotStore
 from backup_pipelines.snapshot.staging import stage
 from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
-
-# Transient failures are retried at once in tests (30, 60, 120 s in production); set before
-# backup_pipelines.assets is imported, as its RetryPolicy is built at import.
-os.environ["BACKUP_RETRY_DELAY_S"] = "0"
+from backup_pipelines.sources.source import Source
+from backup_pipelines.storage.local import LocalBackend
+from backup_pipelines.storage.s3 import S3Backend
 
 S3_ACCESS_KEY = "test-access-key"
 S3_SECRET_KEY = "test-secret-key-never-shown"
@@ -83,14 +86,20 @@ def s3_bucket(s3_endpoint: str) -> str:
     return bucket
 
 
-def make_s3_store(endpoint: str, bucket: str, **kwargs) -> S3SnapshotStore:
-    return S3SnapshotStore(
-        bucket=bucket,
-        access_key=S3_ACCESS_KEY,
-        secret_key=S3_SECRET_KEY,
-        endpoint_url=endpoint,
-        **kwargs,
+def make_s3_store(endpoint: str, bucket: str, **kwargs) -> SnapshotStore:
+    return SnapshotStore(
+        S3Backend(
+            bucket=bucket,
+            access_key=S3_ACCESS_KEY,
+            secret_key=S3_SECRET_KEY,
+            endpoint_url=endpoint,
+            **kwargs,
+        )
     )
+
+
+def make_local_store(root: Path) -> SnapshotStore:
+    return SnapshotStore(LocalBackend(root))
 
 
 @pytest.fixture
@@ -102,7 +111,7 @@ def staging_dir(tmp_path: Path) -> Path:
 def store(request, tmp_path: Path) -> SnapshotStore:
     """Each test using it runs once on the local store and once on S3 (moto)."""
     if request.param == "local":
-        return LocalSnapshotStore(tmp_path / "artifacts")
+        return make_local_store(tmp_path / "artifacts")
     endpoint = request.getfixturevalue("s3_endpoint")
     return make_s3_store(endpoint, request.getfixturevalue("s3_bucket"))
 
@@ -115,6 +124,7 @@ def backup_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
             monkeypatch.delenv(name)
     artifacts = tmp_path / "artifacts"
     monkeypatch.setenv("BACKUP_ARTIFACTS_DIR", str(artifacts))
+    monkeypatch.setenv("BACKUP_RETRY_DELAY_S", "0")  # 30, 60, 120 s in production
     return artifacts
 
 
@@ -156,32 +166,77 @@ def commit_snapshot(
         staged.discard()
 
 
+def object_key(source: str, snapshot_id: str, name: str) -> str:
+    return f"{source}/{snapshot_id}/{name}"
+
+
 def flip_byte(
     store: SnapshotStore, snapshot_id: str, name: str, offset: int, source: str = "postgres"
 ) -> None:
-    """Damage one stored byte in place, on whichever store."""
+    """Damage one stored byte, as a failing disk or a tampering hand would, on any store."""
     with store.open_file(source, snapshot_id, name) as stored:
         content = bytearray(stored.read())
     content[offset] ^= 0x01
-    if isinstance(store, LocalSnapshotStore):
-        (store.root / source / snapshot_id / name).write_bytes(content)
-    else:
-        store._client.put_object(
-            Bucket=store.bucket, Key=store._key(source, snapshot_id, name), Body=bytes(content)
-        )
+    store.backend.put_bytes(object_key(source, snapshot_id, name), bytes(content))
 
 
 def read_manifest_bytes(store: SnapshotStore, source: str, snapshot_id: str) -> bytes:
-    if isinstance(store, LocalSnapshotStore):
-        return (store.root / source / snapshot_id / MANIFEST_NAME).read_bytes()
-    key = store._key(source, snapshot_id, MANIFEST_NAME)
-    return store._client.get_object(Bucket=store.bucket, Key=key)["Body"].read()
+    fetched = store.backend.get(object_key(source, snapshot_id, MANIFEST_NAME), 1 << 30)
+    assert fetched is not None
+    return fetched.data
 
 
 def replace_manifest(store: SnapshotStore, source: str, snapshot_id: str, raw: bytes) -> None:
     """Overwrite a stored manifest, as a tampering hand or a damaged disk would."""
-    if isinstance(store, LocalSnapshotStore):
-        (store.root / source / snapshot_id / MANIFEST_NAME).write_bytes(raw)
-    else:
-        key = store._key(source, snapshot_id, MANIFEST_NAME)
-        store._client.put_object(Bucket=store.bucket, Key=key, Body=raw)
+    store.backend.put_bytes(object_key(source, snapshot_id, MANIFEST_NAME), raw)
+
+
+def runtime_from_env() -> Runtime:
+    """What the command and the code location build from this test's environment."""
+    return load_runtime()
+
+
+@pytest.fixture
+def sources(backup_env) -> dict[str, Source]:
+    """Every registered source with its default settings, as retention walks them."""
+    return runtime_from_env().sources
+
+
+def store_from_env() -> SnapshotStore:
+    return runtime_from_env().store
+
+
+def run_job(name: str, instance: DagsterInstance | None = None, **kwargs) -> ExecuteInProcessResult:
+    """A job of the real definitions, built from this test's environment, run as a schedule
+    would run it."""
+    defs = build_definitions(runtime_from_env())
+    return defs.resolve_job_def(name).execute_in_process(
+        instance=instance or DagsterInstance.ephemeral(), raise_on_error=False, **kwargs
+    )
+
+
+def run_backup(source: str, instance: DagsterInstance | None = None) -> ExecuteInProcessResult:
+    return run_job(backup_job_name(source), instance)
+
+
+def metadata_of(result: ExecuteInProcessResult, source: str) -> dict:
+    """The values of the one materialization of `source`'s backup in `result`."""
+    [materialization] = result.asset_materializations_for_node(backup_step_key(source))
+    return {key: value.value for key, value in materialization.metadata.items()}
+
+
+def checks_of(result: ExecuteInProcessResult) -> dict:
+    return {check.check_name: check for check in result.get_asset_check_evaluations()}
+
+
+def failed_at_once(result: ExecuteInProcessResult, *secrets: str) -> str:
+    """The failure description of a run that failed in one step, without a retry (a wrong
+    password, a missing database), after checking no secret reached it or the run's log."""
+    assert not result.success
+    failures = [event for event in result.all_events if event.is_step_failure]
+    assert len(failures) == 1 and not any(e.is_step_up_for_retry for e in result.all_events)
+    message = str(failures[0].step_failure_data.user_failure_data.description)
+    every_log = " ".join(str(event.message) for event in result.all_events)
+    for secret in secrets:
+        assert secret not in message + every_log
+    return message

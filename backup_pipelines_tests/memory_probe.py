@@ -13,11 +13,12 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 
-from backup_pipelines.snapshot.local_store import LocalSnapshotStore
 from backup_pipelines.snapshot.reader import restore_artifact
-from backup_pipelines.snapshot.s3_store import S3SnapshotStore
 from backup_pipelines.snapshot.staging import stage
+from backup_pipelines.snapshot.store import SnapshotStore
 from backup_pipelines.snapshot.streams import CountingWriter
+from backup_pipelines.storage.local import LocalBackend
+from backup_pipelines.storage.s3 import S3Backend
 
 MIB = 1 << 20
 
@@ -61,14 +62,15 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.s3_endpoint:
-        store = S3SnapshotStore(
+        backend = S3Backend(
             bucket=args.s3_bucket,
             access_key=args.s3_keys[0],
             secret_key=args.s3_keys[1],
             endpoint_url=args.s3_endpoint,
         )
     else:
-        store = LocalSnapshotStore(args.root)
+        backend = LocalBackend(args.root)
+    store = SnapshotStore(backend)
     expected = hashlib.sha256()
     for chunk in generated_chunks(args.size_mb):
         expected.update(chunk)

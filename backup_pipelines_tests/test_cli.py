@@ -12,18 +12,21 @@ import pytest
 from pyrage import x25519
 
 from backup_pipelines.cli import main
-from backup_pipelines.settings import load_settings
-from backup_pipelines.snapshot import store_from_settings
-from backup_pipelines_tests.conftest import S3_SECRET_KEY, commit_snapshot, flip_byte
+from backup_pipelines_tests.conftest import (
+    S3_SECRET_KEY,
+    commit_snapshot,
+    flip_byte,
+    runtime_from_env,
+)
 
 
 def make_snapshots(count: int, source: str = "redis"):
-    settings = load_settings()
-    store = store_from_settings(settings)
+    runtime = runtime_from_env()
+    store = runtime.store
     return store, [
         commit_snapshot(
             store,
-            settings.staging_dir,
+            runtime.staging.directory,
             {"dump.rdb": b"REDIS0011" + bytes([n])},
             source=source,
             run_id=f"{n:08x}-run",
@@ -72,7 +75,7 @@ def test_unreachable_s3_is_one_clear_line(backup_env, monkeypatch, capsys):
     monkeypatch.setenv("BACKUP_S3_SECRET_KEY", S3_SECRET_KEY)
     assert main(["snapshots"]) == 1
     err = capsys.readouterr().err
-    assert "S3 listing of postgres snapshots failed at s3://backups/backups/" in err
+    assert "S3 listing of backups/postgres/ failed at s3://backups/backups/" in err
     assert S3_SECRET_KEY not in err
 
 
@@ -95,16 +98,20 @@ def test_usage_errors_exit_2_and_failures_exit_1(backup_env, capsys):
     make_snapshots(1, source="consul")  # holds dump.rdb, not Consul's artifacts
     assert main(["verify", "consul", "--deep"]) == 1
     assert "has no consul.snap artifact" in capsys.readouterr().err
+    assert main(["restore", "documents", "--target-dir", " "]) == 2  # not the current directory
+    assert "error: --target-dir: must not be empty" in capsys.readouterr().err
+    assert main(["restore", "redis"]) == 2
+    assert "either a server (--target-url) or a directory (--output-dir)" in capsys.readouterr().err
 
 
 def test_an_identity_file_that_is_not_one_is_a_clear_configuration_error(
     backup_env, monkeypatch, tmp_path, capsys
 ):
     identity = x25519.Identity.generate()
-    settings = load_settings()
+    runtime = runtime_from_env()
     commit_snapshot(
-        store_from_settings(settings),
-        settings.staging_dir,
+        runtime.store,
+        runtime.staging.directory,
         {"dump.rdb": b"REDIS0011"},
         source="redis",
         recipients=[identity.to_public()],

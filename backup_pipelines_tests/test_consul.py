@@ -9,9 +9,17 @@ from dagster import DagsterInstance
 
 from backup_pipelines.cli import main
 from backup_pipelines.definitions import build_definitions
-from backup_pipelines.settings import load_settings
-from backup_pipelines.snapshot import store_from_settings
-from backup_pipelines_tests.conftest import commit_snapshot, flip_byte
+from backup_pipelines_tests.conftest import (
+    checks_of,
+    commit_snapshot,
+    failed_at_once,
+    flip_byte,
+    metadata_of,
+    run_backup,
+    run_job,
+    runtime_from_env,
+    store_from_env,
+)
 from backup_pipelines_tests.consul_double import MANAGEMENT, ConsulDouble
 
 ROOT_TOKEN = "root-token-never-shown"
@@ -38,24 +46,16 @@ def consul(backup_env, monkeypatch):
     double.close()
 
 
-def run_backup_job():
-    defs = build_definitions(load_settings())
-    return defs.resolve_job_def("consul_backup_job").execute_in_process(
-        instance=DagsterInstance.ephemeral(), raise_on_error=False
-    )
-
-
 def test_wiped_kv_comes_back_equal(store_env, consul, capsys):
     original = kv_of(consul)
-    result = run_backup_job()
+    result = run_backup("consul")
     assert result.success
-    [materialization] = result.asset_materializations_for_node("consul_backup")
-    metadata = {key: value.value for key, value in materialization.metadata.items()}
+    metadata = metadata_of(result, "consul")
     assert metadata["kv_keys"] == 304
     assert metadata["snapshot_index"] > 300 and metadata["consul_version"] == "1.17.0-double"
     every_log = " ".join(str(event.message) for event in result.all_events)
     assert ROOT_TOKEN not in json.dumps(metadata, default=str) + every_log
-    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    checks = checks_of(result)
     assert checks["integrity"].passed and checks["archive_structure"].passed
     assert main(["verify", "consul", "--deep"]) == 0
 
@@ -73,7 +73,7 @@ def test_wiped_kv_comes_back_equal(store_env, consul, capsys):
 
 
 def test_snapshot_restore_rebuilds_a_whole_cluster(backup_env, consul):
-    assert run_backup_job().success
+    assert run_backup("consul").success
     fresh = ConsulDouble({ROOT_TOKEN: MANAGEMENT})
     try:
         command = ["restore", "consul", "--http-addr", fresh.url, "--snapshot-restore"]
@@ -83,26 +83,46 @@ def test_snapshot_restore_rebuilds_a_whole_cluster(backup_env, consul):
         fresh.close()
 
 
+def restore_config(**config) -> dict:
+    return {"ops": {"restore_snapshot": {"config": config}}}
+
+
+def test_restore_job_restores_with_the_token_it_was_built_with(backup_env, consul, monkeypatch):
+    """The runtime's settings, not whatever the environment says by the time the op runs."""
+    assert run_backup("consul").success
+    defs = build_definitions(runtime_from_env())
+    monkeypatch.setenv("BACKUP_CONSUL_TOKEN", "not-the-token")
+    fresh = ConsulDouble({ROOT_TOKEN: MANAGEMENT})
+    try:
+        result = defs.resolve_job_def("restore_job").execute_in_process(
+            run_config=restore_config(source="consul", target=fresh.url),
+            instance=DagsterInstance.ephemeral(),
+        )
+        assert result.success
+        assert kv_of(fresh) == kv_of(consul)
+    finally:
+        fresh.close()
+
+
+def test_restore_job_refuses_options_of_another_source(backup_env, consul):
+    assert run_backup("consul").success
+    config = restore_config(source="consul", target=consul.url, database="crm", force=True)
+    message = failed_at_once(run_job("restore_job", run_config=config), ROOT_TOKEN)
+    assert message.startswith("database does not apply to consul: its options are ")
+
+
 def test_a_wrong_token_fails_the_run_at_once(backup_env, consul, monkeypatch):
     monkeypatch.setenv("BACKUP_CONSUL_TOKEN", "stale-token-never-shown")
-    result = run_backup_job()
-    assert not result.success
-    failures = [event for event in result.all_events if event.is_step_failure]
-    assert len(failures) == 1 and not any(e.is_step_up_for_retry for e in result.all_events)
-    message = str(failures[0].step_failure_data.user_failure_data.description)
+    message = failed_at_once(run_backup("consul"), "stale-token-never-shown")
     assert "refused GET /v1/kv/: ACL not found (check BACKUP_CONSUL_TOKEN)" in message
-    assert "stale-token-never-shown" not in message
-    assert store_from_settings(load_settings()).list_snapshots("consul") == []
+    assert store_from_env().list_snapshots("consul") == []
 
 
 def test_a_token_that_cannot_see_every_key_fails_the_backup(backup_env, consul, monkeypatch):
     monkeypatch.setenv("BACKUP_CONSUL_TOKEN", PUBLIC_TOKEN)
-    result = run_backup_job()
-    assert not result.success
-    [failure] = [event for event in result.all_events if event.is_step_failure]
-    message = str(failure.step_failure_data.user_failure_data.description)
+    message = failed_at_once(run_backup("consul"), PUBLIC_TOKEN)
     assert "the token cannot see every key" in message and "silently incomplete" in message
-    assert store_from_settings(load_settings()).list_snapshots("consul") == []
+    assert store_from_env().list_snapshots("consul") == []
 
 
 def test_deep_verify_finds_an_archive_whose_sums_do_not_match(backup_env, consul, capsys):
@@ -115,10 +135,10 @@ def test_deep_verify_finds_an_archive_whose_sums_do_not_match(backup_env, consul
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    settings = load_settings()
+    runtime = runtime_from_env()
     commit_snapshot(
-        store_from_settings(settings),
-        settings.staging_dir,
+        runtime.store,
+        runtime.staging.directory,
         {"consul.snap": archive.getvalue(), "kv.json": b"[]"},
         source="consul",
     )
@@ -127,8 +147,8 @@ def test_deep_verify_finds_an_archive_whose_sums_do_not_match(backup_env, consul
 
 
 def test_a_damaged_kv_export_never_touches_the_target(backup_env, consul, capsys):
-    assert run_backup_job().success
-    store = store_from_settings(load_settings())
+    assert run_backup("consul").success
+    store = store_from_env()
     flip_byte(store, store.find("consul").snapshot_id, "kv.json.zst", offset=30, source="consul")
     before = kv_of(consul)
     assert main(["restore", "consul", "--http-addr", consul.url, "--force"]) == 1

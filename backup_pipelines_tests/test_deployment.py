@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import AliasChoices
 
-from backup_pipelines.settings import BackupSettings, load_settings
+from backup_pipelines.runtime import load_settings
+from backup_pipelines.settings import BackupSettings, env_names
+from backup_pipelines.sources.registry import SOURCES
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -67,13 +68,10 @@ SECRETS = (
 
 
 def settings_variables() -> set[str]:
-    """Every environment variable BackupSettings reads, aliases included."""
-    names = set()
-    for field_name, field in BackupSettings.model_fields.items():
-        if isinstance(field.validation_alias, AliasChoices):
-            names.update(str(choice) for choice in field.validation_alias.choices)
-        else:
-            names.add(f"BACKUP_{field_name.upper()}")
+    """Every environment variable the settings read (shared and each source's), aliases too."""
+    names = env_names(BackupSettings)
+    for source in SOURCES:
+        names |= env_names(source.settings_model)
     return names
 
 
@@ -144,9 +142,9 @@ def test_the_code_servers_environment_is_a_valid_configuration(monkeypatch):
 
     settings = load_settings()
 
-    assert settings.s3_enabled
-    assert settings.documents_root == Path("/documents")
-    assert settings.restic_password is not None
+    assert settings.shared.s3_enabled
+    assert settings.sources["documents"].root == Path("/documents")
+    assert settings.sources["documents"].restic_password is not None
 
 
 @pytest.mark.parametrize("service", REQUIRED_SERVICES)

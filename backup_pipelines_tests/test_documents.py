@@ -8,14 +8,19 @@ import stat
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance
 
 from backup_pipelines.cli import main
-from backup_pipelines.definitions import build_definitions
-from backup_pipelines.settings import load_settings
-from backup_pipelines.snapshot import store_from_settings
-from backup_pipelines.sources.documents.backup import repository_from_settings
-from backup_pipelines_tests.conftest import read_manifest_bytes, replace_manifest
+from backup_pipelines_tests.conftest import (
+    checks_of,
+    failed_at_once,
+    metadata_of,
+    read_manifest_bytes,
+    replace_manifest,
+    run_backup,
+    run_job,
+    runtime_from_env,
+    store_from_env,
+)
 
 RESTIC_PASSWORD = "restic-pw-never-shown"
 
@@ -71,33 +76,21 @@ def documents_root(store_env, tmp_path, monkeypatch) -> Path:
     return root
 
 
-def run_backup_job():
-    defs = build_definitions(load_settings())
-    return defs.resolve_job_def("documents_backup_job").execute_in_process(
-        instance=DagsterInstance.ephemeral(), raise_on_error=False
-    )
-
-
-def metadata_of(result) -> dict:
-    [materialization] = result.asset_materializations_for_node("documents_backup")
-    return {key: value.value for key, value in materialization.metadata.items()}
-
-
 def test_incremental_backups_restore_each_tree_exactly(documents_root, tmp_path, capsys):
     first_state = tree_state(documents_root)
-    first = run_backup_job()
+    first = run_backup("documents")
     assert first.success
-    checks = {c.check_name: c for c in first.get_asset_check_evaluations()}
+    checks = checks_of(first)
     assert checks["integrity"].passed and checks["restic_snapshot_exists"].passed
     assert checks["restic_check"].passed
-    first_meta = metadata_of(first)
+    first_meta = metadata_of(first, "documents")
     assert first_meta["files_new"] == 2504 and first_meta["data_added"] > 30 << 20
 
     change_one_percent(documents_root)
     second_state = tree_state(documents_root)
-    second = run_backup_job()
+    second = run_backup("documents")
     assert second.success
-    second_meta = metadata_of(second)
+    second_meta = metadata_of(second, "documents")
     assert second_meta["files_changed"] == 25 and second_meta["files_new"] == 1
     assert second_meta["data_added"] < first_meta["data_added"] / 50
 
@@ -121,7 +114,7 @@ def test_incremental_backups_restore_each_tree_exactly(documents_root, tmp_path,
 
 
 def test_restore_refuses_a_non_empty_directory_without_force(documents_root, tmp_path, capsys):
-    assert run_backup_job().success
+    assert run_backup("documents").success
     target = tmp_path / "occupied"
     target.mkdir()
     (target / "keep.txt").write_text("mine")
@@ -131,32 +124,28 @@ def test_restore_refuses_a_non_empty_directory_without_force(documents_root, tmp
     assert main(["restore", "documents", "--target-dir", str(target), "--force"]) == 0
     assert tree_state(target) == tree_state(documents_root)
 
+    from_dagster = tmp_path / "from-dagster"
+    config = {"source": "documents", "target": str(from_dagster)}
+    result = run_job("restore_job", run_config={"ops": {"restore_snapshot": {"config": config}}})
+    assert result.success
+    assert tree_state(from_dagster) == tree_state(documents_root)
+
 
 def test_missing_password_or_root_is_a_configuration_error(backup_env, tmp_path, monkeypatch):
     monkeypatch.setenv("BACKUP_DOCUMENTS_ROOT", str(tmp_path))
-    result = run_backup_job()
-    assert not result.success
-    [failure] = [e for e in result.all_events if e.is_step_failure]
-    assert "BACKUP_RESTIC_PASSWORD is required" in str(
-        failure.step_failure_data.user_failure_data.description
-    )
+    assert "BACKUP_RESTIC_PASSWORD is required" in failed_at_once(run_backup("documents"))
     monkeypatch.setenv("BACKUP_RESTIC_PASSWORD", RESTIC_PASSWORD)
     monkeypatch.setenv("BACKUP_DOCUMENTS_ROOT", str(tmp_path / "nowhere"))
-    result = run_backup_job()
-    [failure] = [e for e in result.all_events if e.is_step_failure]
-    assert "BACKUP_DOCUMENTS_ROOT" in str(failure.step_failure_data.user_failure_data.description)
-    assert store_from_settings(load_settings()).list_snapshots("documents") == []
+    assert "BACKUP_DOCUMENTS_ROOT" in failed_at_once(run_backup("documents"), RESTIC_PASSWORD)
+    assert store_from_env().list_snapshots("documents") == []
 
 
 def test_a_wrong_password_never_initialises_a_second_repository(documents_root, monkeypatch):
-    assert run_backup_job().success
+    assert run_backup("documents").success
     monkeypatch.setenv("BACKUP_RESTIC_PASSWORD", "not-the-password")
-    result = run_backup_job()
-    assert not result.success
-    [failure] = [e for e in result.all_events if e.is_step_failure]
-    message = str(failure.step_failure_data.user_failure_data.description)
+    message = failed_at_once(run_backup("documents"), "not-the-password")
     assert "BACKUP_RESTIC_PASSWORD does not open the restic repository" in message
-    assert len(store_from_settings(load_settings()).list_snapshots("documents")) == 1
+    assert len(store_from_env().list_snapshots("documents")) == 1
 
 
 def test_pruning_documents_forgets_exactly_their_restic_snapshots(
@@ -171,13 +160,13 @@ def test_pruning_documents_forgets_exactly_their_restic_snapshots(
         monkeypatch.setenv(f"BACKUP_RETENTION_{name}", "0")
     for n in range(3):
         (root / f"file-{n}.txt").write_text(str(n))
-        assert run_backup_job().success
-    settings = load_settings()
-    [newest, *older] = store_from_settings(settings).list_snapshots("documents")
+        assert run_backup("documents").success
+    runtime = runtime_from_env()
+    [newest, *older] = runtime.store.list_snapshots("documents")
 
     assert main(["prune"]) == 0
-    assert store_from_settings(settings).list_snapshots("documents") == [newest]
-    restic = repository_from_settings(settings)
+    assert runtime.store.list_snapshots("documents") == [newest]
+    restic = runtime.sources["documents"].repository()
     remaining = json.loads(restic.run("snapshots", "--json", label="listing"))
     assert [s["short_id"] for s in remaining] == [newest.manifest.stats["restic_snapshot_id"]]
     target = tmp_path / "after-prune"
@@ -202,8 +191,8 @@ def test_a_tampered_documents_manifest_never_moves_files_it_does_not_own(
     (documents / "contracts" / "a.txt").write_text("signed")
     monkeypatch.setenv("BACKUP_DOCUMENTS_ROOT", str(documents))
     monkeypatch.setenv("BACKUP_RESTIC_PASSWORD", RESTIC_PASSWORD)
-    assert run_backup_job().success
-    store = store_from_settings(load_settings())
+    assert run_backup("documents").success
+    store = store_from_env()
     snapshot_id = store.find("documents").snapshot_id
     original = read_manifest_bytes(store, "documents", snapshot_id)
     victim, target = tmp_path / "victim", tmp_path / "target"

@@ -2,11 +2,11 @@
 
 import json
 import time
-from pathlib import Path
 
 import pika
 import pytest
 from dagster import (
+    AssetKey,
     AssetSelection,
     DagsterEventType,
     DagsterInstance,
@@ -16,14 +16,19 @@ from dagster import (
     define_asset_job,
 )
 
-from backup_pipelines.assets import rabbitmq_backup
-from backup_pipelines.definitions import OUTBOX_NAME, build_definitions
+from backup_pipelines.definitions import build_definitions
 from backup_pipelines.messaging import EXCHANGE
-from backup_pipelines.notifications import NotificationPublisher, Outbox
-from backup_pipelines.sensors import backup_run_failure_sensor, notifications_outbox_sensor
-from backup_pipelines.settings import load_settings
-from backup_pipelines.snapshot import store_from_settings
-from backup_pipelines_tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY, flip_byte
+from backup_pipelines.notifications import OUTBOX_NAME, Outbox
+from backup_pipelines.sensors import notifications_outbox_sensor
+from backup_pipelines_tests.conftest import (
+    S3_ACCESS_KEY,
+    S3_SECRET_KEY,
+    flip_byte,
+    metadata_of,
+    run_job,
+    runtime_from_env,
+    store_from_env,
+)
 from backup_pipelines_tests.tcp_proxy import CuttingProxy
 
 BROKER = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -75,18 +80,10 @@ def events():
     queue.connection.close()
 
 
-def run_job(name: str, instance: DagsterInstance | None = None):
-    defs = build_definitions(load_settings())
-    return defs.resolve_job_def(name).execute_in_process(
-        instance=instance or DagsterInstance.ephemeral(), raise_on_error=False
-    )
-
-
 def test_a_backup_announces_start_and_completion(backup_env, events):
     result = run_job("rabbitmq_backup_job")
     assert result.success
-    [materialization] = result.asset_materializations_for_node("rabbitmq_backup")
-    metadata = {key: value.value for key, value in materialization.metadata.items()}
+    metadata = metadata_of(result, "rabbitmq")
 
     received = events.for_run(result.run_id, count=2)
     assert [routing_key for routing_key, _, _ in received] == ["backup.started", "backup.completed"]
@@ -120,36 +117,31 @@ def test_a_failed_backup_says_why_once_without_the_password(backup_env, events, 
     assert "pw-never-shown" not in json.dumps(failed)
 
     # the run failure sensor sees the hook already told: it publishes nothing more
-    failure = instance.all_logs(result.run_id, of_type=DagsterEventType.RUN_FAILURE)[0]
-    context = build_run_status_sensor_context(
-        sensor_name="backup_run_failure_sensor",
-        dagster_event=failure.dagster_event,
-        dagster_instance=instance,
-        dagster_run=result.dagster_run,
-        resources={"notifications": notifications_for(backup_env)},
-    ).for_run_failure()
-    backup_run_failure_sensor(context)
+    tick_run_failure_sensor(instance, result.dagster_run)
     assert events.drain_for(result.run_id) == []
 
 
-def notifications_for(artifacts: Path, url: str = BROKER) -> NotificationPublisher:
-    return NotificationPublisher(rabbitmq_url=url, outbox_path=str(artifacts / OUTBOX_NAME))
+def tick_run_failure_sensor(instance: DagsterInstance, run) -> None:
+    """What the daemon does once `run` has failed."""
+    runtime = runtime_from_env()
+    sensor = build_definitions(runtime).get_sensor_def("backup_run_failure_sensor")
+    failure = instance.all_logs(run.run_id, of_type=DagsterEventType.RUN_FAILURE)[0]
+    context = build_run_status_sensor_context(
+        sensor_name=sensor.name,
+        dagster_event=failure.dagster_event,
+        dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(run.run_id),
+        resources={"runtime": runtime},
+    ).for_run_failure()
+    sensor(context)
 
 
 def test_a_run_that_failed_before_any_step_is_reported_by_the_sensor(backup_env, events):
     instance = DagsterInstance.ephemeral()
-    defs = build_definitions(load_settings())
+    defs = build_definitions(runtime_from_env())
     run = instance.create_run_for_job(defs.resolve_job_def("redis_backup_job"))
     instance.report_run_failed(run, "the worker was killed")
-    failure = instance.all_logs(run.run_id, of_type=DagsterEventType.RUN_FAILURE)[0]
-    context = build_run_status_sensor_context(
-        sensor_name="backup_run_failure_sensor",
-        dagster_event=failure.dagster_event,
-        dagster_instance=instance,
-        dagster_run=instance.get_run_by_id(run.run_id),
-        resources={"notifications": notifications_for(backup_env)},
-    ).for_run_failure()
-    backup_run_failure_sensor(context)
+    tick_run_failure_sensor(instance, run)
 
     [(routing_key, _, event)] = events.drain_for(run.run_id)
     assert routing_key == "backup.failed" and event["source"] == "redis"
@@ -163,8 +155,9 @@ def test_events_wait_in_the_outbox_while_the_broker_is_down(backup_env, events, 
     assert events.drain_for(result.run_id) == []
     assert Outbox(backup_env / OUTBOX_NAME).pending() == 2
 
-    with build_sensor_context(resources={"notifications": notifications_for(backup_env)}) as ctx:
-        notifications_outbox_sensor(ctx)
+    monkeypatch.setenv("BACKUP_RABBITMQ_URL", BROKER)  # the broker is back
+    with build_sensor_context(resources={"runtime": runtime_from_env()}) as context:
+        notifications_outbox_sensor(context)
     received = events.for_run(result.run_id, count=2)
     assert [routing_key for routing_key, _, _ in received] == ["backup.started", "backup.completed"]
     assert Outbox(backup_env / OUTBOX_NAME).pending() == 0
@@ -174,13 +167,13 @@ def test_a_failed_check_and_a_restore_are_announced(backup_env, events):
     instance = DagsterInstance.ephemeral()
     backup = run_job("rabbitmq_backup_job", instance)
     assert backup.success
-    store = store_from_settings(load_settings())
+    store = store_from_env()
     snapshot = store.find("rabbitmq")
     flip_byte(store, snapshot.snapshot_id, "definitions.json.zst", offset=3, source="rabbitmq")
 
-    defs = build_definitions(load_settings())
+    defs = build_definitions(runtime_from_env())
     checks_only = define_asset_job(
-        "check_rabbitmq", selection=AssetSelection.checks_for_assets(rabbitmq_backup)
+        "check_rabbitmq", selection=AssetSelection.checks_for_assets(AssetKey("rabbitmq_backup"))
     )
     checks = Definitions.merge(defs, Definitions(jobs=[checks_only]))
     result = checks.resolve_job_def("check_rabbitmq").execute_in_process(instance=instance)
@@ -243,4 +236,4 @@ def test_a_failed_upload_is_reported_with_its_own_error(
     assert not result.success and proxy.cut.is_set()
     [(routing_key, _, failed)] = events.for_run(result.run_id, count=2)[1:]
     assert routing_key == "backup.failed"
-    assert failed["error"].startswith("S3 upload of rabbitmq snapshot "), failed["error"]
+    assert failed["error"].startswith("could not store rabbitmq snapshot "), failed["error"]

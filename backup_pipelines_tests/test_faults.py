@@ -11,17 +11,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import redis
-from dagster import DagsterInstance
 
-from backup_pipelines.definitions import build_definitions
-from backup_pipelines.settings import load_settings
-from backup_pipelines.snapshot import store_from_settings
-from backup_pipelines.snapshot.local_store import LocalSnapshotStore
+from backup_pipelines_tests.conftest import (
+    failed_at_once,
+    make_local_store,
+    run_backup,
+    store_from_env,
+)
 from backup_pipelines_tests.dagster_stack import DagsterUI, dev_stack, scratch_vhost
 from backup_pipelines_tests.postgres_fixtures import (
     connect,
@@ -87,7 +89,7 @@ def test_a_run_killed_mid_dump_frees_its_source_and_its_attempt_is_cleaned_later
             second = ui.materialize("postgres_backup")
             assert ui.wait_for_run(timeout_s=180, runIds=[second])["status"] == "SUCCESS"
 
-        store = LocalSnapshotStore(artifacts)
+        store = make_local_store(artifacts)
         [snapshot] = store.list_snapshots("postgres")
         assert snapshot.manifest.run_id == second
         assert attempt.exists()  # a day younger: it might still be written
@@ -101,44 +103,51 @@ def test_a_run_killed_mid_dump_frees_its_source_and_its_attempt_is_cleaned_later
         assert store.list_snapshots("postgres") == [snapshot]
 
 
-@pytest.fixture
-def small_staging_disk(backup_env: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs mounted as the staging area (needs root, as in CI)."""
-    staging = backup_env / ".staging"
-    staging.mkdir(parents=True)
+@contextmanager
+def small_disk(path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs mounted at `path` (needs root, as in CI)."""
+    path.mkdir(parents=True)
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(staging)], capture_output=True
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(path)], capture_output=True
     )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
     try:
-        yield staging
+        yield path
     finally:
-        subprocess.run(["umount", "-l", str(staging)], check=True)
+        subprocess.run(["umount", "-l", str(path)], check=True)
 
 
-def test_a_full_staging_disk_fails_once_naming_the_path_and_is_not_retried(
-    small_staging_disk, monkeypatch, tmp_path
-):
+def backup_8_mb_of_random_keys(monkeypatch, tmp_path: Path) -> str:
+    """A Redis backup that stores about 8 MiB whatever zstd does; its one failure's message."""
     with redis_process(tmp_path / "redis") as client:
         fill_with_random(client, megabytes=8)
         port = client.connection_pool.connection_kwargs["port"]
         monkeypatch.setenv("BACKUP_REDIS_HOST", "127.0.0.1")
         monkeypatch.setenv("BACKUP_REDIS_PORT", str(port))
         monkeypatch.setenv("BACKUP_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:1/%2F")
-        defs = build_definitions(load_settings())
-        result = defs.resolve_job_def("redis_backup_job").execute_in_process(
-            instance=DagsterInstance.ephemeral(), raise_on_error=False
-        )
+        return failed_at_once(run_backup("redis"))
 
-    assert not result.success
-    assert not any(event.is_step_up_for_retry for event in result.all_events)
-    [failure] = [event for event in result.all_events if event.is_step_failure]
-    message = failure.step_failure_data.user_failure_data.description
-    assert message.startswith(f"no space left on the device of {small_staging_disk}/redis/")
-    assert "BACKUP_ARTIFACTS_DIR" in message
-    assert store_from_settings(load_settings()).list_snapshots("redis") == []
-    assert list((small_staging_disk / "redis").iterdir()) == []
+
+def test_a_full_staging_disk_fails_once_naming_the_path_and_is_not_retried(
+    backup_env, monkeypatch, tmp_path
+):
+    with small_disk(backup_env / ".staging") as staging:
+        message = backup_8_mb_of_random_keys(monkeypatch, tmp_path)
+        assert message.startswith(f"no space left on the device of {staging}/redis/")
+        assert "BACKUP_ARTIFACTS_DIR" in message
+        assert store_from_env().list_snapshots("redis") == []
+        assert list((staging / "redis").iterdir()) == []
+
+
+def test_a_full_store_disk_fails_once_and_leaves_no_attempt(backup_env, monkeypatch, tmp_path):
+    """The staged snapshot fits; the local store's disk does not take it (a copy, as the
+    store is another filesystem than staging): nothing half-written stays behind."""
+    with small_disk(backup_env / "redis") as store_dir:
+        message = backup_8_mb_of_random_keys(monkeypatch, tmp_path)
+        assert message.startswith(f"no space left on the device of {store_dir}/")
+        assert store_from_env().survey("redis").attempts == []
+        assert list(store_dir.iterdir()) == []
 
 
 def fill_with_random(client: redis.Redis, megabytes: int) -> None:

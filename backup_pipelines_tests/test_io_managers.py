@@ -5,24 +5,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dagster import AssetExecutionContext, asset, materialize
+from dagster import AssetExecutionContext, ResourceParam, asset, materialize
 
-from backup_pipelines.io_managers import io_manager_from_settings
-from backup_pipelines.resources import SnapshotPipeline
-from backup_pipelines.settings import load_settings
-from backup_pipelines.snapshot import store_from_settings
+from backup_pipelines.definitions import build_resources
+from backup_pipelines.runtime import Runtime
 from backup_pipelines.snapshot.staging import StagedSnapshot
 from backup_pipelines.snapshot.store import StoredSnapshot
-from backup_pipelines_tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
+from backup_pipelines_tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY, runtime_from_env
 
 CONTRACT_METADATA = {"snapshot_id", "location", "size_bytes", "sha256", "duration_s", "files"}
 
 
 @asset(name="postgres_backup", group_name="backups")
 def fake_postgres_backup(
-    context: AssetExecutionContext, snapshot_pipeline: SnapshotPipeline
+    context: AssetExecutionContext, runtime: ResourceParam[Runtime]
 ) -> StagedSnapshot:
-    with snapshot_pipeline.stage(context, "postgres") as staged:
+    with runtime.staging.stage("postgres", context.run.run_id) as staged:
         staged.add_command(
             "crm.dump",
             ["sh", "-c", "printf PGDMP; head -c 200000 /dev/urandom"],
@@ -36,9 +34,9 @@ def fake_postgres_backup(
 
 @asset(name="postgres_backup", group_name="backups")
 def failing_postgres_backup(
-    context: AssetExecutionContext, snapshot_pipeline: SnapshotPipeline
+    context: AssetExecutionContext, runtime: ResourceParam[Runtime]
 ) -> StagedSnapshot:
-    with snapshot_pipeline.stage(context, "postgres") as staged:
+    with runtime.staging.stage("postgres", context.run.run_id) as staged:
         staged.add_stream("globals.sql", [b"CREATE ROLE crm;"])
         staged.add_command(
             "crm.dump", ["sh", "-c", "head -c 500000 /dev/urandom; exit 1"], label="dump of crm"
@@ -54,20 +52,13 @@ def snapshot_consumer(postgres_backup: StoredSnapshot) -> None:
     received.append(postgres_backup)
 
 
-def resources_from_env():
-    settings = load_settings()
-    return settings, {
-        "io_manager": io_manager_from_settings(settings),
-        "snapshot_pipeline": SnapshotPipeline(staging_dir=str(settings.staging_dir)),
-    }
-
-
 def test_materialization_commits_and_records_contract_metadata(store_env):
-    settings, resources = resources_from_env()
+    runtime = runtime_from_env()
+    resources = build_resources(runtime)
     result = materialize([fake_postgres_backup, snapshot_consumer], resources=resources)
     assert result.success
 
-    [snapshot] = store_from_settings(settings).list_snapshots("postgres")
+    [snapshot] = runtime.store.list_snapshots("postgres")
     [materialization] = result.asset_materializations_for_node("postgres_backup")
     metadata = {key: value.value for key, value in materialization.metadata.items()}
     assert metadata.keys() >= CONTRACT_METADATA
@@ -80,19 +71,20 @@ def test_materialization_commits_and_records_contract_metadata(store_env):
     assert metadata["database_count"] == 1
     assert S3_SECRET_KEY not in str(metadata) and S3_ACCESS_KEY not in str(metadata)
     assert received[-1] == snapshot
-    assert list(Path(settings.staging_dir, "postgres").iterdir()) == []
+    assert list(Path(runtime.staging.directory, "postgres").iterdir()) == []
     if store_env == "s3":
         assert snapshot.location.startswith("s3://")
 
 
 def test_failed_backup_fails_the_run_and_leaves_no_snapshot(store_env):
-    settings, resources = resources_from_env()
+    runtime = runtime_from_env()
+    resources = build_resources(runtime)
     result = materialize([failing_postgres_backup], resources=resources, raise_on_error=False)
     assert not result.success
     [failure] = [event for event in result.all_events if event.is_step_failure]
     assert "dump of crm failed (exit code 1)" in str(failure.step_failure_data.error)
-    assert store_from_settings(settings).list_snapshots("postgres") == []
-    assert list(Path(settings.staging_dir, "postgres").iterdir()) == []
+    assert runtime.store.list_snapshots("postgres") == []
+    assert list(Path(runtime.staging.directory, "postgres").iterdir()) == []
 
 
 def test_definitions_load_and_validate(backup_env, tmp_path):

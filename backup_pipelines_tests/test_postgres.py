@@ -8,21 +8,29 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dagster import Backoff, DagsterInstance
+from dagster import AssetKey, Backoff
 from psycopg import sql
 from pyrage import x25519
 
-from backup_pipelines.assets import postgres_backup
 from backup_pipelines.cli import main
 from backup_pipelines.definitions import build_definitions
-from backup_pipelines.errors import ProducerFailed
-from backup_pipelines.settings import load_settings
-from backup_pipelines.snapshot import store_from_settings
+from backup_pipelines.processes import ToolFailed
 from backup_pipelines.snapshot.staging import stage
 from backup_pipelines.sources.postgres.cluster import Cluster, PostgresUnavailable
 from backup_pipelines.sources.postgres.dump import dump_cluster
 from backup_pipelines.sources.postgres.restore import restore_drill
-from backup_pipelines_tests.conftest import RUN_ID, commit_snapshot, flip_byte
+from backup_pipelines_tests.conftest import (
+    RUN_ID,
+    checks_of,
+    commit_snapshot,
+    failed_at_once,
+    flip_byte,
+    metadata_of,
+    run_backup,
+    run_job,
+    runtime_from_env,
+    store_from_env,
+)
 from backup_pipelines_tests.postgres_fixtures import (
     connect,
     create_rich_database,
@@ -50,14 +58,6 @@ def source_db(backup_env, monkeypatch) -> str:
         yield name
 
 
-def run_backup_job():
-    """The real definitions, built from this test's environment, run like a schedule would."""
-    defs = build_definitions(load_settings())
-    return defs.resolve_job_def("postgres_backup_job").execute_in_process(
-        instance=DagsterInstance.ephemeral(), raise_on_error=False
-    )
-
-
 @pytest.fixture(params=["local", "s3-encrypted"])
 def backup_store(request, backup_env, monkeypatch, tmp_path) -> str:
     """The local store in the clear, then S3 with every artifact encrypted to an age key."""
@@ -72,18 +72,17 @@ def backup_store(request, backup_env, monkeypatch, tmp_path) -> str:
 
 
 def test_backup_restores_every_object_and_row(backup_store, source_db, capsys):
-    result = run_backup_job()
+    result = run_backup("postgres")
     assert result.success
 
-    [materialization] = result.asset_materializations_for_node("postgres_backup")
-    metadata = {key: value.value for key, value in materialization.metadata.items()}
+    metadata = metadata_of(result, "postgres")
     figures = metadata["databases"][source_db]
     assert figures["tables"] == 6 and figures["size_bytes"] > 0
     assert figures["dumped_bytes"] > figures["stored_bytes"] > 0
     assert figures["row_counts"]["crm.contacts"] == 501
     assert figures["row_counts"]["pg_largeobject"] == 2
     assert PASSWORD not in json.dumps(metadata, default=str)
-    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    checks = checks_of(result)
     assert checks["integrity"].passed and checks["restore_drill"].passed
     drilled = checks["restore_drill"].metadata["databases"].value[source_db]
     assert drilled["differences"] == {} and drilled["rows"] > 2800
@@ -113,12 +112,12 @@ def test_backup_restores_every_object_and_row(backup_store, source_db, capsys):
 
 
 def _stored_names() -> list[str]:
-    store = store_from_settings(load_settings())
+    store = store_from_env()
     return [entry.name for entry in store.find("postgres").manifest.files]
 
 
 def test_restore_refuses_an_occupied_target_and_force_makes_it_equal(source_db, capsys):
-    assert run_backup_job().success
+    assert run_backup("postgres").success
     target = unique_name("bp_occupied")
     with scratch_databases(target):
         with connect("postgres") as admin:
@@ -167,7 +166,7 @@ def test_globals_bring_back_roles_with_their_passwords(backup_env, monkeypatch, 
         with connect(database) as connection:
             connection.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
             connection.execute("CREATE TABLE notes (body text); INSERT INTO notes VALUES ('hi')")
-        assert run_backup_job().success
+        assert run_backup("postgres").success
         with connect("postgres") as admin:
             admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(database)))
             admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
@@ -206,11 +205,11 @@ def test_globals_bring_back_roles_with_their_passwords(backup_env, monkeypatch, 
 
 
 def test_restore_job_restores_from_dagster(source_db):
-    assert run_backup_job().success
+    assert run_backup("postgres").success
     restored = unique_name("bp_from_dagster")
-    defs = build_definitions(load_settings())
     with scratch_databases(restored):
-        result = defs.resolve_job_def("restore_job").execute_in_process(
+        result = run_job(
+            "restore_job",
             run_config={
                 "ops": {
                     "restore_snapshot": {
@@ -222,7 +221,6 @@ def test_restore_job_restores_from_dagster(source_db):
                     }
                 }
             },
-            instance=DagsterInstance.ephemeral(),
         )
         assert result.success
         assert database_state(restored) == database_state(source_db)
@@ -242,14 +240,9 @@ def test_unreachable_host_is_a_clear_retryable_error(staging_dir):
 def test_wrong_database_fails_the_run_at_once_and_leaves_no_snapshot(backup_env, monkeypatch):
     monkeypatch.setenv("BACKUP_POSTGRES_BACKUP_DSN", SOURCE_DSN)
     monkeypatch.setenv("BACKUP_POSTGRES_DATABASES", "no_such_database")
-    result = run_backup_job()
-    assert not result.success
-    failures = [event for event in result.all_events if event.is_step_failure]
-    assert len(failures) == 1 and not any(e.is_step_up_for_retry for e in result.all_events)
-    message = str(failures[0].step_failure_data.user_failure_data.description)
+    message = failed_at_once(run_backup("postgres"), PASSWORD)
     assert "'no_such_database', which does not exist on 127.0.0.1:5432" in message
-    assert PASSWORD not in message
-    assert store_from_settings(load_settings()).list_snapshots("postgres") == []
+    assert store_from_env().list_snapshots("postgres") == []
 
 
 def test_pg_dump_killed_halfway_leaves_no_snapshot(source_db, tmp_path, monkeypatch):
@@ -262,29 +255,27 @@ def test_pg_dump_killed_halfway_leaves_no_snapshot(source_db, tmp_path, monkeypa
     fake.write_text(f'#!/bin/sh\n"{real_pg_dump}" "$@" | head -c 65536\nkill -KILL $$\n')
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
-    settings = load_settings()
+    runtime = runtime_from_env()
+    staging_dir = runtime.staging.directory
 
-    with pytest.raises(ProducerFailed) as failure:
-        with stage(settings.staging_dir, "postgres", RUN_ID) as staged:
+    with pytest.raises(ToolFailed) as failure:
+        with stage(staging_dir, "postgres", RUN_ID) as staged:
             dump_cluster(staged, Cluster(SOURCE_DSN), [source_db])
     assert str(failure.value).startswith(
         f"pg_dump of database '{source_db}' on 127.0.0.1:5432 failed (killed by signal 9)"
     )
     assert PASSWORD not in str(failure.value)
-    assert store_from_settings(settings).list_snapshots("postgres") == []
-    assert list((settings.staging_dir / "postgres").iterdir()) == []
+    assert runtime.store.list_snapshots("postgres") == []
+    assert list((staging_dir / "postgres").iterdir()) == []
 
 
 def test_drill_reports_rows_that_differ_from_backup_time(source_db):
-    assert run_backup_job().success
-    settings = load_settings()
-    store = store_from_settings(settings)
-    snapshot = store.find("postgres")
+    assert run_backup("postgres").success
+    runtime = runtime_from_env()
+    snapshot = runtime.store.find("postgres")
     stats = snapshot.manifest.stats
     stats["databases"][source_db]["row_counts"]["crm.contacts"] += 1  # as if a row went missing
-    results = restore_drill(
-        store, snapshot, Cluster(SOURCE_DSN), [], settings.staging_dir / "drill", print
-    )
+    results = restore_drill(runtime.reader(snapshot, "drill"), Cluster(SOURCE_DSN), print)
     assert results[source_db]["differences"] == {"crm.contacts": {"expected": 502, "restored": 501}}
     with connect("postgres") as admin:
         leftovers = admin.execute("SELECT datname FROM pg_database WHERE datname LIKE 'drill_%'")
@@ -292,10 +283,10 @@ def test_drill_reports_rows_that_differ_from_backup_time(source_db):
 
 
 def test_deep_verify_finds_a_dump_pg_restore_cannot_read(backup_env, capsys):
-    settings = load_settings()
+    runtime = runtime_from_env()
     commit_snapshot(
-        store_from_settings(settings),
-        settings.staging_dir,
+        runtime.store,
+        runtime.staging.directory,
         {
             "globals.sql": b"--\n-- PostgreSQL database cluster dump\n--\n",
             "crm.dump": b"PGDMP" + os.urandom(5000),
@@ -308,8 +299,8 @@ def test_deep_verify_finds_a_dump_pg_restore_cannot_read(backup_env, capsys):
 
 def test_snapshot_files_are_plain_tools_formats(source_db, tmp_path):
     """Without this tool, zstd -d and pg_restore read a snapshot (the runbook's last resort)."""
-    assert run_backup_job().success
-    snapshot = store_from_settings(load_settings()).find("postgres")
+    assert run_backup("postgres").success
+    snapshot = store_from_env().find("postgres")
     dump = Path(snapshot.location) / f"{source_db}.dump.zst"
     plain = tmp_path / "plain.dump"
     subprocess.run(["zstd", "-q", "-d", str(dump), "-o", str(plain)], check=True)
@@ -317,7 +308,9 @@ def test_snapshot_files_are_plain_tools_formats(source_db, tmp_path):
     assert b"TABLE DATA crm contacts" in listing.stdout
 
 
-def test_backups_of_the_cluster_never_overlap_and_transient_errors_retry():
+def test_backups_of_the_cluster_never_overlap_and_transient_errors_retry(backup_env):
+    defs = build_definitions(runtime_from_env())
+    postgres_backup = defs.resolve_assets_def(AssetKey("postgres_backup"))
     assert postgres_backup.op.pool == "postgres"
     policy = postgres_backup.op.retry_policy
     assert policy.max_retries >= 3 and policy.backoff == Backoff.EXPONENTIAL
@@ -339,7 +332,7 @@ def test_a_damaged_snapshot_or_a_wrong_key_never_touches_the_target(
     identity_file.write_text(f"{identity}\n")
     monkeypatch.setenv("BACKUP_ENCRYPTION_RECIPIENTS", str(identity.to_public()))
     monkeypatch.setenv("BACKUP_AGE_IDENTITY_FILE", str(identity_file))
-    assert run_backup_job().success
+    assert run_backup("postgres").success
     occupied, missing = unique_name("bp_occupied"), unique_name("bp_missing")
     with scratch_databases(occupied, missing):
         create_rich_database(occupied)
@@ -359,7 +352,7 @@ def test_a_damaged_snapshot_or_a_wrong_key_never_touches_the_target(
         assert database_state(occupied) == before
 
         identity_file.write_text(f"{identity}\n")
-        store = store_from_settings(load_settings())
+        store = store_from_env()
         snapshot = store.find("postgres")
         flip_byte(store, snapshot.snapshot_id, f"{source_db}.dump.zst.age", offset=5000)
         for target in (occupied, missing):
@@ -373,7 +366,7 @@ def test_a_damaged_snapshot_or_a_wrong_key_never_touches_the_target(
 
 
 def test_force_replaces_a_database_in_use_only_once_the_restore_succeeded(source_db):
-    assert run_backup_job().success
+    assert run_backup("postgres").success
     occupied = unique_name("bp_in_use")
     with scratch_databases(occupied):
         create_rich_database(occupied)

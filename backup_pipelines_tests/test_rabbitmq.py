@@ -7,18 +7,24 @@ from urllib.parse import quote
 import pika
 import pytest
 import requests
-from dagster import DagsterInstance
 
 from backup_pipelines.cli import main
-from backup_pipelines.definitions import build_definitions
 from backup_pipelines.messaging import EXCHANGE, OWN_QUEUES
-from backup_pipelines.settings import load_settings
-from backup_pipelines.snapshot import store_from_settings
 from backup_pipelines.snapshot.staging import stage
 from backup_pipelines.sources.rabbitmq.api import ManagementApi, RabbitUnavailable
 from backup_pipelines.sources.rabbitmq.definitions import only_vhost
 from backup_pipelines.sources.rabbitmq.dump import dump_definitions
-from backup_pipelines_tests.conftest import RUN_ID, commit_snapshot, flip_byte
+from backup_pipelines_tests.conftest import (
+    RUN_ID,
+    checks_of,
+    commit_snapshot,
+    failed_at_once,
+    flip_byte,
+    metadata_of,
+    run_backup,
+    runtime_from_env,
+    store_from_env,
+)
 
 MANAGEMENT = "http://127.0.0.1:15672"
 USER_PASSWORD = "crm-user-pw-never-shown"
@@ -89,28 +95,20 @@ def vhost_state(vhost: str) -> dict:
     }
 
 
-def run_backup_job():
-    defs = build_definitions(load_settings())
-    return defs.resolve_job_def("rabbitmq_backup_job").execute_in_process(
-        instance=DagsterInstance.ephemeral(), raise_on_error=False
-    )
-
-
 def test_deleted_topology_comes_back_and_the_user_logs_in(store_env, crm_topology, capsys):
     vhost, user = crm_topology
     before = vhost_state(vhost)
     assert len(before["queues"]) == 2 and len(before["bindings"]) == 2 and before["users"]
     password_hash = json.loads(before["users"][0])["password_hash"]
 
-    result = run_backup_job()
+    result = run_backup("rabbitmq")
     assert result.success
-    [materialization] = result.asset_materializations_for_node("rabbitmq_backup")
-    metadata = {key: value.value for key, value in materialization.metadata.items()}
+    metadata = metadata_of(result, "rabbitmq")
     assert metadata["vhosts"] >= 2 and metadata["queues"] >= 2 and metadata["policies"] >= 1
     assert metadata["broker_version"].startswith("3.")
     every_log = " ".join(str(event.message) for event in result.all_events)
     assert password_hash not in json.dumps(metadata, default=str) + every_log
-    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    checks = checks_of(result)
     assert checks["integrity"].passed and checks["definitions_structure"].passed
     assert main(["verify", "rabbitmq", "--deep"]) == 0
 
@@ -130,7 +128,7 @@ def test_deleted_topology_comes_back_and_the_user_logs_in(store_env, crm_topolog
 
 def test_full_restore_needs_force_on_a_broker_with_objects(backup_env, crm_topology, capsys):
     vhost, _ = crm_topology
-    assert run_backup_job().success
+    assert run_backup("rabbitmq").success
     command = ["restore", "rabbitmq", "--management-url", MANAGEMENT]
     assert main(command) == 1
     refusal = capsys.readouterr().err
@@ -141,14 +139,9 @@ def test_full_restore_needs_force_on_a_broker_with_objects(backup_env, crm_topol
 
 def test_wrong_credentials_fail_the_run_at_once(backup_env, monkeypatch):
     monkeypatch.setenv("BACKUP_RABBITMQ_ADMIN_PASSWORD", "wrong-admin-pw")
-    result = run_backup_job()
-    assert not result.success
-    failures = [event for event in result.all_events if event.is_step_failure]
-    assert len(failures) == 1 and not any(e.is_step_up_for_retry for e in result.all_events)
-    message = str(failures[0].step_failure_data.user_failure_data.description)
+    message = failed_at_once(run_backup("rabbitmq"), "wrong-admin-pw")
     assert "rejected user 'guest'; check BACKUP_RABBITMQ_ADMIN_USER" in message
-    assert "wrong-admin-pw" not in message
-    assert store_from_settings(load_settings()).list_snapshots("rabbitmq") == []
+    assert store_from_env().list_snapshots("rabbitmq") == []
 
 
 def test_unreachable_management_api_is_a_clear_retryable_error(staging_dir):
@@ -162,16 +155,16 @@ def test_unreachable_management_api_is_a_clear_retryable_error(staging_dir):
 
 
 def test_deep_verify_finds_definitions_that_do_not_parse(backup_env, capsys):
-    settings = load_settings()
-    store = store_from_settings(settings)
+    runtime = runtime_from_env()
+    store, staging_dir = runtime.store, runtime.staging.directory
     commit_snapshot(
-        store, settings.staging_dir, {"definitions.json": b'{"vhosts": [trunc'}, source="rabbitmq"
+        store, staging_dir, {"definitions.json": b'{"vhosts": [trunc'}, source="rabbitmq"
     )
     assert main(["verify", "rabbitmq", "--deep"]) == 1
     assert "is not JSON" in capsys.readouterr().err
     commit_snapshot(
         store,
-        settings.staging_dir,
+        staging_dir,
         {"definitions.json": b'{"vhosts": []}'},
         source="rabbitmq",
         run_id="ffffffff-run",
@@ -188,7 +181,7 @@ def test_this_projects_own_queues_do_not_make_a_broker_occupied(backup_env, crm_
     for queue in OWN_QUEUES:
         admin("PUT", f"queues/{v}/{queue}", {"durable": True})
     before = vhost_state(vhost)
-    assert run_backup_job().success
+    assert run_backup("rabbitmq").success
     for queue in ("crm.classic", "crm.quorum"):
         admin("DELETE", f"queues/{v}/{queue}")
     for exchange in ("crm.events", "crm.dlx"):
@@ -201,8 +194,8 @@ def test_this_projects_own_queues_do_not_make_a_broker_occupied(backup_env, crm_
 
 def test_damaged_definitions_never_reach_the_broker(backup_env, crm_topology, capsys):
     vhost, _ = crm_topology
-    assert run_backup_job().success
-    store = store_from_settings(load_settings())
+    assert run_backup("rabbitmq").success
+    store = store_from_env()
     snapshot_id = store.find("rabbitmq").snapshot_id
     flip_byte(store, snapshot_id, "definitions.json.zst", offset=40, source="rabbitmq")
     admin("DELETE", f"queues/{quote(vhost, safe='')}/crm.classic")

@@ -4,16 +4,22 @@ import json
 import subprocess
 
 import pytest
-from dagster import DagsterInstance
 
 from backup_pipelines.cli import main
-from backup_pipelines.definitions import build_definitions
-from backup_pipelines.settings import load_settings
-from backup_pipelines.snapshot import store_from_settings
 from backup_pipelines.snapshot.staging import stage
 from backup_pipelines.sources.redis.dump import dump_server
 from backup_pipelines.sources.redis.server import RedisServer, RedisUnavailable
-from backup_pipelines_tests.conftest import RUN_ID, commit_snapshot, flip_byte
+from backup_pipelines_tests.conftest import (
+    RUN_ID,
+    checks_of,
+    commit_snapshot,
+    failed_at_once,
+    flip_byte,
+    metadata_of,
+    run_backup,
+    runtime_from_env,
+    store_from_env,
+)
 from backup_pipelines_tests.redis_fixtures import (
     assert_same_data,
     fill_crm_data,
@@ -51,25 +57,17 @@ def target_url(client) -> str:
     )
 
 
-def run_backup_job():
-    defs = build_definitions(load_settings())
-    return defs.resolve_job_def("redis_backup_job").execute_in_process(
-        instance=DagsterInstance.ephemeral(), raise_on_error=False
-    )
-
-
 def test_backup_restores_every_key_ttl_and_function(store_env, source_redis, target_redis, capsys):
-    result = run_backup_job()
+    result = run_backup("redis")
     assert result.success
 
-    [materialization] = result.asset_materializations_for_node("redis_backup")
-    metadata = {key: value.value for key, value in materialization.metadata.items()}
+    metadata = metadata_of(result, "redis")
     assert metadata["keys"] == {"db0": 11, "db3": 500, "db15": 1}
     assert metadata["redis_version"].startswith("7.")
     assert metadata["used_memory"] > 0 and metadata["rdb_bytes"] > 0
     assert metadata["aof_files"] >= 2  # Redis 7's manifest and base file at least
     assert SOURCE_PASSWORD not in json.dumps(metadata, default=str)
-    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    checks = checks_of(result)
     assert checks["integrity"].passed
     assert checks["restore_drill"].passed, checks["restore_drill"].metadata
     assert checks["restore_drill"].metadata["function_libraries"].value == 1
@@ -87,7 +85,7 @@ def test_backup_restores_every_key_ttl_and_function(store_env, source_redis, tar
 def test_restore_refuses_a_server_with_keys_and_force_replaces_them(
     backup_env, source_redis, target_redis, capsys
 ):
-    assert run_backup_job().success
+    assert run_backup("redis").success
     target_redis.set("stray", "must go")
     command = ["restore", "redis", "--target-url", target_url(target_redis)]
 
@@ -101,7 +99,7 @@ def test_restore_refuses_a_server_with_keys_and_force_replaces_them(
 
 
 def test_output_dir_writes_files_redis_server_loads(backup_env, source_redis, tmp_path, capsys):
-    assert run_backup_job().success
+    assert run_backup("redis").success
     output = tmp_path / "restored-files"
 
     assert main(["restore", "redis", "--output-dir", str(output)]) == 0
@@ -129,15 +127,9 @@ def test_wrong_password_fails_the_run_at_once_without_showing_it(
     backup_env, source_redis, monkeypatch
 ):
     monkeypatch.setenv("BACKUP_REDIS_PASSWORD", "wrong-pw-never-shown")
-    result = run_backup_job()
-    assert not result.success
-    failures = [event for event in result.all_events if event.is_step_failure]
-    assert len(failures) == 1 and not any(e.is_step_up_for_retry for e in result.all_events)
-    message = str(failures[0].step_failure_data.user_failure_data.description)
+    message = failed_at_once(run_backup("redis"), "wrong-pw-never-shown")
     assert "refused the credentials" in message and "BACKUP_REDIS_PASSWORD" in message
-    every_log = " ".join(str(event.message) for event in result.all_events)
-    assert "wrong-pw-never-shown" not in every_log + message
-    assert store_from_settings(load_settings()).list_snapshots("redis") == []
+    assert store_from_env().list_snapshots("redis") == []
 
 
 def test_a_user_without_sync_permission_gets_told_why(backup_env, source_redis, monkeypatch):
@@ -146,20 +138,15 @@ def test_a_user_without_sync_permission_gets_told_why(backup_env, source_redis, 
     )
     monkeypatch.setenv("BACKUP_REDIS_USERNAME", "reader")
     monkeypatch.setenv("BACKUP_REDIS_PASSWORD", "reader-pw")
-    result = run_backup_job()
-    assert not result.success
-    errors = " ".join(
-        str(e.step_failure_data.error) for e in result.all_events if e.is_step_failure
-    )
-    assert "the user needs the +sync and +psync ACL permissions" in errors
-    assert "reader-pw" not in errors
+    message = failed_at_once(run_backup("redis"), "reader-pw")
+    assert "the user needs the +sync and +psync ACL permissions" in message
 
 
 def test_deep_verify_finds_an_rdb_that_does_not_parse(backup_env, capsys):
-    settings = load_settings()
+    runtime = runtime_from_env()
     commit_snapshot(
-        store_from_settings(settings),
-        settings.staging_dir,
+        runtime.store,
+        runtime.staging.directory,
         {"dump.rdb": b"REDIS0010" + b"\xfa\x00garbage" * 100},
         source="redis",
     )
@@ -171,8 +158,8 @@ def test_deep_verify_finds_an_rdb_that_does_not_parse(backup_env, capsys):
 def test_a_damaged_snapshot_never_touches_the_target(
     backup_env, source_redis, target_redis, tmp_path, capsys
 ):
-    assert run_backup_job().success
-    store = store_from_settings(load_settings())
+    assert run_backup("redis").success
+    store = store_from_env()
     flip_byte(store, store.find("redis").snapshot_id, "dump.rdb.zst", offset=200, source="redis")
     target_redis.set("keep", "me")
     output = tmp_path / "redis-files"

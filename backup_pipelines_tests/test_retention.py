@@ -6,19 +6,15 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from dagster import DagsterInstance
 
 from backup_pipelines.cli import main
-from backup_pipelines.definitions import build_definitions
 from backup_pipelines.errors import StoreError
 from backup_pipelines.retention import RetentionRules, prune
-from backup_pipelines.settings import load_settings
-from backup_pipelines.snapshot import store_from_settings
-from backup_pipelines.snapshot.local_store import LocalSnapshotStore
 from backup_pipelines.snapshot.manifest import new_snapshot_id, utc_now
 from backup_pipelines.snapshot.reader import verify_snapshot
 from backup_pipelines.snapshot.staging import stage
-from backup_pipelines_tests.conftest import make_s3_store
+from backup_pipelines.storage.local import LocalBackend
+from backup_pipelines_tests.conftest import make_s3_store, run_job, runtime_from_env
 from backup_pipelines_tests.tcp_proxy import CuttingProxy
 
 CUSTOM_RULES = {
@@ -46,20 +42,13 @@ def add_history(store, staging_dir, source: str, count: int, newest: datetime) -
 
 
 def add_leftover(store, source: str, snapshot_id: str, age: timedelta) -> None:
-    """An interrupted attempt: artifacts without a manifest."""
-    if isinstance(store, LocalSnapshotStore):
-        directory = store.root / source / snapshot_id
-        directory.mkdir(parents=True)
-        (directory / "dump.bin.zst").write_bytes(b"partial")
+    """An interrupted attempt: artifacts without a manifest (S3 cannot backdate an object)."""
+    store.backend.put_bytes(f"{source}/{snapshot_id}/dump.bin.zst", b"partial")
+    if isinstance(store.backend, LocalBackend):
+        directory = store.backend.root / source / snapshot_id
         old = (utc_now() - age).timestamp()
         for path in (directory / "dump.bin.zst", directory):
             os.utime(path, (old, old))
-    else:
-        store._client.put_object(
-            Bucket=store.bucket,
-            Key=store._key(source, snapshot_id, "dump.bin.zst"),
-            Body=b"partial",
-        )
 
 
 @pytest.fixture
@@ -67,16 +56,19 @@ def history(store_env, monkeypatch):
     """300 snapshots of redis over about five years, and the custom rules in the environment."""
     for name, value in CUSTOM_RULES.items():
         monkeypatch.setenv(name, value)
-    settings = load_settings()
-    store = store_from_settings(settings)
-    ids = add_history(store, settings.staging_dir, "redis", 300, datetime(2026, 11, 20, tzinfo=UTC))
-    return store, ids
+    runtime = runtime_from_env()
+    store = runtime.store
+    ids = add_history(
+        store, runtime.staging.directory, "redis", 300, datetime(2026, 11, 20, tzinfo=UTC)
+    )
+    return runtime, ids
 
 
 def test_dry_run_deletes_nothing_and_a_real_prune_leaves_exactly_the_kept_set(
     history, store_env, capsys
 ):
-    store, ids = history
+    runtime, ids = history
+    store = runtime.store
     young, old = "20261122T010000Z-0000aaaa", "20261101T010000Z-0000bbbb"
     if store_env == "local":
         add_leftover(store, "redis", young, timedelta(hours=2))
@@ -87,7 +79,7 @@ def test_dry_run_deletes_nothing_and_a_real_prune_leaves_exactly_the_kept_set(
     assert main(["prune", "--dry-run", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert len(store.list_snapshots("redis")) == 300
-    assert {i for i, _ in store.incomplete("redis")} >= {young}
+    assert {a.snapshot_id for a in store.survey("redis").attempts} >= {young}
     kept = {name.split("/", 1)[1] for name in plan["keep"]}
     deleted = {name.split("/", 1)[1] for name in plan["delete"]}
     assert ids[0] in kept and young not in kept | deleted
@@ -97,14 +89,14 @@ def test_dry_run_deletes_nothing_and_a_real_prune_leaves_exactly_the_kept_set(
     assert main(["prune", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == plan
     assert {s.snapshot_id for s in store.list_snapshots("redis")} == kept
-    assert [i for i, _ in store.incomplete("redis")] == [young]
+    assert [a.snapshot_id for a in store.survey("redis").attempts] == [young]
     for snapshot in store.list_snapshots("redis"):
         assert verify_snapshot(store, snapshot) == []
     if store_env == "s3":
         later = utc_now() + timedelta(hours=25)
-        rules = RetentionRules.from_settings(load_settings())
-        prune(store, rules, dry_run=False, now=later, log=lambda _: None)
-        assert store.incomplete("redis") == []
+        rules = RetentionRules.from_settings(runtime.shared)
+        prune(store, runtime.sources, rules, dry_run=False, now=later, log=lambda _: None)
+        assert store.survey("redis").attempts == []
 
 
 def test_s3_failing_midway_leaves_every_listed_snapshot_whole(
@@ -113,19 +105,19 @@ def test_s3_failing_midway_leaves_every_listed_snapshot_whole(
     monkeypatch.setenv("BACKUP_RETENTION_DAILY", "1")
     for name in ("WEEKLY", "MONTHLY", "YEARLY"):
         monkeypatch.setenv(f"BACKUP_RETENTION_{name}", "0")
+    runtime = runtime_from_env()
     direct = make_s3_store(s3_endpoint, s3_bucket)
-    add_history(
-        direct, load_settings().staging_dir, "redis", 60, datetime(2026, 11, 20, tzinfo=UTC)
-    )
-    rules = RetentionRules.from_settings(load_settings())
+    add_history(direct, runtime.staging.directory, "redis", 60, datetime(2026, 11, 20, tzinfo=UTC))
+    rules = RetentionRules.from_settings(runtime.shared)
     port = int(s3_endpoint.rsplit(":", 1)[1])
     measuring = CuttingProxy(port, cut_after=1 << 40)  # how many bytes listing alone takes
-    prune(make_s3_store(measuring.url, s3_bucket), rules, dry_run=True, now=utc_now())
+    measured = make_s3_store(measuring.url, s3_bucket)
+    prune(measured, runtime.sources, rules, dry_run=True, now=utc_now())
     proxy = CuttingProxy(port, cut_after=measuring.sent + 20_000)
     through_proxy = make_s3_store(proxy.url, s3_bucket, max_attempts=1)
 
     with pytest.raises(StoreError):
-        prune(through_proxy, rules, dry_run=False, now=utc_now(), log=lambda _: None)
+        prune(through_proxy, runtime.sources, rules, dry_run=False, now=utc_now(), log=len)
     assert proxy.cut.is_set()
     survivors = direct.list_snapshots("redis")
     assert 1 < len(survivors) < 60  # cut midway: some gone, some not yet
@@ -137,14 +129,11 @@ def test_retention_job_prunes_and_reports(backup_env, monkeypatch):
     monkeypatch.setenv("BACKUP_RETENTION_DAILY", "2")
     for name in ("WEEKLY", "MONTHLY", "YEARLY"):
         monkeypatch.setenv(f"BACKUP_RETENTION_{name}", "0")
-    settings = load_settings()
-    store = store_from_settings(settings)
-    add_history(store, settings.staging_dir, "consul", 10, datetime(2026, 11, 20, tzinfo=UTC))
+    runtime = runtime_from_env()
+    store = runtime.store
+    add_history(store, runtime.staging.directory, "consul", 10, datetime(2026, 11, 20, tzinfo=UTC))
 
-    defs = build_definitions(settings)
-    result = defs.resolve_job_def("retention_job").execute_in_process(
-        instance=DagsterInstance.ephemeral()
-    )
+    result = run_job("retention_job")
     assert result.success
     [output] = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
     metadata = {k: v.value for k, v in output.event_specific_data.metadata.items()}

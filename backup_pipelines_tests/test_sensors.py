@@ -17,14 +17,13 @@ from dagster import (
     build_schedule_context,
     build_sensor_context,
 )
-from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
-from dagster._core.test_utils import create_run_for_test
 
-from backup_pipelines.definitions import OUTBOX_NAME, build_definitions, source_jobs
+from backup_pipelines.dagster_internals import RUN_KEY_TAG, SENSOR_NAME_TAG
+from backup_pipelines.definitions import build_definitions
 from backup_pipelines.messaging import DEAD_LETTER_QUEUE, REQUESTS_QUEUE
-from backup_pipelines.notifications import NotificationPublisher
-from backup_pipelines.sensors import REQUESTS_SENSOR, documents_change_sensor, parse_request
-from backup_pipelines.settings import load_settings
+from backup_pipelines.sensors import REQUESTS_SENSOR, change_sensor, parse_request
+from backup_pipelines.sources.registry import SOURCE_NAMES
+from backup_pipelines_tests.conftest import runtime_from_env
 
 BROKER = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
@@ -60,16 +59,15 @@ def set_aside(channel) -> list[tuple[bytes, str]]:
 class RequestsSensor:
     """The real backup_requests_sensor, ticked against one Dagster instance as the daemon does."""
 
-    def __init__(self, artifacts: Path):
+    def __init__(self):
         self.instance = DagsterInstance.ephemeral()
-        self.sensor = build_definitions(load_settings()).get_sensor_def(REQUESTS_SENSOR)
-        self.notifications = NotificationPublisher(
-            rabbitmq_url=BROKER, outbox_path=str(artifacts / OUTBOX_NAME)
-        )
+        self.runtime = runtime_from_env()
+        self.defs = build_definitions(self.runtime)
+        self.sensor = self.defs.get_sensor_def(REQUESTS_SENSOR)
 
     def tick(self) -> list[RunRequest]:
         with build_sensor_context(
-            instance=self.instance, resources={"notifications": self.notifications}
+            instance=self.instance, resources={"runtime": self.runtime}
         ) as context:
             return [r for r in evaluate(self.sensor, context) if isinstance(r, RunRequest)]
 
@@ -77,7 +75,8 @@ class RequestsSensor:
         """What the daemon does with a tick's run requests: store a run for each."""
         for request in requests:
             tags = {**request.tags, RUN_KEY_TAG: request.run_key, SENSOR_NAME_TAG: REQUESTS_SENSOR}
-            create_run_for_test(self.instance, job_name=request.job_name, tags=tags)
+            job = self.defs.resolve_job_def(request.job_name)
+            self.instance.create_run_for_job(job, tags=tags)
 
     def runs(self) -> list[str]:
         return sorted(run.tags[RUN_KEY_TAG] for run in self.instance.get_runs())
@@ -91,7 +90,7 @@ def test_requests_launch_backups_and_malformed_ones_are_set_aside(backup_env, re
         b'{"source": "all", "reason": "audit"}',
     ):
         requests_channel.basic_publish("", REQUESTS_QUEUE, body)
-    sensor = RequestsSensor(backup_env)
+    sensor = RequestsSensor()
 
     requests = sensor.tick()
     assert [(r.job_name, r.tags["backup/reason"]) for r in requests] == [
@@ -124,7 +123,7 @@ def test_a_poison_message_never_blocks_its_neighbours(backup_env, requests_chann
     good = [json.dumps({"source": s}).encode() for s in ("redis", "consul")]
     for body in (good[0], *poison, good[1]):
         requests_channel.basic_publish("", REQUESTS_QUEUE, body)
-    sensor = RequestsSensor(backup_env)
+    sensor = RequestsSensor()
 
     requests = sensor.tick()
     assert [r.job_name for r in requests] == ["redis_backup_job", "consul_backup_job"]
@@ -145,7 +144,7 @@ def launched(key):
     if len(seen) == int(sys.argv[2]):  # every message read, none acked: the process dies
         os.kill(os.getpid(), signal.SIGKILL)
     return False
-take_requests(sys.argv[1], launched, print)
+take_requests(sys.argv[1], {"postgres": "p", "redis": "r"}, launched, print)
 """
 
 
@@ -162,7 +161,7 @@ def test_a_sensor_killed_after_reading_loses_nothing_and_runs_nothing_twice(
         [sys.executable, "-c", SENSOR_THAT_DIES, BROKER, "3"], capture_output=True, timeout=60
     )
     assert died.returncode == -signal.SIGKILL, died.stderr.decode()
-    sensor = RequestsSensor(backup_env)
+    sensor = RequestsSensor()
     first = sensor.tick()
     assert [r.job_name for r in first] == [
         "postgres_backup_job",
@@ -184,22 +183,31 @@ def test_a_sensor_killed_after_reading_loses_nothing_and_runs_nothing_twice(
 
 
 def test_request_parsing():
-    assert parse_request(b'{"source": "redis"}') == ("redis", "unspecified")
+    choices = [*SOURCE_NAMES, "all"]
+    assert parse_request(b'{"source": "redis"}', choices) == ("redis", "unspecified")
     for body in (b"[1]", b'{"source": "redis", "reason": 5}', b"\xff\xfe"):
         with pytest.raises(ValueError):
-            parse_request(body)
+            parse_request(body, choices)
 
 
-def test_documents_sensor_fires_once_per_change(tmp_path):
+def documents_sensor(root: Path, monkeypatch, quiet_period_s: float):
+    """The documents change sensor over `root`, as the definitions build it, and a runtime."""
+    monkeypatch.setenv("BACKUP_DOCUMENTS_ROOT", str(root))
+    runtime = runtime_from_env()
+    job = build_definitions(runtime).resolve_job_def("documents_backup_job")
+    return change_sensor("documents", job, quiet_period_s=quiet_period_s), runtime
+
+
+def test_documents_sensor_fires_once_per_change(backup_env, tmp_path, monkeypatch):
     root = tmp_path / "documents"
     (root / "contracts").mkdir(parents=True)
     (root / "contracts" / "a.txt").write_text("a")
-    sensor = documents_change_sensor(root, source_jobs["documents"], quiet_period_s=0)
+    sensor, runtime = documents_sensor(root, monkeypatch, quiet_period_s=0)
     cursor = None
 
     def tick():
         nonlocal cursor
-        with build_sensor_context(cursor=cursor) as context:
+        with build_sensor_context(cursor=cursor, resources={"runtime": runtime}) as context:
             result = sensor(context)
             cursor = context.cursor
         return result
@@ -214,15 +222,15 @@ def test_documents_sensor_fires_once_per_change(tmp_path):
     assert not isinstance(tick(), RunRequest)
 
 
-def test_documents_sensor_waits_for_a_busy_tree_to_settle(tmp_path):
+def test_documents_sensor_waits_for_a_busy_tree_to_settle(backup_env, tmp_path, monkeypatch):
     root = tmp_path / "documents"
     root.mkdir()
-    sensor = documents_change_sensor(root, source_jobs["documents"], quiet_period_s=3600)
-    with build_sensor_context() as context:
+    sensor, runtime = documents_sensor(root, monkeypatch, quiet_period_s=3600)
+    with build_sensor_context(resources={"runtime": runtime}) as context:
         sensor(context)
         baseline = context.cursor
     (root / "new.txt").write_text("x")
-    with build_sensor_context(cursor=baseline) as context:
+    with build_sensor_context(cursor=baseline, resources={"runtime": runtime}) as context:
         skipped = sensor(context)
     assert not isinstance(skipped, RunRequest)
     assert "waiting for it to settle" in skipped.skip_message
@@ -230,9 +238,9 @@ def test_documents_sensor_waits_for_a_busy_tree_to_settle(tmp_path):
 
 
 def test_schedules_and_sensors_run_by_default(backup_env):
-    defs = build_definitions(load_settings())
+    defs = build_definitions(runtime_from_env())
     schedules = {s.name: s for s in defs.schedules}
-    assert set(schedules) == {f"{s}_backup_schedule" for s in source_jobs} | {"retention_schedule"}
+    assert set(schedules) == {f"{s}_backup_schedule" for s in SOURCE_NAMES} | {"retention_schedule"}
     assert schedules["postgres_backup_schedule"].cron_schedule == "0 * * * *"
     assert all(s.default_status.value == "RUNNING" for s in schedules.values())
     assert all(s.default_status.value == "RUNNING" for s in defs.sensors)
@@ -253,7 +261,7 @@ def test_schedules_and_sensors_run_by_default(backup_env):
 
 def test_freshness_follows_each_cron(backup_env, monkeypatch):
     monkeypatch.setenv("BACKUP_REDIS_CRON", "0 */6 * * *")
-    defs = build_definitions(load_settings())
+    defs = build_definitions(runtime_from_env())
     windows = {}
     for source in ("postgres", "redis", "rabbitmq"):
         [spec] = defs.resolve_assets_def(AssetKey(f"{source}_backup")).specs

@@ -9,27 +9,33 @@ from pyrage import x25519
 
 from backup_pipelines.errors import ConfigurationError
 from backup_pipelines.redaction import mask_url, redact, secret_parts
-from backup_pipelines.settings import load_settings
+from backup_pipelines.runtime import load_settings
 
 
-def test_defaults_are_the_contracts(backup_env):
+def test_defaults_are_the_contracts(backup_env, monkeypatch):
+    monkeypatch.delenv("BACKUP_RETRY_DELAY_S")
     settings = load_settings()
-    assert settings.postgres_backup_dsn.get_secret_value() == (
+    shared, sources = settings.shared, settings.sources
+    assert sources["postgres"].backup_dsn.get_secret_value() == (
         "postgresql://postgres@localhost:5432/postgres"
     )
-    assert (settings.redis_host, settings.redis_port) == ("localhost", 6379)
-    assert settings.rabbitmq_management_url == "http://localhost:15672"
-    assert settings.consul_http_addr == "http://localhost:8500"
-    assert settings.s3_region == "us-east-1" and settings.s3_prefix == "backups"
-    assert [
-        settings.cron_for(s) for s in ("postgres", "redis", "rabbitmq", "consul", "documents")
-    ] == ["0 * * * *", "15 * * * *", "30 2 * * *", "45 2 * * *", "0 3 * * *"]
-    assert (settings.retention_daily, settings.retention_weekly) == (7, 4)
-    assert (settings.retention_monthly, settings.retention_yearly) == (12, "unlimited")
-    assert settings.retention_days is None
-    assert settings.retry_delay_s == 30
-    assert settings.postgres_databases == [] and settings.encryption_recipients == []
-    assert not settings.s3_enabled
+    assert (sources["redis"].host, sources["redis"].port) == ("localhost", 6379)
+    assert sources["rabbitmq"].management_url == "http://localhost:15672"
+    assert sources["consul"].http_addr == "http://localhost:8500"
+    assert shared.s3_region == "us-east-1" and shared.s3_prefix == "backups"
+    assert [sources[s].cron for s in ("postgres", "redis", "rabbitmq", "consul", "documents")] == [
+        "0 * * * *",
+        "15 * * * *",
+        "30 2 * * *",
+        "45 2 * * *",
+        "0 3 * * *",
+    ]
+    assert (shared.retention_daily, shared.retention_weekly) == (7, 4)
+    assert (shared.retention_monthly, shared.retention_yearly) == (12, "unlimited")
+    assert shared.retention_days is None
+    assert shared.retry_delay_s == 30
+    assert sources["postgres"].databases == [] and shared.encryption_recipients == []
+    assert not shared.s3_enabled
 
 
 def test_empty_strings_count_as_unset_and_aliases_work(backup_env, monkeypatch):
@@ -39,19 +45,19 @@ def test_empty_strings_count_as_unset_and_aliases_work(backup_env, monkeypatch):
     monkeypatch.setenv("BACKUP_POSTGRES_DATABASES", "crm, billing ,")
     monkeypatch.setenv("BACKUP_RETENTION_YEARLY", "3")
     settings = load_settings()
-    assert settings.redis_port == 6379
-    assert settings.s3_endpoint_url == "http://minio:9000"
-    assert settings.documents_root == Path("/srv/documents")
-    assert settings.postgres_databases == ["crm", "billing"]
-    assert settings.retention_yearly == 3
+    assert settings.sources["redis"].port == 6379
+    assert settings.shared.s3_endpoint_url == "http://minio:9000"
+    assert settings.sources["documents"].root == Path("/srv/documents")
+    assert settings.sources["postgres"].databases == ["crm", "billing"]
+    assert settings.shared.retention_yearly == 3
 
 
 def test_s3_needs_bucket_and_both_keys(backup_env, monkeypatch):
     monkeypatch.setenv("BACKUP_S3_BUCKET", "backups")
     monkeypatch.setenv("BACKUP_S3_ACCESS_KEY", "key")
-    assert not load_settings().s3_enabled
+    assert not load_settings().shared.s3_enabled
     monkeypatch.setenv("BACKUP_S3_SECRET_KEY", "secret")
-    assert load_settings().s3_enabled
+    assert load_settings().shared.s3_enabled
 
 
 @pytest.mark.parametrize(
@@ -65,6 +71,7 @@ def test_s3_needs_bucket_and_both_keys(backup_env, monkeypatch):
         ("BACKUP_POSTGRES_CRON", "every hour", "not a valid cron expression"),
         ("BACKUP_ENCRYPTION_RECIPIENTS", "age1-not-a-key", "recipient 1 is not an age public key"),
         ("BACKUP_POSTGRES_RESTORE_DRILL", "perhaps", "valid boolean"),
+        ("BACKUP_CONSUL_CRON", "0 0 30 2 *", "a day February never has"),
     ],
 )
 def test_bad_values_name_the_variable(backup_env, monkeypatch, variable, value, complaint):
@@ -76,10 +83,19 @@ def test_bad_values_name_the_variable(backup_env, monkeypatch, variable, value, 
     assert value not in message
 
 
+def test_every_bad_value_is_named_at_once(backup_env, monkeypatch):
+    monkeypatch.setenv("BACKUP_REDIS_PORT", "0")
+    monkeypatch.setenv("BACKUP_RETENTION_DAILY", "often")
+    with pytest.raises(ConfigurationError) as failure:
+        load_settings()
+    assert "BACKUP_REDIS_PORT: " in str(failure.value)
+    assert "BACKUP_RETENTION_DAILY: " in str(failure.value)
+
+
 def test_valid_recipients_are_accepted(backup_env, monkeypatch):
     keys = [str(x25519.Identity.generate().to_public()) for _ in range(2)]
     monkeypatch.setenv("BACKUP_ENCRYPTION_RECIPIENTS", ",".join(keys))
-    assert load_settings().encryption_recipients == keys
+    assert load_settings().shared.encryption_recipients == keys
 
 
 def test_secrets_do_not_print(backup_env, monkeypatch):
@@ -87,7 +103,9 @@ def test_secrets_do_not_print(backup_env, monkeypatch):
     monkeypatch.setenv("BACKUP_S3_SECRET_KEY", "s3-hunter2")
     monkeypatch.setenv("BACKUP_RESTIC_PASSWORD", "restic-hunter2")
     settings = load_settings()
-    assert "hunter2" not in repr(settings) and "hunter2" not in str(settings.model_dump())
+    dumps = [model.model_dump() for model in (settings.shared, *settings.sources.values())]
+    assert "hunter2" not in repr(settings) and "hunter2" not in str(dumps)
+    assert {"hunter2", "s3-hunter2", "restic-hunter2"} <= set(settings.secret_values())
 
 
 @pytest.mark.parametrize(

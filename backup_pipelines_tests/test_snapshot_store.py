@@ -13,12 +13,12 @@ import pytest
 from pyrage import x25519
 
 from backup_pipelines.errors import IntegrityError, ProducerFailed, StoreError
+from backup_pipelines.processes import ToolFailed, ToolMissing
 from backup_pipelines.retention import RetentionRules, prune
-from backup_pipelines.snapshot.local_store import LocalSnapshotStore
 from backup_pipelines.snapshot.manifest import MANIFEST_NAME, Manifest, utc_now
 from backup_pipelines.snapshot.reader import restore_artifact, verify_snapshot
-from backup_pipelines.snapshot.s3_store import MAX_PARTS, part_size_for
 from backup_pipelines.snapshot.staging import stage
+from backup_pipelines.storage.s3 import MAX_PARTS, part_size_for
 from backup_pipelines_tests.conftest import (
     RUN_ID,
     S3_ACCESS_KEY,
@@ -26,6 +26,7 @@ from backup_pipelines_tests.conftest import (
     commit_snapshot,
     flip_byte,
     make_s3_store,
+    object_key,
 )
 from backup_pipelines_tests.tcp_proxy import CuttingProxy
 
@@ -72,9 +73,9 @@ def test_large_stream_round_trips_bit_exact_in_bounded_memory(store, tmp_path, r
     if "s3" in request.node.callspec.id:
         command += [
             "--s3-endpoint",
-            store.endpoint_url,
+            store.backend.endpoint_url,
             "--s3-bucket",
-            store.bucket,
+            store.backend.bucket,
             "--s3-keys",
             S3_ACCESS_KEY,
             S3_SECRET_KEY,
@@ -108,7 +109,7 @@ def test_encrypted_snapshot_needs_its_identity(store, staging_dir, tmp_path):
 
 
 def test_producer_failing_halfway_leaves_nothing(store, staging_dir):
-    with pytest.raises(ProducerFailed, match=r"dump of crm failed \(exit code 3\): disk on fire"):
+    with pytest.raises(ToolFailed, match=r"dump of crm failed \(exit code 3\): disk on fire"):
         with stage(staging_dir, "postgres", RUN_ID) as staged:
             staged.add_stream("globals.sql", [b"CREATE ROLE a;"])
             staged.add_command(
@@ -140,14 +141,14 @@ def test_empty_or_wrong_format_output_is_not_a_snapshot(staging_dir):
     with pytest.raises(ProducerFailed, match="expected format"):
         with stage(staging_dir, "postgres", RUN_ID) as staged:
             staged.add_stream("crm.dump", [b"<html>proxy error</html>"], expect_prefix=b"PGDMP")
-    with pytest.raises(ProducerFailed, match="'no-such-dump-tool' is not installed"):
+    with pytest.raises(ToolMissing, match="'no-such-dump-tool' is not installed"):
         with stage(staging_dir, "postgres", RUN_ID) as staged:
             staged.add_command("crm.dump", ["no-such-dump-tool"], label="dump")
     assert list((staging_dir / "postgres").iterdir()) == []
 
 
 def test_secrets_in_producer_errors_are_masked(staging_dir):
-    with pytest.raises(ProducerFailed) as failure:
+    with pytest.raises(ToolFailed) as failure:
         with stage(staging_dir, "postgres", RUN_ID) as staged:
             staged.add_command(
                 "crm.dump",
@@ -172,13 +173,9 @@ def test_flipped_byte_is_found_by_verify_and_refused_by_restore(store, staging_d
 
 def test_directory_without_manifest_is_invisible(store, staging_dir):
     snapshot = commit_snapshot(store, staging_dir, {"crm.dump": b"data"})
-    if isinstance(store, LocalSnapshotStore):
-        (store.root / "postgres" / snapshot.snapshot_id / MANIFEST_NAME).unlink()
-    else:
-        store._client.delete_object(
-            Bucket=store.bucket, Key=store._key("postgres", snapshot.snapshot_id, MANIFEST_NAME)
-        )
+    store.backend.delete(object_key("postgres", snapshot.snapshot_id, MANIFEST_NAME))
     assert store.list_snapshots("postgres") == []
+    assert [a.snapshot_id for a in store.survey("postgres").attempts] == [snapshot.snapshot_id]
     with pytest.raises(Exception, match="no complete postgres snapshot"):
         store.find("postgres", snapshot.snapshot_id)
 
@@ -227,7 +224,7 @@ def test_manifest_rejects_other_formats():
 
 
 def test_s3_unreachable_mid_upload_fails_clearly_and_leaves_no_snapshot(
-    s3_endpoint, s3_bucket, staging_dir
+    s3_endpoint, s3_bucket, staging_dir, sources
 ):
     proxy = CuttingProxy(int(s3_endpoint.rsplit(":", 1)[1]), cut_after=20 << 20)
     through_proxy = make_s3_store(proxy.url, s3_bucket, max_attempts=2)
@@ -240,7 +237,10 @@ def test_s3_unreachable_mid_upload_fails_clearly_and_leaves_no_snapshot(
 
     message = str(failure.value)
     assert proxy.cut.is_set()
-    assert message.startswith(f"S3 upload of postgres snapshot {staged.snapshot_id} failed at ")
+    assert message.startswith(
+        f"could not store postgres snapshot {staged.snapshot_id}: S3 upload of "
+        f"backups/postgres/{staged.snapshot_id}/crm.dump.zst failed at "
+    )
     assert f"s3://{s3_bucket}/backups/ at {proxy.url}" in message
     assert S3_SECRET_KEY not in message and S3_ACCESS_KEY not in message
     direct = make_s3_store(s3_endpoint, s3_bucket)
@@ -248,10 +248,11 @@ def test_s3_unreachable_mid_upload_fails_clearly_and_leaves_no_snapshot(
     assert not staging_dir.joinpath("postgres", staged.snapshot_id).exists()
     # The abort could not reach S3 either: the open upload is an interrupted attempt that
     # prune aborts once it is a day old, and then nothing of it is left.
-    assert [i for i, _ in direct.incomplete("postgres")] == [staged.snapshot_id]
-    assert list(direct._uploads_under("backups/"))
+    assert [a.snapshot_id for a in direct.survey("postgres").attempts] == [staged.snapshot_id]
+    client = direct.backend.client
+    assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
     later = utc_now() + timedelta(hours=25)  # (moto dates every upload in 2010 anyway)
-    prune(direct, RetentionRules(), dry_run=False, now=later, log=lambda _: None)
-    assert list(direct._keys_under("backups/")) == []
-    assert list(direct._uploads_under("backups/")) == []
-    assert direct.incomplete("postgres") == []
+    prune(direct, sources, RetentionRules(), dry_run=False, now=later, log=lambda _: None)
+    assert client.list_objects_v2(Bucket=s3_bucket).get("Contents", []) == []
+    assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+    assert direct.survey("postgres").attempts == []

@@ -16,13 +16,12 @@ Run = Callable[[], tuple[float, int, int]]  # seconds, output bytes, peak RSS Ki
 
 MATERIALIZE_CHILD = """
 import json, sys
-from dagster import DagsterInstance, materialize
-from backup_pipelines import assets
+from dagster import AssetKey, DagsterInstance, materialize
 from backup_pipelines.definitions import build_definitions
-from backup_pipelines.settings import load_settings
-asset = getattr(assets, sys.argv[1])
-result = materialize([asset], resources=build_definitions(load_settings()).resources,
-                     instance=DagsterInstance.ephemeral())
+from backup_pipelines.runtime import load_runtime
+defs = build_definitions(load_runtime())
+asset = defs.resolve_assets_def(AssetKey(sys.argv[1]))
+result = materialize([asset], instance=DagsterInstance.ephemeral())
 [event] = result.asset_materializations_for_node(sys.argv[1])
 print(json.dumps({key: value.value for key, value in event.metadata.items()}, default=str))
 """

@@ -22,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from backup_pipelines.redaction import validation_problems
 from backup_pipelines.snapshot.names import check_artifact_name, check_snapshot_id, check_source
 
 MANIFEST_NAME = "manifest.json"
@@ -163,9 +164,6 @@ class Manifest(BaseModel):
 
 def describe_errors(exc: ValidationError) -> str:
     """Pydantic's errors as one bounded line: where and which rule, without the input."""
-    problems = []
-    for error in exc.errors(include_input=False, include_url=False)[:MAX_PROBLEMS_SHOWN]:
-        where = ".".join(str(part) for part in error["loc"]) or "manifest"
-        problems.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
-    more = exc.error_count() - len(problems)
-    return "; ".join(problems) + (f" (and {more} more)" if more > 0 else "")
+    problems = validation_problems(exc, lambda loc: ".".join(map(str, loc)) or "manifest")
+    shown, more = problems[:MAX_PROBLEMS_SHOWN], len(problems) - MAX_PROBLEMS_SHOWN
+    return "; ".join(shown) + (f" (and {more} more)" if more > 0 else "")

@@ -11,7 +11,8 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -120,3 +121,26 @@ def artifact_file(
         except OSError as exc:
             raise disk_full(exc, path) or exc from None
         yield path
+
+
+@dataclass(frozen=True)
+class SnapshotReader:
+    """One stored snapshot and what reading it takes: its store, the age identities (none
+    for a snapshot in the clear) and scratch space; what restores, deep checks and drills
+    are handed, so none of them looks these up again."""
+
+    store: SnapshotStore
+    snapshot: StoredSnapshot
+    work_dir: Path
+    identities: Sequence[x25519.Identity] = ()
+
+    @property
+    def where(self) -> str:
+        """`<source>/<snapshot_id>`, for messages."""
+        return f"{self.snapshot.source}/{self.snapshot.snapshot_id}"
+
+    def restore_artifact(self, name: str, destination: BinaryIO) -> int:
+        return restore_artifact(self.store, self.snapshot, name, destination, self.identities)
+
+    def artifact_file(self, name: str) -> AbstractContextManager[Path]:
+        return artifact_file(self.store, self.snapshot, name, self.identities, self.work_dir)

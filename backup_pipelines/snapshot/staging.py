@@ -4,8 +4,9 @@ A source module hands each artifact over as a running command (its stdout)
 or as an iterator of chunks; this module streams it into the staging area
 with bounded memory and decides whether the artifact is good enough to
 count: the producer exited 0, it produced bytes, and those bytes start the
-way the format says. Anything less raises `ProducerFailed`, and `stage()`
-removes the whole staging directory, so no half-written snapshot survives.
+way the format says. Anything less raises (`ToolFailed`, `ProducerFailed`),
+and `stage()` removes the whole staging directory, so no half-written
+snapshot survives.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ import zstandard
 from pyrage import x25519
 
 from backup_pipelines.errors import ProducerFailed
-from backup_pipelines.processes import describe_exit, not_installed, stderr_tail
+from backup_pipelines.processes import running
 from backup_pipelines.snapshot.files import disk_full, remove_stale
 from backup_pipelines.snapshot.manifest import FileEntry, Manifest, new_snapshot_id, utc_now
 from backup_pipelines.snapshot.names import check_artifact_name
@@ -105,37 +104,14 @@ class StagedSnapshot:
         expect_prefix: bytes = b"",
         secrets: Sequence[str | None] = (),
     ) -> FileEntry:
-        """Store what a command writes to stdout; fail unless it exits 0.
+        """Store what a command writes to stdout; `ToolFailed` unless it exits 0.
 
         `label` is what the operator sees ("pg_dump of crm on db1:5432"): it is
         used instead of argv in every message so no secret on a command line
         could leak, and `secrets` are masked in the command's stderr.
         """
-        with tempfile.TemporaryFile() as stderr:
-            try:
-                process = subprocess.Popen(
-                    list(argv),
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=stderr,
-                    env=dict(env) if env is not None else None,
-                )
-            except FileNotFoundError:
-                raise ProducerFailed(str(not_installed(label, argv[0]))) from None
-            assert process.stdout is not None
-            try:
-                entry, metered = self._write(name, process.stdout, label=label)
-            except BaseException:
-                process.kill()
-                raise
-            finally:
-                process.stdout.close()
-                returncode = process.wait()
-            if returncode != 0:
-                raise ProducerFailed(
-                    f"{label} failed ({describe_exit(returncode)}): "
-                    f"{stderr_tail(stderr, secrets) or 'no error output'}"
-                )
+        with running(argv, label=label, env=env, secrets=secrets) as process:
+            entry, metered = self._write(name, process.stdout, label=label)
         self._accept(entry, metered, label=label, expect_prefix=expect_prefix)
         return entry
 
@@ -231,3 +207,22 @@ def stage(
     except BaseException:
         staged.discard()
         raise
+
+
+@dataclass(frozen=True)
+class Staging:
+    """The staging area (`BACKUP_ARTIFACTS_DIR/.staging`): where snapshots are assembled,
+    encrypted to `recipients` (public keys only: a backup never needs an identity), and where
+    restores, verifies and drills get their scratch space."""
+
+    directory: Path
+    recipients: Sequence[x25519.Recipient] = ()
+
+    def stage(
+        self, source: str, run_id: str, progress: Callable[[str], None] | None = None
+    ) -> contextlib.AbstractContextManager[StagedSnapshot]:
+        return stage(self.directory, source, run_id, recipients=self.recipients, progress=progress)
+
+    def work_dir(self, purpose: str) -> Path:
+        """Scratch space for `purpose` (restore, verify, drill), pruned like staging."""
+        return self.directory / purpose

@@ -1,35 +1,49 @@
-"""Where snapshots live: the interface every store (local disk, S3) implements.
+"""Snapshots in a store: the write ordering, what counts as complete, and the one gate for
+everything read back, the same over every backend (local disk, S3).
 
-The layout is the contract's, the same in every store:
-`<root>/<source>/<snapshot_id>/manifest.json` next to the artifacts. A store
-decides only *where* bytes go; what they mean is the source modules' business.
+The layout is the contract's: `<root>/<source>/<snapshot_id>/manifest.json`
+next to the artifacts. A commit puts every artifact first and the manifest
+last, so a snapshot is listed only once all its bytes are durable (restic's
+"snapshot last" ordering); a location without a manifest is an interrupted
+attempt, invisible to everything but `prune`.
 
-Everything a store hands back is untrusted until this module has checked
-it: a store lists locations (only names shaped like snapshot ids), and a
-manifest read from one counts only when it is valid and names exactly the
-location it was read from. Every name is checked before a store joins it
-into a path or key, and deletes go only to locations a store listed.
+Everything a backend hands back is untrusted until this module has checked
+it: only names shaped like snapshot ids are locations, and a manifest counts
+only when it is valid and names exactly the location it was read from.
+Every name is checked before it is joined into a key, and deletes go only
+to locations a listing returned.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-from abc import ABC, abstractmethod
+import logging
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import BinaryIO
 
-from backup_pipelines.errors import ConfigurationError, SnapshotNotFound, UnreadableManifest
-from backup_pipelines.snapshot.manifest import Manifest
+from backup_pipelines.errors import (
+    BackupError,
+    ConfigurationError,
+    SnapshotNotFound,
+    StorageFull,
+    StoreError,
+    UnreadableManifest,
+)
+from backup_pipelines.snapshot.manifest import MANIFEST_NAME, Manifest, utc_now
 from backup_pipelines.snapshot.names import (
     check_artifact_name,
     check_snapshot_id,
     check_source,
+    is_snapshot_id,
     shown,
 )
 from backup_pipelines.snapshot.staging import StagedSnapshot
+from backup_pipelines.storage import Backend, Fetched, NotFollowed
+
+logger = logging.getLogger(__name__)
 
 LATEST = "latest"
 MAX_MANIFEST_BYTES = 16 << 20
@@ -54,16 +68,6 @@ class StoredSnapshot:
 
 
 @dataclass(frozen=True)
-class Listed:
-    """One location a store found under a source, before any manifest in it is trusted."""
-
-    snapshot_id: str
-    has_manifest: bool
-    modified: datetime
-    """When anything in it was last written (or an upload into it began)."""
-
-
-@dataclass(frozen=True)
 class Unreadable:
     """A location holding a manifest that is not a valid snapshot's: reported, never restored."""
 
@@ -74,12 +78,23 @@ class Unreadable:
     modified: datetime
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """A location without a manifest: a snapshot that was begun and never committed."""
+
+    snapshot_id: str
+    modified: datetime
+    """When anything in it was last written: younger than a day, it may still be."""
+
+
 @dataclass
 class Survey:
-    """What a source's locations hold: valid snapshots, newest first, and unreadable ones."""
+    """What a source's locations hold, each manifest read once: valid snapshots (newest
+    first), unreadable manifests, and interrupted attempts."""
 
     snapshots: list[StoredSnapshot] = field(default_factory=list)
     unreadable: list[Unreadable] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
 
 
 def parse_manifest(raw: bytes, source: str, snapshot_id: str, location: str) -> StoredSnapshot:
@@ -101,51 +116,68 @@ def parse_manifest(raw: bytes, source: str, snapshot_id: str, location: str) -> 
     return StoredSnapshot(manifest, location, hashlib.sha256(raw).hexdigest())
 
 
-def checked_location(source: str, snapshot_id: str) -> None:
-    """Raise `ValueError` unless both names are safe to join into a path or key."""
-    check_source(source)
-    check_snapshot_id(snapshot_id)
+def snapshot_prefix(source: str, snapshot_id: str) -> str:
+    """`<source>/<snapshot_id>/`, both names checked: safe to hand to a backend."""
+    return f"{check_source(source)}/{check_snapshot_id(snapshot_id)}/"
 
 
-class SnapshotStore(ABC):
-    """A place snapshots are committed to, listed from, read from and deleted from.
+class SnapshotStore:
+    """Commits, lists, reads and deletes snapshots over one backend."""
 
-    Subclasses implement the primitives (`_list`, `_manifest_bytes`, `_open`,
-    `_remove`, `commit`); the checks on names and manifests live here once.
-    """
+    def __init__(self, backend: Backend):
+        self.backend = backend
 
-    @abstractmethod
-    def commit(self, staged: StagedSnapshot) -> StoredSnapshot:
-        """Make the staged artifacts durable, then write the manifest last."""
+    def describe(self) -> str:
+        return self.backend.describe()
 
-    @abstractmethod
-    def _list(self, source: str) -> dict[str, Listed]:
-        """Locations under `source` whose names are snapshot ids, by id."""
-
-    @abstractmethod
-    def _manifest_bytes(self, source: str, snapshot_id: str) -> bytes | None:
-        """The raw manifest (at most `MAX_MANIFEST_BYTES` + 1 bytes), None when there is none."""
-
-    @abstractmethod
-    def _open(self, source: str, snapshot_id: str, name: str) -> AbstractContextManager[BinaryIO]:
-        """The stored bytes of one artifact; every name was checked by the caller."""
-
-    @abstractmethod
-    def _remove(self, source: str, snapshot_id: str) -> None:
-        """Remove one listed location, manifest first so it is never listed half-deleted."""
-
-    @abstractmethod
     def location(self, source: str, snapshot_id: str) -> str:
         """Where an operator finds the snapshot (a path or an s3:// URL)."""
+        return self.backend.location(snapshot_prefix(source, snapshot_id))
 
-    @abstractmethod
-    def describe(self) -> str:
-        """The store in a few words, for messages (never with credentials)."""
+    # Writing
 
-    def snapshot_ids(self, source: str) -> list[str]:
-        """Ids of the locations of `source` that hold a manifest (valid or not)."""
-        check_source(source)
-        return [sid for sid, listed in self._list(source).items() if listed.has_manifest]
+    def commit(self, staged: StagedSnapshot) -> StoredSnapshot:
+        """Put every staged artifact, then the manifest; anything less leaves an attempt.
+
+        A failure is this upload's failure (what `backup.failed` reports); what
+        got through is removed at once, or by `prune` a day later when the
+        store is unreachable for that too.
+        """
+        prefix = snapshot_prefix(staged.source, staged.snapshot_id)
+        try:
+            taken = self.backend.last_change(prefix) is not None
+        except (StoreError, StorageFull) as exc:
+            raise self._not_stored(staged, exc) from None
+        if taken:
+            raise StoreError(f"{staged.source} snapshot {staged.snapshot_id} already exists")
+        try:
+            for entry in staged.files:
+                name = check_artifact_name(entry.name)
+                self.backend.put_file(prefix + name, staged.path_of(entry))
+            raw = staged.manifest(finished_at=utc_now()).to_bytes()
+            self.backend.put_bytes(prefix + MANIFEST_NAME, raw)
+        except (StoreError, StorageFull) as exc:
+            self._remove_failed(prefix)
+            raise self._not_stored(staged, exc) from None
+        location = self.backend.location(prefix)
+        return parse_manifest(raw, staged.source, staged.snapshot_id, location)
+
+    @staticmethod
+    def _not_stored(staged: StagedSnapshot, exc: StoreError | StorageFull) -> BackupError:
+        """The failure as this upload's (a full disk says so itself, naming the path)."""
+        if isinstance(exc, StorageFull):
+            return exc
+        return StoreError(f"could not store {staged.source} snapshot {staged.snapshot_id}: {exc}")
+
+    def _remove_failed(self, prefix: str) -> None:
+        try:
+            self.backend.delete_prefix(prefix)
+        except (StoreError, StorageFull):
+            logger.warning(
+                "could not remove the failed upload %s; prune removes it after 24 h", prefix
+            )
+
+    # Reading
 
     def read_manifest(self, source: str, snapshot_id: str) -> StoredSnapshot | None:
         """The snapshot if it is complete, None if there is no manifest.
@@ -153,68 +185,61 @@ class SnapshotStore(ABC):
         Raises `UnreadableManifest` when there is one but it is not a valid
         snapshot's: the caller decides whether to report or skip it.
         """
-        checked_location(source, snapshot_id)
-        raw = self._manifest_bytes(source, snapshot_id)
-        if raw is None:
+        fetched = self._fetch_manifest(source, snapshot_id)
+        if fetched is None:
             return None
-        return parse_manifest(raw, source, snapshot_id, self.location(source, snapshot_id))
+        return parse_manifest(fetched.data, source, snapshot_id, self.location(source, snapshot_id))
+
+    def _fetch_manifest(self, source: str, snapshot_id: str) -> Fetched | None:
+        prefix = snapshot_prefix(source, snapshot_id)
+        try:
+            return self.backend.get(prefix + MANIFEST_NAME, MAX_MANIFEST_BYTES + 1)
+        except NotFollowed as exc:
+            raise UnreadableManifest(f"{source}/{snapshot_id}: {exc}") from None
+
+    def _locations(self, source: str) -> list[str]:
+        """Ids of every location under `source`, newest first; other names are not ours
+        (a source may keep data of its own beside its snapshots, as restic's repository)."""
+        names = self.backend.children(check_source(source) + "/")
+        return sorted((name for name in names if is_snapshot_id(name)), reverse=True)
+
+    def survey(self, source: str) -> Survey:
+        """Every location of `source`, each manifest read once."""
+        survey = Survey()
+        for snapshot_id in self._locations(source):
+            location = self.location(source, snapshot_id)
+            fetched = None
+            try:
+                fetched = self._fetch_manifest(source, snapshot_id)
+                if fetched is None:
+                    self._add_attempt(survey, source, snapshot_id)
+                    continue
+                survey.snapshots.append(parse_manifest(fetched.data, source, snapshot_id, location))
+            except UnreadableManifest as exc:
+                modified = fetched.modified if fetched else utc_now()
+                survey.unreadable.append(
+                    Unreadable(source, snapshot_id, location, str(exc), modified)
+                )
+        return survey
+
+    def _add_attempt(self, survey: Survey, source: str, snapshot_id: str) -> None:
+        modified = self.backend.last_change(snapshot_prefix(source, snapshot_id))
+        if modified is not None:  # removed meanwhile: nothing there
+            survey.attempts.append(Attempt(snapshot_id, modified))
 
     def list_snapshots(self, source: str) -> list[StoredSnapshot]:
         """Complete snapshots of `source`, newest first (ids sort in time order)."""
         return self.survey(source).snapshots
 
-    def survey(self, source: str) -> Survey:
-        """Every location of `source` holding a manifest, read once: the complete snapshots
-        (newest first) and those whose manifest is not a valid snapshot's, with the reason."""
-        check_source(source)
-        survey = Survey()
-        for snapshot_id, listed in sorted(self._list(source).items(), reverse=True):
-            if not listed.has_manifest:
-                continue
-            try:
-                snapshot = self.read_manifest(source, snapshot_id)
-            except UnreadableManifest as exc:
-                location = self.location(source, snapshot_id)
-                survey.unreadable.append(
-                    Unreadable(source, snapshot_id, location, str(exc), listed.modified)
-                )
-                continue
-            if snapshot is not None:
-                survey.snapshots.append(snapshot)
-        return survey
-
-    def incomplete(self, source: str) -> list[tuple[str, datetime]]:
-        """Interrupted attempts (a snapshot id, no manifest) and when they were last written.
-
-        Only names shaped like snapshot ids count, so nothing else kept under a
-        source (the documents' restic repository) is ever taken for one.
-        """
-        check_source(source)
-        listed = self._list(source).values()
-        return [(entry.snapshot_id, entry.modified) for entry in listed if not entry.has_manifest]
-
-    def open_file(
-        self, source: str, snapshot_id: str, name: str
-    ) -> AbstractContextManager[BinaryIO]:
-        """The stored bytes of one artifact, as a readable stream."""
-        checked_location(source, snapshot_id)
-        check_artifact_name(name)
-        return self._open(source, snapshot_id, name)
-
-    def delete(self, source: str, snapshot_id: str) -> None:
-        """Remove a snapshot, manifest first so it is never listed half-deleted."""
-        checked_location(source, snapshot_id)
-        self._remove(source, snapshot_id)
-
     def find(self, source: str, snapshot_id: str = LATEST) -> StoredSnapshot:
         """One complete snapshot by id, or the newest with `latest`.
 
         An id that is not shaped like one is a usage error (it is never joined
-        into a path); a manifest that fails the checks is reported as such.
+        into a key); a manifest that fails the checks is reported as such.
         """
         check_source(source)
         if snapshot_id == LATEST:
-            for candidate in sorted(self.snapshot_ids(source), reverse=True):
+            for candidate in self._locations(source):
                 with contextlib.suppress(UnreadableManifest):  # `survey` reports those
                     if snapshot := self.read_manifest(source, candidate):
                         return snapshot
@@ -230,3 +255,17 @@ class SnapshotStore(ABC):
                 f" (list them with 'backup-pipelines snapshots {source}')"
             )
         return snapshot
+
+    def open_file(
+        self, source: str, snapshot_id: str, name: str
+    ) -> AbstractContextManager[BinaryIO]:
+        """The stored bytes of one artifact, as a readable stream."""
+        return self.backend.open(snapshot_prefix(source, snapshot_id) + check_artifact_name(name))
+
+    # Deleting
+
+    def delete(self, source: str, snapshot_id: str) -> None:
+        """Remove a location, manifest first so it is never listed half-deleted."""
+        prefix = snapshot_prefix(source, snapshot_id)
+        self.backend.delete(prefix + MANIFEST_NAME)
+        self.backend.delete_prefix(prefix)

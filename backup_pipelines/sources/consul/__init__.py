@@ -2,53 +2,69 @@
 
 from __future__ import annotations
 
-import argparse
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
 
-from backup_pipelines.settings import load_settings
-from backup_pipelines.snapshot.store import SnapshotStore
-from backup_pipelines.sources import RestoreRequest, SourceCommands
+from backup_pipelines.settings import SourceSettings
+from backup_pipelines.snapshot.reader import SnapshotReader
+from backup_pipelines.snapshot.staging import StagedSnapshot
 from backup_pipelines.sources.consul.api import ConsulApi
+from backup_pipelines.sources.consul.dump import dump_consul
 from backup_pipelines.sources.consul.restore import check_snapshot, restore_archive, restore_kv
+from backup_pipelines.sources.source import Check, Log, RestoreOptions, Source, cli, problems_check
 
-SOURCE = "consul"
+
+class ConsulSettings(SourceSettings):
+    model_config = SettingsConfigDict(env_prefix="BACKUP_CONSUL_")
+
+    http_addr: str = "http://localhost:8500"
+    token: SecretStr | None = None
+    """The ACL token; it travels only in the `X-Consul-Token` header."""
+    cron: str = "45 2 * * *"
 
 
-def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--http-addr",
-        dest="target",
-        required=True,
-        metavar="URL",
-        help="Consul agent to restore into (http://host:8500); token: BACKUP_CONSUL_TOKEN",
+class ConsulRestore(RestoreOptions):
+    target: str = Field(
+        description="Consul agent to restore into (http://host:8500); token: BACKUP_CONSUL_TOKEN",
+        json_schema_extra=cli("--http-addr", "URL"),
     )
-    parser.add_argument(
-        "--snapshot-restore",
-        action="store_true",
-        help="upload Consul's own snapshot archive (the whole cluster state) instead of the KV",
-    )
-
-
-def restore(request: RestoreRequest, store: SnapshotStore) -> str:
-    snapshot, identities = request.snapshot, request.identities
-    token = load_settings().consul_token
-    api = ConsulApi(request.target or "", token.get_secret_value() if token else None)
-    if request.options.get("snapshot_restore"):
-        return restore_archive(
-            store,
-            snapshot,
-            api,
-            identities=identities,
-            work_dir=request.work_dir,
-            log=request.log,
-        )
-    return restore_kv(
-        store, snapshot, api, force=request.force, identities=identities, log=request.log
+    snapshot_restore: bool = Field(
+        False,
+        description="upload Consul's own snapshot archive (the whole cluster state) instead of "
+        "the KV",
     )
 
 
-COMMANDS = SourceCommands(
-    name=SOURCE,
-    add_restore_arguments=add_restore_arguments,
-    restore=restore,
-    deep_verify=check_snapshot,
-)
+class Consul(Source[ConsulSettings, ConsulRestore]):
+    name = "consul"
+    kind = "consul"
+    description = "Consul's snapshot archive (the whole Raft state) and a JSON export of the KV."
+    system = "The CRM's Consul cluster."
+
+    def api(self, address: str | None = None) -> ConsulApi:
+        """The agent at `address` (default: the one backed up), with the configured token."""
+        token = self.settings.token.get_secret_value() if self.settings.token else None
+        return ConsulApi(address or self.settings.http_addr, token)
+
+    def dump(self, staged: StagedSnapshot, log: Log) -> None:
+        dump_consul(staged, self.api(), log)
+
+    def deep_verify(self, reader: SnapshotReader) -> list[str]:
+        return check_snapshot(reader)
+
+    def restore(self, reader: SnapshotReader, options: ConsulRestore, log: Log) -> str:
+        api = self.api(options.target)
+        if options.snapshot_restore:
+            return restore_archive(reader, api, log)
+        return restore_kv(reader, api, force=options.force, log=log)
+
+    def checks(self) -> list[Check]:
+        return [
+            problems_check(
+                "archive_structure",
+                "Opens the latest snapshot: Consul's archive must be a gzip'd tar whose "
+                "SHA256SUMS match its members, and the KV export must parse with the recorded "
+                "key count.",
+                check_snapshot,
+            )
+        ]

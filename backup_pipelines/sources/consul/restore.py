@@ -8,25 +8,19 @@ import hashlib
 import io
 import json
 import tarfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pyrage import x25519
-
 from backup_pipelines.errors import BackupError, IntegrityError
-from backup_pipelines.snapshot.reader import artifact_file, restore_artifact
-from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
-from backup_pipelines.sources import Log
+from backup_pipelines.snapshot.reader import SnapshotReader
 from backup_pipelines.sources.consul.api import ConsulApi
 from backup_pipelines.sources.consul.dump import ARCHIVE_ARTIFACT, KV_ARTIFACT
+from backup_pipelines.sources.source import Log
 
 
-def load_kv(
-    store: SnapshotStore, snapshot: StoredSnapshot, identities: Sequence[x25519.Identity]
-) -> list[dict[str, Any]]:
+def load_kv(reader: SnapshotReader) -> list[dict[str, Any]]:
     plain = io.BytesIO()
-    restore_artifact(store, snapshot, KV_ARTIFACT, plain, identities)
+    reader.restore_artifact(KV_ARTIFACT, plain)
     try:
         entries = json.loads(plain.getvalue())
         for entry in entries:
@@ -35,7 +29,7 @@ def load_kv(
             str(entry["key"])
     except (ValueError, KeyError, TypeError):
         raise IntegrityError(
-            f"{KV_ARTIFACT} of {snapshot.snapshot_id} is not a KV export"
+            f"{KV_ARTIFACT} of {reader.snapshot.snapshot_id} is not a KV export"
         ) from None
     return entries
 
@@ -74,36 +68,23 @@ def archive_problems(archive: Path) -> list[str]:
     ]
 
 
-def check_snapshot(
-    store: SnapshotStore,
-    snapshot: StoredSnapshot,
-    identities: Sequence[x25519.Identity],
-    work_dir: Path,
-) -> list[str]:
+def check_snapshot(reader: SnapshotReader) -> list[str]:
     """The archive is whole and the KV export parses (with the recorded key count)."""
     try:
-        with artifact_file(store, snapshot, ARCHIVE_ARTIFACT, identities, work_dir) as archive:
+        with reader.artifact_file(ARCHIVE_ARTIFACT) as archive:
             problems = archive_problems(archive)
-        entries = load_kv(store, snapshot, identities)
+        entries = load_kv(reader)
     except BackupError as exc:
         return [str(exc)]
-    expected = snapshot.manifest.stats.get("kv_keys")
+    expected = reader.snapshot.manifest.stats.get("kv_keys")
     if expected is not None and expected != len(entries):
         problems.append(f"{KV_ARTIFACT} holds {len(entries)} keys, the manifest says {expected}")
     return problems
 
 
-def restore_kv(
-    store: SnapshotStore,
-    snapshot: StoredSnapshot,
-    api: ConsulApi,
-    *,
-    force: bool,
-    identities: Sequence[x25519.Identity],
-    log: Log,
-) -> str:
+def restore_kv(reader: SnapshotReader, api: ConsulApi, *, force: bool, log: Log) -> str:
     """Make the target's KV store equal to the snapshot's: every key, value and flag."""
-    entries = load_kv(store, snapshot, identities)
+    entries = load_kv(reader)
     existing = api.kv_keys()
     if existing and not force:
         raise BackupError(
@@ -117,24 +98,16 @@ def restore_kv(
         api.kv_put(entry["key"], base64.b64decode(entry["value"]), entry["flags"])
         if number % 1000 == 0:
             log(f"{number} of {len(entries)} keys restored")
-    return f"restored consul/{snapshot.snapshot_id} KV into {api.where}: {len(entries)} keys"
+    return f"restored {reader.where} KV into {api.where}: {len(entries)} keys"
 
 
-def restore_archive(
-    store: SnapshotStore,
-    snapshot: StoredSnapshot,
-    api: ConsulApi,
-    *,
-    identities: Sequence[x25519.Identity],
-    work_dir: Path,
-    log: Log,
-) -> str:
+def restore_archive(reader: SnapshotReader, api: ConsulApi, log: Log) -> str:
     """Upload Consul's own archive (PUT /v1/snapshot): the whole cluster state, same version."""
-    with artifact_file(store, snapshot, ARCHIVE_ARTIFACT, identities, work_dir) as archive:
+    with reader.artifact_file(ARCHIVE_ARTIFACT) as archive:
         problems = archive_problems(archive)
         if problems:
             raise IntegrityError("; ".join(problems))
         log(f"uploading Consul's snapshot archive to {api.where}")
         with archive.open("rb") as body:
             api.restore_snapshot(body)
-    return f"restored consul/{snapshot.snapshot_id} (snapshot archive) into {api.where}"
+    return f"restored {reader.where} (snapshot archive) into {api.where}"

@@ -2,54 +2,148 @@
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pyrage import x25519
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import SettingsConfigDict
 
-from backup_pipelines.settings import load_settings
-from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
-from backup_pipelines.sources import RestoreRequest, SourceCommands
-from backup_pipelines.sources.documents.backup import repository_from_settings
+from backup_pipelines.errors import ConfigurationError
+from backup_pipelines.settings import SourceSettings
+from backup_pipelines.snapshot.reader import SnapshotReader
+from backup_pipelines.snapshot.staging import StagedSnapshot
+from backup_pipelines.snapshot.store import StoredSnapshot
+from backup_pipelines.sources.documents.backup import backup_documents, tree_fingerprint
+from backup_pipelines.sources.documents.restic import ResticRepository, is_restic_id
 from backup_pipelines.sources.documents.restore import check_repository, restore_tree
+from backup_pipelines.sources.source import Check, Log, RestoreOptions, Source, cli, problems_check
 
-SOURCE = "documents"
+RESTIC_READ_DATA_SUBSET = "5%"  # every pack read within about a month of nightly checks
+PASSWORD_NEEDED = "BACKUP_RESTIC_PASSWORD is required for the documents source"
 
 
-def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--target-dir",
-        dest="target",
-        required=True,
-        metavar="DIR",
-        help="directory to restore the tree into",
+class DocumentsSettings(SourceSettings):
+    model_config = SettingsConfigDict(env_prefix="BACKUP_DOCUMENTS_")
+
+    root: Path | None = Field(
+        None, validation_alias=AliasChoices("BACKUP_DOCUMENTS_ROOT", "DOCUMENTS_STORAGE_ROOT")
+    )
+    """The file tree to back up."""
+    restic_password: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("BACKUP_RESTIC_PASSWORD")
+    )
+    """Opens the restic repository; without it (and its offline copy) nobody can read it."""
+    cron: str = "0 3 * * *"
+
+
+class DocumentsRestore(RestoreOptions):
+    target: Path = Field(
+        description="directory to restore the tree into",
+        json_schema_extra=cli("--target-dir", "DIR"),
     )
 
 
-def restore(request: RestoreRequest, store: SnapshotStore) -> str:
-    return restore_tree(
-        request.snapshot,
-        repository_from_settings(load_settings()),
-        Path(request.target or ""),
-        force=request.force,
-        log=request.log,
+class Documents(Source[DocumentsSettings, DocumentsRestore]):
+    name = "documents"
+    kind = "restic"
+    description = (
+        "The documents tree, incremental and deduplicated in a restic repository kept in the "
+        "same store."
     )
+    system = "The CRM's documents file tree."
+    watches_changes = True
+
+    def repository(self) -> ResticRepository:
+        """`<root>/documents/restic` in the same store as every other snapshot."""
+        if self.settings.restic_password is None:
+            raise ConfigurationError(PASSWORD_NEEDED)
+        shared = self.shared
+        password = self.settings.restic_password.get_secret_value()
+        if not shared.s3_enabled:
+            return ResticRepository(str(shared.artifacts_dir / self.name / "restic"), password)
+        assert shared.s3_access_key and shared.s3_secret_key
+        endpoint = (shared.s3_endpoint_url or "https://s3.amazonaws.com").rstrip("/")
+        prefix = "/".join(p for p in (shared.s3_prefix.strip("/"), self.name, "restic") if p)
+        return ResticRepository(
+            f"s3:{endpoint}/{shared.s3_bucket}/{prefix}",
+            password,
+            shared.s3_access_key.get_secret_value(),
+            shared.s3_secret_key.get_secret_value(),
+            shared.s3_region,
+        )
+
+    def not_configured(self) -> str | None:
+        if self.settings.root and self.settings.restic_password:
+            return None
+        return "documents are not configured: set BACKUP_DOCUMENTS_ROOT and BACKUP_RESTIC_PASSWORD"
+
+    def fingerprint(self) -> list[int]:
+        root = self.settings.root
+        if root is None or not root.is_dir():
+            raise ConfigurationError("BACKUP_DOCUMENTS_ROOT is not set to a directory")
+        return tree_fingerprint(root)
+
+    def dump(self, staged: StagedSnapshot, log: Log) -> None:
+        backup_documents(staged, self.settings.root, self.repository(), log)
+
+    def deep_verify(self, reader: SnapshotReader) -> list[str]:
+        """Reads every pack of the restic repository (restic encrypts it itself)."""
+        return check_repository(reader.snapshot, self.repository(), "100%")
+
+    def restore(self, reader: SnapshotReader, options: DocumentsRestore, log: Log) -> str:
+        return restore_tree(
+            reader.snapshot, self.repository(), options.target, force=options.force, log=log
+        )
+
+    def checks(self) -> list[Check]:
+        def exists(reader: SnapshotReader) -> list[str]:
+            return check_repository(reader.snapshot, self.repository(), None)
+
+        def subset(reader: SnapshotReader) -> list[str]:
+            return check_repository(reader.snapshot, self.repository(), RESTIC_READ_DATA_SUBSET)
+
+        return [
+            problems_check(
+                "restic_snapshot_exists",
+                "The restic snapshot the latest snapshot points at is in the repository.",
+                exists,
+            ),
+            problems_check(
+                "restic_check",
+                f"restic check of the repository, reading a random {RESTIC_READ_DATA_SUBSET} "
+                "of its data each run, so every pack is read within about a month of nightly "
+                "runs.",
+                subset,
+            ),
+        ]
+
+    def forgetting(
+        self, deleted: Sequence[StoredSnapshot], kept: Sequence[StoredSnapshot]
+    ) -> Callable[[], None] | None:
+        """restic forgets exactly the snapshots only deleted documents snapshots point at."""
+        restic_ids = restic_ids_to_forget(deleted, kept)
+        if not restic_ids:
+            return None
+        if self.settings.restic_password is None:
+            raise ConfigurationError(
+                "BACKUP_RESTIC_PASSWORD is needed to prune documents snapshots "
+                "(restic holds their data)"
+            )
+        repository = self.repository()
+        return lambda: repository.forget(restic_ids)
 
 
-def deep_verify(
-    store: SnapshotStore,
-    snapshot: StoredSnapshot,
-    identities: Sequence[x25519.Identity],
-    work_dir: Path,
+def restic_ids_to_forget(
+    deleted: Sequence[StoredSnapshot], kept: Sequence[StoredSnapshot]
 ) -> list[str]:
-    """Reads every pack of the restic repository (restic encrypts it itself)."""
-    return check_repository(snapshot, repository_from_settings(load_settings()), "100%")
+    """The ids come from manifests, so each is checked (hex only, nothing restic could read
+    as an option), and an id a kept snapshot also names (on its 8-hex short form, as restic
+    resolves ids by prefix) is never forgotten."""
 
+    def restic_id(snapshot: StoredSnapshot) -> str | None:
+        value = snapshot.manifest.stats.get("restic_snapshot_id")
+        return value if is_restic_id(value) else None
 
-COMMANDS = SourceCommands(
-    name=SOURCE,
-    add_restore_arguments=add_restore_arguments,
-    restore=restore,
-    deep_verify=deep_verify,
-)
+    kept_ids = {found[:8] for snapshot in kept if (found := restic_id(snapshot))}
+    dropped = {found for snapshot in deleted if (found := restic_id(snapshot))}
+    return sorted(found for found in dropped if found[:8] not in kept_ids)

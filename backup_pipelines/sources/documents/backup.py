@@ -10,11 +10,11 @@ snapshot always points at complete data.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 from backup_pipelines.errors import ConfigurationError
-from backup_pipelines.settings import BackupSettings
 from backup_pipelines.snapshot.staging import StagedSnapshot
 from backup_pipelines.sources.documents.restic import ResticRepository
 
@@ -31,27 +31,18 @@ SUMMARY_FIELDS = (
 )
 
 
-def repository_location(settings: BackupSettings) -> str:
-    """`<root>/documents/restic` in the same store as every other snapshot."""
-    if settings.s3_enabled:
-        endpoint = (settings.s3_endpoint_url or "https://s3.amazonaws.com").rstrip("/")
-        prefix = "/".join(p for p in (settings.s3_prefix.strip("/"), "documents/restic") if p)
-        return f"s3:{endpoint}/{settings.s3_bucket}/{prefix}"
-    return str(settings.artifacts_dir / "documents" / "restic")
-
-
-def repository_from_settings(settings: BackupSettings) -> ResticRepository:
-    if settings.restic_password is None:
-        raise ConfigurationError("BACKUP_RESTIC_PASSWORD is required for the documents source")
-    secret = settings.s3_secret_key.get_secret_value() if settings.s3_enabled else None
-    access = settings.s3_access_key.get_secret_value() if settings.s3_enabled else None
-    return ResticRepository(
-        repository_location(settings),
-        settings.restic_password.get_secret_value(),
-        access,
-        secret,
-        settings.s3_region,
-    )
+def tree_fingerprint(root: Path) -> list[int]:
+    """[entries, newest mtime in ns]: cheap, and changes with any add, delete or write."""
+    entries, newest = 0, 0
+    stack = [root]
+    while stack:
+        with os.scandir(stack.pop()) as listing:
+            for entry in listing:
+                entries += 1
+                newest = max(newest, entry.stat(follow_symlinks=False).st_mtime_ns)
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+    return [entries, newest]
 
 
 def backup_documents(

@@ -11,19 +11,29 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from backup_pipelines.errors import BackupError, ConfigurationError
-from backup_pipelines.processes import describe_exit, not_installed, run_tool, stderr_tail
+from backup_pipelines.processes import ToolFailed, run_tool, running
 
 PROGRESS_EVERY_S = 10.0
 HOST_TAG = "backup-pipelines"
 RESTIC_SNAPSHOT_ID = re.compile(r"[0-9a-f]{8}|[0-9a-f]{64}")
+PARTIAL_BACKUP = 3
+"""restic backup could not read some files: the snapshot would silently miss them."""
+NO_REPOSITORY, WRONG_PASSWORD = 10, 12
+"""Exit codes of restic 0.17 and later; 0.14 (Debian 12's) says the same only in words."""
+
+
+class RepositoryMissing(BackupError):
+    """There is no restic repository at the location (yet)."""
+
+
+class WrongPassword(ConfigurationError):
+    """The password does not open the repository: never a reason to create another."""
 
 
 def is_restic_id(value: object) -> bool:
@@ -56,7 +66,21 @@ class ResticRepository:
         return [self.password, self.s3_access_key, self.s3_secret_key]
 
     def run(self, *args: str, label: str) -> str:
-        return run_tool(["restic", *args], label=label, env=self.env(), secrets=self.secrets())
+        try:
+            return run_tool(["restic", *args], label=label, env=self.env(), secrets=self.secrets())
+        except ToolFailed as exc:
+            raise self.classified(exc) from None
+
+    def classified(self, failure: ToolFailed) -> BackupError:
+        """What a restic failure means, decided here once for every restic command."""
+        if failure.returncode == WRONG_PASSWORD or "wrong password" in failure.stderr:
+            return WrongPassword(
+                f"BACKUP_RESTIC_PASSWORD does not open the restic repository at {self.location}"
+            )
+        missing = ("Is there a repository", "does not exist")
+        if failure.returncode == NO_REPOSITORY or any(words in failure.stderr for words in missing):
+            return RepositoryMissing(f"{failure} (no restic repository at {self.location})")
+        return failure
 
     def backup(self, root: str, tag: str, log: Callable[[str], None]) -> dict[str, Any]:
         """`restic backup --json`, creating the repository on first use; returns the summary.
@@ -69,49 +93,33 @@ class ResticRepository:
         """
         try:
             return self._backup(root, tag, log)
-        except BackupError as exc:
-            if "wrong password" in str(exc):
-                raise ConfigurationError(
-                    f"BACKUP_RESTIC_PASSWORD does not open the restic repository at {self.location}"
-                ) from None
-            if "Is there a repository" not in str(exc) and "does not exist" not in str(exc):
-                raise
-        log(f"initialising the restic repository at {self.location}")
+        except RepositoryMissing:
+            log(f"initialising the restic repository at {self.location}")
         self.run("init", label=f"restic init at {self.location}")
         return self._backup(root, tag, log)
 
     def _backup(self, root: str, tag: str, log: Callable[[str], None]) -> dict[str, Any]:
         argv = ["restic", "backup", "--json", "--host", HOST_TAG, "--tag", tag, root]
-        with tempfile.TemporaryFile() as stderr:
-            try:
-                process = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=stderr,
-                    env=self.env(),
-                    text=True,
-                )
-            except FileNotFoundError:
-                raise not_installed("restic backup", "restic") from None
-            assert process.stdout is not None
-            summary = _follow(process.stdout, log)
-            returncode = process.wait()
-            if returncode == 3 and summary is not None:  # partial: not a snapshot of ours
+        label = f"restic backup of {root}"
+        summary = None
+        try:
+            with running(
+                argv, label=label, env=self.env(), secrets=self.secrets(), text=True
+            ) as process:
+                summary = _follow(process.stdout, log)
+        except ToolFailed as exc:
+            if exc.returncode == PARTIAL_BACKUP and summary is not None:  # not one of ours
                 self.run("forget", summary["snapshot_id"], label="restic forget (partial)")
-            if returncode != 0 or summary is None:
-                # restic exits 3 when some files could not be read: the snapshot would
-                # silently miss them, so it does not count.
-                raise BackupError(
-                    f"restic backup of {root} failed ({describe_exit(returncode)}): "
-                    f"{stderr_tail(stderr, self.secrets()) or 'no summary from restic'}"
-                )
+            raise self.classified(exc) from None
+        if summary is None:
+            raise BackupError(f"{label} gave no summary")
         return summary
 
     def snapshot_exists(self, snapshot_id: str) -> bool:
+        """Whether the repository holds the snapshot; a wrong password is not an answer."""
         try:
             self.run("cat", "snapshot", snapshot_id, label=f"restic cat snapshot {snapshot_id}")
-        except BackupError:
+        except (RepositoryMissing, ToolFailed):
             return False
         return True
 

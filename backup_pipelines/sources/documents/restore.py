@@ -87,10 +87,10 @@ def check_repository(
     """The snapshot's restic id exists, and `restic check` (reading that much data) passes."""
     try:
         restic_id = restic_id_of(snapshot)
-    except IntegrityError as exc:
+        if not repository.snapshot_exists(restic_id):
+            return [f"restic snapshot {restic_id} is not in {repository.location}"]
+    except BackupError as exc:
         return [str(exc)]
-    if not repository.snapshot_exists(restic_id):
-        return [f"restic snapshot {restic_id} is not in {repository.location}"]
     try:
         repository.check(read_data)
     except BackupError as exc:

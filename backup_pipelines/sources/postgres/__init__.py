@@ -2,54 +2,101 @@
 
 from __future__ import annotations
 
-import argparse
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import SettingsConfigDict
 
-from backup_pipelines.snapshot.store import SnapshotStore
-from backup_pipelines.sources import RestoreRequest, SourceCommands
+from backup_pipelines.settings import CommaList, SourceSettings, split_commas
+from backup_pipelines.snapshot.reader import SnapshotReader
+from backup_pipelines.snapshot.staging import StagedSnapshot
 from backup_pipelines.sources.postgres.cluster import Cluster
-from backup_pipelines.sources.postgres.restore import deep_verify_dumps, restore_snapshot
-
-SOURCE = "postgres"
-
-
-def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--target-dsn",
-        dest="target",
-        required=True,
-        metavar="DSN",
-        help="server to restore into; with --database, the database named here receives it",
-    )
-    parser.add_argument(
-        "--database",
-        metavar="NAME",
-        help="restore only this database of the snapshot (default: all, under their own names)",
-    )
-    parser.add_argument(
-        "--globals",
-        dest="include_globals",
-        action="store_true",
-        help="create the snapshot's roles and tablespaces first (existing roles are kept)",
-    )
-
-
-def restore(request: RestoreRequest, store: SnapshotStore) -> str:
-    return restore_snapshot(
-        store,
-        request.snapshot,
-        Cluster(request.target),
-        database=request.options.get("database"),
-        include_globals=bool(request.options.get("include_globals")),
-        force=request.force,
-        identities=request.identities,
-        work_dir=request.work_dir,
-        log=request.log,
-    )
-
-
-COMMANDS = SourceCommands(
-    name=SOURCE,
-    add_restore_arguments=add_restore_arguments,
-    restore=restore,
-    deep_verify=deep_verify_dumps,
+from backup_pipelines.sources.postgres.dump import dump_cluster
+from backup_pipelines.sources.postgres.restore import (
+    deep_verify_dumps,
+    restore_drill,
+    restore_snapshot,
 )
+from backup_pipelines.sources.source import Check, CheckOutcome, Log, RestoreOptions, Source, cli
+
+
+class PostgresSettings(SourceSettings):
+    model_config = SettingsConfigDict(env_prefix="BACKUP_POSTGRES_")
+
+    backup_dsn: SecretStr = SecretStr("postgresql://postgres@localhost:5432/postgres")
+    databases: CommaList = []
+    """The databases to back up; all but the templates when empty."""
+    restore_drill: bool = True
+    cron: str = "0 * * * *"
+
+    _split = field_validator("databases", mode="before")(split_commas)
+
+
+class PostgresRestore(RestoreOptions):
+    target: str = Field(
+        description="server to restore into; with --database, the database named here "
+        "receives it (a DSN without password: PGPASSWORD or PGPASSFILE give it)",
+        json_schema_extra=cli("--target-dsn", "DSN"),
+    )
+    database: str | None = Field(
+        None,
+        description="restore only this database of the snapshot (default: all, under their "
+        "own names)",
+        json_schema_extra=cli(metavar="NAME"),
+    )
+    include_globals: bool = Field(
+        False,
+        description="create the snapshot's roles and tablespaces first (existing roles are kept)",
+        json_schema_extra=cli("--globals"),
+    )
+
+
+class Postgres(Source[PostgresSettings, PostgresRestore]):
+    name = "postgres"
+    kind = "postgres"
+    description = "Every database of the cluster (custom-format dumps) and its roles (globals.sql)."
+    system = "The CRM's PostgreSQL cluster."
+
+    def cluster(self) -> Cluster:
+        return Cluster(self.settings.backup_dsn.get_secret_value())
+
+    def dump(self, staged: StagedSnapshot, log: Log) -> None:
+        dump_cluster(staged, self.cluster(), self.settings.databases, log)
+
+    def deep_verify(self, reader: SnapshotReader) -> list[str]:
+        return deep_verify_dumps(reader)
+
+    def restore(self, reader: SnapshotReader, options: PostgresRestore, log: Log) -> str:
+        return restore_snapshot(
+            reader,
+            Cluster(options.target),
+            database=options.database,
+            include_globals=options.include_globals,
+            force=options.force,
+            log=log,
+        )
+
+    def checks(self) -> list[Check]:
+        if not self.settings.restore_drill:
+            return []
+        return [
+            Check(
+                "restore_drill",
+                "Restores each database of the latest snapshot into a scratch database on the "
+                "same server, compares per-table row counts with those taken at backup time, "
+                "and drops it. Switch off with BACKUP_POSTGRES_RESTORE_DRILL=false.",
+                self.drill,
+            )
+        ]
+
+    def drill(self, reader: SnapshotReader, log: Log) -> CheckOutcome:
+        results = restore_drill(reader, self.cluster(), log)
+        differing = [name for name, result in results.items() if result["differences"]]
+        return CheckOutcome(
+            [
+                f"{name}: the restored rows differ from those counted at backup"
+                for name in differing
+            ],
+            metadata={
+                "databases": results,
+                "rows_restored": sum(result["rows"] for result in results.values()),
+            },
+        )

@@ -14,19 +14,16 @@ import os
 import re
 import secrets
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
-from pyrage import x25519
 
 from backup_pipelines.errors import BackupError
-from backup_pipelines.processes import run_tool
-from backup_pipelines.snapshot.reader import artifact_file
+from backup_pipelines.processes import ToolFailed, run_tool
+from backup_pipelines.snapshot.reader import SnapshotReader
 from backup_pipelines.snapshot.staging import logical_name
-from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
-from backup_pipelines.sources import Log
+from backup_pipelines.snapshot.store import StoredSnapshot
 from backup_pipelines.sources.postgres.cluster import (
     MAINTENANCE_DB,
     Cluster,
@@ -39,6 +36,7 @@ from backup_pipelines.sources.postgres.dump import (
     database_of,
     dump_artifact,
 )
+from backup_pipelines.sources.source import Log
 
 ROLE_STATEMENT = re.compile(r'^(CREATE|ALTER) ROLE ("(?:[^"]|"")+"|[^\s;]+)(;| WITH .*;)$')
 
@@ -183,17 +181,10 @@ def _allow_connections(connection: psycopg.Connection, name: str) -> None:
 
 
 def restore_database(
-    store: SnapshotStore,
-    snapshot: StoredSnapshot,
-    source_db: str,
-    cluster: Cluster,
-    target_db: str,
-    identities: Sequence[x25519.Identity],
-    work_dir: Path,
-    log: Log,
+    reader: SnapshotReader, source_db: str, cluster: Cluster, target_db: str, log: Log
 ) -> None:
     """Restore one database of the snapshot into an existing, empty `target_db`."""
-    with artifact_file(store, snapshot, dump_artifact(source_db), identities, work_dir) as dump:
+    with reader.artifact_file(dump_artifact(source_db)) as dump:
         log(
             f"restoring {source_db!r} into {target_db!r} on {cluster.where} "
             f"with {parallel_jobs()} jobs"
@@ -212,8 +203,8 @@ def restore_database(
                 env=cluster.child_env(),
                 secrets=cluster.secrets(),
             )
-        except BackupError as exc:
-            hint = " (restore the roles first with --globals)" if "role" in str(exc) else ""
+        except ToolFailed as exc:
+            hint = " (restore the roles first with --globals)" if "role" in exc.stderr else ""
             raise BackupError(f"{exc}{hint}") from None
 
 
@@ -247,18 +238,11 @@ def tolerant_globals(lines: Sequence[str], current_user: str) -> list[str]:
     return result
 
 
-def apply_globals(
-    store: SnapshotStore,
-    snapshot: StoredSnapshot,
-    cluster: Cluster,
-    identities: Sequence[x25519.Identity],
-    work_dir: Path,
-    log: Log,
-) -> None:
+def apply_globals(reader: SnapshotReader, cluster: Cluster, log: Log) -> None:
     """Create the snapshot's roles (and tablespaces) on the target, keeping roles that exist."""
     with cluster.connect() as connection:
         current_user = connection.execute("SELECT current_user").fetchone()[0]
-    with artifact_file(store, snapshot, GLOBALS_ARTIFACT, identities, work_dir) as original:
+    with reader.artifact_file(GLOBALS_ARTIFACT) as original:
         tolerant = original.with_name("globals-tolerant.sql")
         with original.open() as lines:
             tolerant.write_text("".join(tolerant_globals(list(lines), current_user)))
@@ -282,15 +266,12 @@ def apply_globals(
 
 
 def restore_snapshot(
-    store: SnapshotStore,
-    snapshot: StoredSnapshot,
+    reader: SnapshotReader,
     cluster: Cluster,
     *,
     database: str | None,
     include_globals: bool,
     force: bool,
-    identities: Sequence[x25519.Identity],
-    work_dir: Path,
     log: Log,
 ) -> str:
     """Restore one database (into the target DSN's database) or all of them (same names).
@@ -303,22 +284,19 @@ def restore_snapshot(
     every target as it was. The roles (`--globals`) are applied first, from
     a checked globals.sql, as the dumps need them.
     """
-    pairs = _database_pairs(snapshot, cluster, database)
-    figures = snapshot.manifest.stats.get("databases", {})
+    pairs = _database_pairs(reader.snapshot, cluster, database)
+    figures = reader.snapshot.manifest.stats.get("databases", {})
     for _, target_db in pairs:  # refuse before touching anything
         refuse_if_occupied(cluster, target_db, force)
-    work_dir.mkdir(parents=True, exist_ok=True)
     if include_globals:
-        apply_globals(store, snapshot, cluster, identities, work_dir, log)
+        apply_globals(reader, cluster, log)
     pending: list[tuple[str, str]] = []  # (our new database, the target it replaces)
     try:
         for source_db, target_db in pairs:
             scratch = scratch_name("restore")
             create_database(cluster, scratch, figures.get(source_db, {}), log)
             pending.append((scratch, target_db))
-            restore_database(
-                store, snapshot, source_db, cluster, scratch, identities, work_dir, log
-            )
+            restore_database(reader, source_db, cluster, scratch, log)
         while pending:
             swap_into_place(cluster, *pending[0], log)
             pending.pop(0)
@@ -326,7 +304,7 @@ def restore_snapshot(
         for scratch, _ in pending:
             _drop_left_behind(cluster, scratch, log)
     names = ", ".join(f"{s} → {t}" if s != t else s for s, t in pairs)
-    return f"restored postgres/{snapshot.snapshot_id} ({names}) on {cluster.where}"
+    return f"restored {reader.where} ({names}) on {cluster.where}"
 
 
 def _drop_left_behind(cluster: Cluster, scratch: str, log: Log) -> None:
@@ -358,49 +336,33 @@ def _database_pairs(
     return [(database, target_db)]
 
 
-def deep_verify_dumps(
-    store: SnapshotStore,
-    snapshot: StoredSnapshot,
-    identities: Sequence[x25519.Identity],
-    work_dir: Path,
-) -> list[str]:
+def deep_verify_dumps(reader: SnapshotReader) -> list[str]:
     """`pg_restore --list` over every dump, and a header check of globals.sql."""
     problems = []
-    for name in snapshot_databases(snapshot):
+    for name in snapshot_databases(reader.snapshot):
         try:
-            with artifact_file(store, snapshot, dump_artifact(name), identities, work_dir) as dump:
+            with reader.artifact_file(dump_artifact(name)) as dump:
                 run_tool(
                     ["pg_restore", "--list", str(dump)], label=f"pg_restore --list of {name!r}"
                 )
         except BackupError as exc:
             problems.append(str(exc))
-    with (
-        artifact_file(store, snapshot, GLOBALS_ARTIFACT, identities, work_dir) as globals_sql,
-        globals_sql.open("rb") as header,
-    ):
+    with reader.artifact_file(GLOBALS_ARTIFACT) as globals_sql, globals_sql.open("rb") as header:
         if b"PostgreSQL database cluster dump" not in header.read(4096):
             problems.append(f"{GLOBALS_ARTIFACT}: not a pg_dumpall output")
     return problems
 
 
-def restore_drill(
-    store: SnapshotStore,
-    snapshot: StoredSnapshot,
-    cluster: Cluster,
-    identities: Sequence[x25519.Identity],
-    work_dir: Path,
-    log: Log,
-) -> dict[str, dict[str, Any]]:
+def restore_drill(reader: SnapshotReader, cluster: Cluster, log: Log) -> dict[str, dict[str, Any]]:
     """Restore each database into a scratch database, count rows, drop it; return the comparison."""
-    figures = snapshot.manifest.stats.get("databases", {})
-    work_dir.mkdir(parents=True, exist_ok=True)
+    figures = reader.snapshot.manifest.stats.get("databases", {})
     results = {}
-    for index, name in enumerate(snapshot_databases(snapshot)):
-        scratch = f"drill_{snapshot.snapshot_id.replace('-', '_').lower()}_{index}"
+    for index, name in enumerate(snapshot_databases(reader.snapshot)):
+        scratch = f"drill_{reader.snapshot.snapshot_id.replace('-', '_').lower()}_{index}"
         expected = figures.get(name, {}).get("row_counts", {})
         create_database(cluster, scratch, figures.get(name, {}), log)
         try:
-            restore_database(store, snapshot, name, cluster, scratch, identities, work_dir, log)
+            restore_database(reader, name, cluster, scratch, log)
             with cluster.connect(scratch) as connection:
                 restored = row_counts(connection)
         finally:

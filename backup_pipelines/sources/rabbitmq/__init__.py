@@ -2,65 +2,92 @@
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Sequence
-from pathlib import Path
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
 
-from pyrage import x25519
-
-from backup_pipelines.settings import load_settings
-from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
-from backup_pipelines.sources import RestoreRequest, SourceCommands
+from backup_pipelines.settings import SourceSettings
+from backup_pipelines.snapshot.reader import SnapshotReader
+from backup_pipelines.snapshot.staging import StagedSnapshot
 from backup_pipelines.sources.rabbitmq.api import ManagementApi
+from backup_pipelines.sources.rabbitmq.dump import dump_definitions
 from backup_pipelines.sources.rabbitmq.restore import check_definitions, restore_definitions
-
-SOURCE = "rabbitmq"
-
-
-def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--management-url",
-        dest="target",
-        required=True,
-        metavar="URL",
-        help="management API of the broker to import into (http://host:15672)",
-    )
-    parser.add_argument("--user", help="management user (default: BACKUP_RABBITMQ_ADMIN_USER)")
-    parser.add_argument("--password", help="its password (default: BACKUP_RABBITMQ_ADMIN_PASSWORD)")
-    parser.add_argument("--vhost", metavar="NAME", help="restore this vhost only")
-
-
-def restore(request: RestoreRequest, store: SnapshotStore) -> str:
-    settings = load_settings()
-    api = ManagementApi(
-        request.target or settings.rabbitmq_management_url,
-        request.options.get("user") or settings.rabbitmq_admin_user,
-        request.options.get("password") or settings.rabbitmq_admin_password.get_secret_value(),
-    )
-    return restore_definitions(
-        store,
-        request.snapshot,
-        api,
-        vhost=request.options.get("vhost"),
-        force=request.force,
-        identities=request.identities,
-        log=request.log,
-    )
-
-
-def deep_verify(
-    store: SnapshotStore,
-    snapshot: StoredSnapshot,
-    identities: Sequence[x25519.Identity],
-    work_dir: Path,
-) -> list[str]:
-    """The structural check; the definitions are small enough to need no scratch file."""
-    return check_definitions(store, snapshot, identities)
-
-
-COMMANDS = SourceCommands(
-    name=SOURCE,
-    add_restore_arguments=add_restore_arguments,
-    restore=restore,
-    deep_verify=deep_verify,
+from backup_pipelines.sources.source import (
+    SECRET_OPTION,
+    Check,
+    Log,
+    RestoreOptions,
+    Source,
+    cli,
+    problems_check,
 )
+
+
+class RabbitMQSettings(SourceSettings):
+    """The management API the definitions are exported from (the broker that carries events
+    is `BACKUP_RABBITMQ_URL`, a shared setting)."""
+
+    model_config = SettingsConfigDict(env_prefix="BACKUP_RABBITMQ_")
+
+    management_url: str = "http://localhost:15672"
+    admin_user: str = "guest"
+    admin_password: SecretStr = SecretStr("guest")
+    cron: str = "30 2 * * *"
+
+
+class RabbitMQRestore(RestoreOptions):
+    target: str = Field(
+        description="management API of the broker to import into (http://host:15672)",
+        json_schema_extra=cli("--management-url", "URL"),
+    )
+    user: str | None = Field(
+        None, description="management user (default: BACKUP_RABBITMQ_ADMIN_USER)"
+    )
+    password: SecretStr | None = Field(
+        None,
+        description="its password (default: BACKUP_RABBITMQ_ADMIN_PASSWORD)",
+        json_schema_extra=SECRET_OPTION,
+    )
+    vhost: str | None = Field(
+        None, description="restore this vhost only", json_schema_extra=cli(metavar="NAME")
+    )
+
+
+class RabbitMQ(Source[RabbitMQSettings, RabbitMQRestore]):
+    name = "rabbitmq"
+    kind = "rabbitmq"
+    description = (
+        "The broker's definitions: vhosts, users, permissions, parameters, policies, queues, "
+        "exchanges and bindings (not messages)."
+    )
+    system = "The CRM's RabbitMQ broker."
+
+    def api(
+        self, url: str | None = None, user: str | None = None, password: str | None = None
+    ) -> ManagementApi:
+        """The management API at `url` (default: the one backed up), as the admin user."""
+        return ManagementApi(
+            url or self.settings.management_url,
+            user or self.settings.admin_user,
+            password or self.settings.admin_password.get_secret_value(),
+        )
+
+    def dump(self, staged: StagedSnapshot, log: Log) -> None:
+        dump_definitions(staged, self.api(), log)
+
+    def deep_verify(self, reader: SnapshotReader) -> list[str]:
+        return check_definitions(reader)
+
+    def restore(self, reader: SnapshotReader, options: RabbitMQRestore, log: Log) -> str:
+        password = options.password.get_secret_value() if options.password else None
+        api = self.api(options.target, options.user, password)
+        return restore_definitions(reader, api, vhost=options.vhost, force=options.force, log=log)
+
+    def checks(self) -> list[Check]:
+        return [
+            problems_check(
+                "definitions_structure",
+                "Parses the latest stored definitions: every section present, counts equal to "
+                "those recorded at backup time.",
+                check_definitions,
+            )
+        ]

@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Sequence
 from typing import Any
 
-from pyrage import x25519
-
 from backup_pipelines.errors import BackupError, IntegrityError
-from backup_pipelines.snapshot.reader import restore_artifact
-from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
+from backup_pipelines.snapshot.reader import SnapshotReader
 from backup_pipelines.sources.rabbitmq.api import ManagementApi
 from backup_pipelines.sources.rabbitmq.definitions import (
     COUNTED,
@@ -26,45 +22,36 @@ from backup_pipelines.sources.rabbitmq.definitions import (
     structure_problems,
 )
 from backup_pipelines.sources.rabbitmq.dump import DEFINITIONS_ARTIFACT
+from backup_pipelines.sources.source import Log
 
 
-def load_definitions(
-    store: SnapshotStore, snapshot: StoredSnapshot, identities: Sequence[x25519.Identity]
-) -> Any:
+def load_definitions(reader: SnapshotReader) -> Any:
     """The stored definitions, checked against the manifest, parsed."""
     plain = io.BytesIO()
-    restore_artifact(store, snapshot, DEFINITIONS_ARTIFACT, plain, identities)
+    reader.restore_artifact(DEFINITIONS_ARTIFACT, plain)
     try:
         return json.loads(plain.getvalue())
     except ValueError:
         raise IntegrityError(
-            f"{DEFINITIONS_ARTIFACT} of {snapshot.snapshot_id} is not JSON"
+            f"{DEFINITIONS_ARTIFACT} of {reader.snapshot.snapshot_id} is not JSON"
         ) from None
 
 
-def check_definitions(
-    store: SnapshotStore, snapshot: StoredSnapshot, identities: Sequence[x25519.Identity]
-) -> list[str]:
-    """The structural check: the export parses, has every section and the recorded counts."""
+def check_definitions(reader: SnapshotReader) -> list[str]:
+    """The structural check: the export parses, has every section and the recorded counts.
+    The definitions are small enough to need no scratch file."""
     try:
-        definitions = load_definitions(store, snapshot, identities)
+        definitions = load_definitions(reader)
     except BackupError as exc:
         return [str(exc)]
-    expected = {k: v for k, v in snapshot.manifest.stats.items() if k in COUNTED}
+    expected = {k: v for k, v in reader.snapshot.manifest.stats.items() if k in COUNTED}
     return structure_problems(definitions, expected)
 
 
 def restore_definitions(
-    store: SnapshotStore,
-    snapshot: StoredSnapshot,
-    api: ManagementApi,
-    *,
-    vhost: str | None,
-    force: bool,
-    identities: Sequence[x25519.Identity],
-    log: Callable[[str], None],
+    reader: SnapshotReader, api: ManagementApi, *, vhost: str | None, force: bool, log: Log
 ) -> str:
-    definitions = load_definitions(store, snapshot, identities)
+    definitions = load_definitions(reader)
     if vhost is not None:
         try:
             definitions = only_vhost(definitions, vhost)
@@ -84,4 +71,4 @@ def restore_definitions(
     log(f"importing definitions into {api.where}")
     api.post_definitions(json.dumps(definitions).encode())
     figures = ", ".join(f"{number} {section}" for section, number in counts(definitions).items())
-    return f"restored rabbitmq/{snapshot.snapshot_id} into {api.where}: {figures}"
+    return f"restored {reader.where} into {api.where}: {figures}"

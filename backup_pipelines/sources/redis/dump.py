@@ -14,7 +14,8 @@ from pathlib import Path, PurePosixPath
 
 import redis
 
-from backup_pipelines.errors import IntegrityError, ProducerFailed
+from backup_pipelines.errors import IntegrityError
+from backup_pipelines.processes import ToolFailed
 from backup_pipelines.snapshot.names import check_artifact_name
 from backup_pipelines.snapshot.staging import StagedSnapshot
 from backup_pipelines.sources.redis.server import RedisRefused, RedisServer, keyspace
@@ -77,8 +78,8 @@ def dump_server(
             expect_prefix=b"REDIS",
             secrets=server.secrets(),
         )
-    except ProducerFailed as exc:
-        if "NOPERM" in str(exc) or "unknown command" in str(exc):
+    except ToolFailed as exc:
+        if "NOPERM" in exc.stderr or "unknown command" in exc.stderr:
             raise RedisRefused(
                 f"{exc} (the server refused to sync: the user needs the +sync and +psync ACL "
                 "permissions, and SYNC must not be renamed or disabled)"

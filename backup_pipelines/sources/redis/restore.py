@@ -21,17 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from pyrage import x25519
 
 from backup_pipelines.errors import BackupError, IntegrityError
-from backup_pipelines.processes import run_tool
+from backup_pipelines.processes import ToolFailed, run_tool
 from backup_pipelines.snapshot.files import disk_full
-from backup_pipelines.snapshot.reader import artifact_file, restore_artifact
+from backup_pipelines.snapshot.reader import SnapshotReader
 from backup_pipelines.snapshot.staging import logical_name
-from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
-from backup_pipelines.sources import Log
 from backup_pipelines.sources.redis.dump import RDB_ARTIFACT, restored_path
 from backup_pipelines.sources.redis.server import RedisServer, keyspace, throwaway_server
+from backup_pipelines.sources.source import Log
 
 BATCH = 500
 
@@ -40,7 +38,7 @@ def check_rdb(path: Path) -> None:
     """`redis-check-rdb`: the RDB parses from end to end (checksum included)."""
     try:
         run_tool(["redis-check-rdb", str(path)], label="redis-check-rdb")
-    except BackupError as exc:
+    except ToolFailed as exc:
         raise IntegrityError(str(exc)) from None
 
 
@@ -86,14 +84,7 @@ def _copy_batch(reader: redis.Redis, writer: redis.Redis, keys: Sequence[bytes])
 
 
 def restore_into_server(
-    store: SnapshotStore,
-    snapshot: StoredSnapshot,
-    target: RedisServer,
-    *,
-    force: bool,
-    identities: Sequence[x25519.Identity],
-    work_dir: Path,
-    log: Log,
+    reader: SnapshotReader, target: RedisServer, *, force: bool, log: Log
 ) -> str:
     """Make `target` hold exactly the snapshot's keys, TTLs and functions."""
     try:
@@ -107,10 +98,7 @@ def restore_into_server(
             f"Redis at {target.where} already holds {keys} keys and {functions} function "
             "libraries; add --force to replace them with the snapshot's"
         )
-    with (
-        artifact_file(store, snapshot, RDB_ARTIFACT, identities, work_dir) as rdb,
-        throwaway_server(rdb.parent) as source,
-    ):
+    with reader.artifact_file(RDB_ARTIFACT) as rdb, throwaway_server(rdb.parent) as source:
         writer = target.client()
         if keys or functions:
             log(f"emptying Redis at {target.where} (--force)")
@@ -120,19 +108,12 @@ def restore_into_server(
         writer.function_restore(source.client().function_dump(), "REPLACE")
         libraries = len(source.client().function_list())
     return (
-        f"restored redis/{snapshot.snapshot_id} into {target.where}: "
+        f"restored {reader.where} into {target.where}: "
         f"{copied} keys, {libraries} function libraries"
     )
 
 
-def write_output_dir(
-    store: SnapshotStore,
-    snapshot: StoredSnapshot,
-    output_dir: Path,
-    *,
-    force: bool,
-    identities: Sequence[x25519.Identity],
-) -> str:
+def write_output_dir(reader: SnapshotReader, output_dir: Path, *, force: bool) -> str:
     """Write the RDB (and AOF files) where a stopped redis-server will load them.
 
     Every file is fetched, checked, decrypted and decompressed into a scratch
@@ -142,7 +123,8 @@ def write_output_dir(
     """
     if output_dir.exists() and any(output_dir.iterdir()) and not force:
         raise BackupError(f"{output_dir} is not empty; add --force to write into it anyway")
-    names = [logical_name(entry.name) for entry in snapshot.manifest.files]
+    files = reader.snapshot.manifest.files
+    names = [logical_name(entry.name) for entry in files]
     placed = {name: restored_path(name) for name in names}
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -151,15 +133,13 @@ def write_output_dir(
                 path = Path(scratch, relative)
                 path.parent.mkdir(exist_ok=True)
                 with path.open("xb") as out:
-                    restore_artifact(store, snapshot, name, out, identities)
+                    reader.restore_artifact(name, out)
             check_rdb(Path(scratch, RDB_ARTIFACT))
             for top in sorted({relative.parts[0] for relative in placed.values()}):
                 _replace(Path(scratch, top), output_dir / top, Path(scratch))
     except OSError as exc:
         raise disk_full(exc, output_dir, hint="free space there") or exc from None
-    return (
-        f"wrote redis/{snapshot.snapshot_id} to {output_dir} ({len(snapshot.manifest.files)} files)"
-    )
+    return f"wrote {reader.where} to {output_dir} ({len(files)} files)"
 
 
 def _replace(new: Path, old: Path, scratch: Path) -> None:
@@ -169,33 +149,23 @@ def _replace(new: Path, old: Path, scratch: Path) -> None:
     os.replace(new, old)
 
 
-def deep_verify_rdb(
-    store: SnapshotStore,
-    snapshot: StoredSnapshot,
-    identities: Sequence[x25519.Identity],
-    work_dir: Path,
-) -> list[str]:
+def deep_verify_rdb(reader: SnapshotReader) -> list[str]:
     try:
-        with artifact_file(store, snapshot, RDB_ARTIFACT, identities, work_dir) as rdb:
+        with reader.artifact_file(RDB_ARTIFACT) as rdb:
             check_rdb(rdb)
     except BackupError as exc:
         return [str(exc)]
     return []
 
 
-def restore_drill(
-    store: SnapshotStore,
-    snapshot: StoredSnapshot,
-    identities: Sequence[x25519.Identity],
-    work_dir: Path,
-) -> dict[str, Any]:
+def restore_drill(reader: SnapshotReader) -> dict[str, Any]:
     """redis-check-rdb, then load into a throw-away server and count keys per database."""
-    with artifact_file(store, snapshot, RDB_ARTIFACT, identities, work_dir) as rdb:
+    with reader.artifact_file(RDB_ARTIFACT) as rdb:
         check_rdb(rdb)
         with throwaway_server(rdb.parent) as loaded:
             restored = keyspace(loaded.client().info("keyspace"))
             libraries = len(loaded.client().function_list())
-    expected = snapshot.manifest.stats.get("keys", {})
+    expected = reader.snapshot.manifest.stats.get("keys", {})
     return {
         "expected_keys": expected,
         "loaded_keys": restored,

@@ -19,8 +19,14 @@ from typing import Any
 import redis
 from redis.connection import parse_url
 
-from backup_pipelines.errors import BackupError, IntegrityError, SourceRefused, SourceUnavailable
-from backup_pipelines.processes import not_installed
+from backup_pipelines.errors import (
+    BackupError,
+    ConfigurationError,
+    IntegrityError,
+    SourceRefused,
+    SourceUnavailable,
+)
+from backup_pipelines.processes import ToolMissing
 from backup_pipelines.redaction import mask_url
 
 STARTUP_TIMEOUT_S = 60
@@ -48,7 +54,7 @@ class RedisServer:
         try:
             parts = parse_url(url)
         except ValueError as exc:
-            raise BackupError(f"not a valid Redis URL: {mask_url(url)} ({exc})") from None
+            raise ConfigurationError(f"not a valid Redis URL: {mask_url(url)} ({exc})") from None
         return cls(
             host=parts.get("host", "localhost"),
             port=int(parts.get("port", 6379)),
@@ -150,7 +156,7 @@ def throwaway_server(directory: Path, rdb_name: str = "dump.rdb") -> Iterator[Re
     try:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
     except FileNotFoundError:
-        raise not_installed("loading the snapshot", "redis-server") from None
+        raise ToolMissing("loading the snapshot", "redis-server") from None
     server = RedisServer(host="127.0.0.1", port=port)
     try:
         _wait_until_loaded(process, server, log)

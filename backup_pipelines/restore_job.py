@@ -1,0 +1,106 @@
+"""`restore_job`: the CLI's restore, launched from the Dagster UI with run config.
+
+Its config is made from every source's restore options: `source` (a choice
+of the registered sources), `snapshot`, `target`, `force`, and each
+source's own options, described with the sources they apply to. Options
+that hold secrets are left out: run config is visible in the UI and stored
+with the run, so give a target without a password and let the Dagster
+process find it (PGPASSFILE or PGPASSWORD in its environment for PostgreSQL).
+"""
+
+from enum import Enum
+from typing import Any
+
+from dagster import Config, Failure, OpExecutionContext, ResourceParam, job, op
+from pydantic import Field, create_model
+
+from backup_pipelines.errors import BackupError
+from backup_pipelines.notifications import event_body
+from backup_pipelines.restore import restore
+from backup_pipelines.runtime import Runtime
+from backup_pipelines.snapshot.store import LATEST
+from backup_pipelines.sources.registry import SOURCE_NAMES, SOURCES, source_class
+from backup_pipelines.sources.source import SECRET_OPTION
+
+SourceChoice = Enum("SourceChoice", {name: name for name in SOURCE_NAMES}, type=str)
+FIXED = ("source", "snapshot")
+
+
+def _shared_option_fields() -> dict[str, Any]:
+    """Every source's restore options as optional config fields, each described with the
+    sources it applies to (`<source>: ...; <source>: ...`), secrets left out."""
+    described: dict[str, dict[str, str]] = {}
+    flags: set[str] = set()
+    for source in SOURCES:
+        for name, info in source.restore_options.model_fields.items():
+            if info.json_schema_extra == SECRET_OPTION:
+                continue
+            described.setdefault(name, {})[source.name] = info.description or name
+            if info.annotation is bool:
+                flags.add(name)
+    fields: dict[str, Any] = {}
+    for name, by_source in described.items():
+        texts = set(by_source.values())
+        if len(by_source) == len(SOURCES) and len(texts) == 1:
+            description = texts.pop()
+        else:
+            description = "; ".join(f"{source}: {text}" for source, text in by_source.items())
+        if name in flags:
+            fields[name] = (bool, Field(False, description=description))
+        else:
+            fields[name] = (str | None, Field(None, description=description))
+    return fields
+
+
+RestoreConfig = create_model(
+    "RestoreConfig",
+    __base__=Config,
+    __doc__="Which snapshot to restore where; the fields a source does not take stay unset.",
+    source=(SourceChoice, Field(description="the source whose snapshot to restore")),
+    snapshot=(str, Field(LATEST, description="a snapshot id, or latest")),
+    **_shared_option_fields(),
+)
+
+
+def options_of(config: Config, source: str) -> dict[str, Any]:
+    """The options set in `config`; refused when one is not the chosen source's."""
+    model = source_class(source).restore_options
+    given = {
+        name: value
+        for name, value in config.model_dump().items()
+        if name not in FIXED and value not in (None, False)
+    }
+    foreign = sorted(set(given) - set(model.model_fields))
+    if foreign:
+        raise Failure(
+            description=f"{', '.join(foreign)} {'does' if len(foreign) == 1 else 'do'} not "
+            f"apply to {source}: its options are {', '.join(model.model_fields)}",
+            allow_retries=False,
+        )
+    return given
+
+
+@op
+def restore_snapshot(
+    context: OpExecutionContext,
+    config: RestoreConfig,  # type: ignore[valid-type]
+    runtime: ResourceParam[Runtime],
+) -> None:
+    source = config.source.value
+    try:
+        options = source_class(source).restore_options.parse(
+            options_of(config, source), spelled=lambda field: f"'{field}'"
+        )
+        context.log.info(f"restoring {source} {config.snapshot} into {options.destination()}")
+        restored = restore(runtime, source, config.snapshot, options, context.log.info)
+    except BackupError as exc:
+        raise Failure(description=str(exc), allow_retries=False) from None
+    context.log.info(restored.summary)
+    body = event_body("backup.restored", source, context.run_id, snapshot=restored.snapshot)
+    body["location"] = options.destination()
+    runtime.notifications.publish(body)
+
+
+@job(description="Restore one snapshot into a target.")
+def restore_job() -> None:
+    restore_snapshot()

@@ -1,0 +1,147 @@
+"""The composition root: the environment read once, and everything built from it.
+
+The `backup-pipelines` command and the Dagster definitions both start here:
+`load_settings()` reads every `BACKUP_*` variable (the shared ones and each
+registered source's), and `build_runtime()` makes the store, the sources
+bound to their settings, the staging area and the event publisher. Nothing
+below this module reads the environment, and nothing is read at import.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache, cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pyrage import x25519
+
+from backup_pipelines.settings import (
+    BackupSettings,
+    InvalidSettings,
+    SourceSettings,
+    read_settings,
+    secret_values,
+)
+from backup_pipelines.snapshot.encryption import identities_for, parse_recipients
+from backup_pipelines.snapshot.reader import SnapshotReader
+from backup_pipelines.snapshot.staging import Staging
+from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
+from backup_pipelines.sources.registry import SOURCES
+from backup_pipelines.sources.source import Source
+
+if TYPE_CHECKING:
+    from backup_pipelines.notifications import NotificationPublisher
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The shared settings and each source's, by source name."""
+
+    shared: BackupSettings
+    sources: Mapping[str, SourceSettings]
+
+    def secret_values(self) -> list[str]:
+        """Every secret set anywhere, to mask in any message."""
+        values = secret_values(self.shared)
+        for settings in self.sources.values():
+            values += secret_values(settings)
+        return values
+
+
+def load_settings() -> Settings:
+    """Read the environment; every bad value is reported at once, each naming its variable."""
+    problems: list[str] = []
+    shared, sources = None, {}
+    try:
+        shared = read_settings(BackupSettings)
+    except InvalidSettings as exc:
+        problems += exc.problems
+    for source in SOURCES:
+        try:
+            sources[source.name] = read_settings(source.settings_model)
+        except InvalidSettings as exc:
+            problems += exc.problems
+    if problems or shared is None:
+        raise InvalidSettings(problems)
+    return Settings(shared, sources)
+
+
+@cache
+def warn_local_store(root: Path) -> None:
+    """Said once per process: an operator who meant to use S3 must notice."""
+    logger.warning(
+        "S3 is not configured (BACKUP_S3_BUCKET, BACKUP_S3_ACCESS_KEY and BACKUP_S3_SECRET_KEY "
+        "are needed): snapshots are kept in the local store %s",
+        root,
+    )
+
+
+def build_store(shared: BackupSettings) -> SnapshotStore:
+    """S3 when a bucket and both keys are set, the local store otherwise."""
+    if shared.s3_enabled:
+        from backup_pipelines.storage.s3 import S3Backend  # boto3 only when S3 is used
+
+        assert shared.s3_bucket and shared.s3_access_key and shared.s3_secret_key
+        return SnapshotStore(
+            S3Backend(
+                bucket=shared.s3_bucket,
+                access_key=shared.s3_access_key.get_secret_value(),
+                secret_key=shared.s3_secret_key.get_secret_value(),
+                endpoint_url=shared.s3_endpoint_url,
+                region=shared.s3_region,
+                prefix=shared.s3_prefix,
+            )
+        )
+    from backup_pipelines.storage.local import LocalBackend
+
+    warn_local_store(shared.artifacts_dir)
+    return SnapshotStore(LocalBackend(shared.artifacts_dir))
+
+
+class Runtime:
+    """The store, the sources, the staging area and the events, built from `settings`."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        shared = settings.shared
+        self.sources: dict[str, Source] = {
+            source.name: source(settings.sources[source.name], shared) for source in SOURCES
+        }
+        self.staging = Staging(shared.staging_dir, parse_recipients(shared.encryption_recipients))
+
+    @property
+    def shared(self) -> BackupSettings:
+        return self.settings.shared
+
+    @cached_property
+    def store(self) -> SnapshotStore:
+        return build_store(self.shared)
+
+    @cached_property
+    def notifications(self) -> NotificationPublisher:
+        from backup_pipelines.notifications import OUTBOX_NAME, NotificationPublisher
+
+        return NotificationPublisher(
+            self.shared.rabbitmq_url.get_secret_value(),
+            self.shared.artifacts_dir / OUTBOX_NAME,
+            self.settings.secret_values(),
+        )
+
+    def identities(self, snapshot: StoredSnapshot) -> list[x25519.Identity]:
+        """The age identities that read `snapshot`: none when it is in the clear."""
+        return identities_for(snapshot.manifest.encryption, self.shared.age_identity_file)
+
+    def reader(self, snapshot: StoredSnapshot, purpose: str) -> SnapshotReader:
+        """`snapshot` ready to read, with scratch space under staging for `purpose`."""
+        return SnapshotReader(
+            self.store, snapshot, self.staging.work_dir(purpose), self.identities(snapshot)
+        )
+
+
+def load_runtime() -> Runtime:
+    return Runtime(load_settings())

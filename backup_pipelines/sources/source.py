@@ -1,0 +1,175 @@
+"""What a backed-up system is, declared once in its own package: a `Source`.
+
+A source says what it is called, which settings it reads, how to connect,
+dump, deep-verify, drill and restore, and which restore options it takes.
+Everything else is generated from the registry (`registry.py`): the Dagster
+assets, checks, jobs, schedules, freshness and pools, `restore_job`'s config
+and the `backup-pipelines` command's flags. A source never knows where
+snapshots are stored, and imports nothing from Dagster.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, Self, TypeVar, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from backup_pipelines.errors import ConfigurationError
+from backup_pipelines.redaction import mask_url, validation_problems
+from backup_pipelines.settings import BackupSettings, SourceSettings, secret_values
+from backup_pipelines.snapshot.reader import SnapshotReader
+from backup_pipelines.snapshot.staging import StagedSnapshot
+from backup_pipelines.snapshot.store import StoredSnapshot
+
+Log = Callable[[str], None]
+
+
+def cli(flag: str | None = None, metavar: str | None = None) -> dict[str, Any]:
+    """How a restore option reads on the command line, when not `--<field-name> VALUE`."""
+    return {"flag": flag, "metavar": metavar}
+
+
+SECRET_OPTION = {"secret": True}
+"""A restore option taken on the command line only, never as run config (stored with the run)."""
+
+
+class RestoreOptions(BaseModel):
+    """Where and how to restore. Each source's subclass declares `target` (the system to
+    restore into) and its own options; the CLI flags and `restore_job`'s config are made
+    from these fields, each field's description being its help."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    force: bool = Field(False, description="replace a target that is not empty")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_empty(cls, value: object) -> object:
+        """An empty target would be read as the current directory or the default server."""
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    def destination(self) -> str:
+        """Where the restore goes, as it may be shown (a URL's password masked)."""
+        return mask_url(str(getattr(self, "target", "")))
+
+    @classmethod
+    def parse(cls, values: Mapping[str, Any], spelled: Callable[[str], str] = str) -> Self:
+        """Validated options; `ConfigurationError` names each option wrong (as `spelled`
+        writes it: a flag or a config key) and never echoes a value, which may be a secret."""
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            problems = validation_problems(exc, lambda loc: spelled(str(loc[0])) if loc else "")
+            raise ConfigurationError("; ".join(p.removeprefix(": ") for p in problems)) from None
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    """What a check found: problems (none = passed) and figures for the UI."""
+
+    problems: Sequence[str]
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    warn_only: bool = False
+    """A failure worth a look (a live cache's keys expire meanwhile), not a broken backup."""
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True)
+class Check:
+    """A proof about the latest snapshot beyond its integrity: a drill or a structural check."""
+
+    name: str
+    description: str
+    run: Callable[[SnapshotReader, Log], CheckOutcome]
+
+
+def problems_check(
+    name: str, description: str, find_problems: Callable[[SnapshotReader], list[str]]
+) -> Check:
+    """A check that passes when `find_problems` finds none."""
+    return Check(name, description, lambda reader, _log: CheckOutcome(find_problems(reader)))
+
+
+SettingsT = TypeVar("SettingsT", bound=SourceSettings)
+OptionsT = TypeVar("OptionsT", bound=RestoreOptions)
+
+
+class Source(ABC, Generic[SettingsT, OptionsT]):
+    """One backed-up system, bound to its settings (and the shared ones, for the store).
+
+    A subclass names its settings and restore options as its type arguments
+    (`class Consul(Source[ConsulSettings, ConsulRestore])`); they become its
+    `settings_model` and `restore_options`.
+    """
+
+    name: ClassVar[str]
+    """The store's folder, the asset's and jobs' prefix, the CLI's word (lowercase)."""
+    kind: ClassVar[str]
+    """The Dagster kind shown on the asset (the product's name, or the tool's)."""
+    description: ClassVar[str]
+    """What one snapshot holds (the backup asset's description)."""
+    system: ClassVar[str]
+    """The live system, upstream of its backup in the asset graph."""
+    settings_model: ClassVar[type[SourceSettings]]
+    restore_options: ClassVar[type[RestoreOptions]]
+    watches_changes: ClassVar[bool] = False
+    """Whether a sensor backs it up when `fingerprint()` changes."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in getattr(cls, "__orig_bases__", ()):
+            if get_origin(base) is Source:
+                cls.settings_model, cls.restore_options = get_args(base)
+
+    def __init__(self, settings: SettingsT, shared: BackupSettings):
+        self.settings = settings
+        self.shared = shared
+
+    @property
+    def cron(self) -> str:
+        return self.settings.cron
+
+    def secrets(self) -> list[str]:
+        return secret_values(self.settings)
+
+    @abstractmethod
+    def dump(self, staged: StagedSnapshot, log: Log) -> None:
+        """Stream the system's data into `staged` and record its figures in `staged.stats`."""
+
+    @abstractmethod
+    def deep_verify(self, reader: SnapshotReader) -> list[str]:
+        """Prove the snapshot restorable without a target; the problems found (none = sound)."""
+
+    @abstractmethod
+    def restore(self, reader: SnapshotReader, options: OptionsT, log: Log) -> str:
+        """Restore into `options.target`, touching it only once the snapshot is proven."""
+
+    def checks(self) -> Sequence[Check]:
+        """Asset checks beyond `integrity` (which every source has)."""
+        return ()
+
+    def not_configured(self) -> str | None:
+        """Why the source cannot be backed up yet (its schedule skips, saying so), or None."""
+        return None
+
+    def fingerprint(self) -> list[int]:
+        """A cheap value that changes whenever the data does (`watches_changes` sources)."""
+        raise NotImplementedError
+
+    def forgetting(
+        self, deleted: Sequence[StoredSnapshot], kept: Sequence[StoredSnapshot]
+    ) -> Callable[[], None] | None:
+        """What retention must release outside the store once `deleted` are gone.
+
+        Called before anything is deleted, so it can refuse (a missing
+        password); the callable it returns runs after the manifests are gone.
+        """
+        return None

@@ -1,0 +1,86 @@
+"""Backends: where snapshot bytes live (local disk, S3). They move bytes and nothing else.
+
+A backend puts, gets, lists and deletes objects by key (`<source>/<id>/<name>`,
+relative to its root); it knows nothing of manifests, ordering or what makes
+a snapshot complete, which `snapshot/store.py` decides once for every
+backend (as restic's backends only save, load, list and remove, with the
+write ordering one layer up). Keys reach a backend only after that layer
+checked every part of them; a backend still refuses a key with an empty or
+`..` part, so no slip above it can reach outside its root.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from backup_pipelines.errors import StoreError
+
+
+class NotFollowed(StoreError):
+    """A path in the local store is a symbolic link: it is never read or written through."""
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A small object read whole (a manifest), with when it was written."""
+
+    data: bytes
+    modified: datetime
+
+
+class Backend(ABC):
+    """Bytes by key under one root; every method raises `StoreError` (or `StorageFull`)."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """The store in a few words, for messages (never with credentials)."""
+
+    @abstractmethod
+    def location(self, prefix: str) -> str:
+        """Where an operator finds `prefix` (a path or an s3:// URL), ending in `/`."""
+
+    @abstractmethod
+    def put_file(self, key: str, path: Path) -> None:
+        """Store a copy of the local file `path`; durable once this returns."""
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes) -> None:
+        """Store `data` whole and atomically; durable once this returns."""
+
+    @abstractmethod
+    def get(self, key: str, limit: int) -> Fetched | None:
+        """At most `limit` bytes of a small object, or None when there is none."""
+
+    @abstractmethod
+    def open(self, key: str) -> AbstractContextManager[BinaryIO]:
+        """An object's bytes as a readable stream."""
+
+    @abstractmethod
+    def children(self, prefix: str) -> list[str]:
+        """The names directly below `prefix` (a `…/` key) that hold anything."""
+
+    @abstractmethod
+    def last_change(self, prefix: str) -> datetime | None:
+        """When anything below `prefix` was last written (or an upload into it began);
+        None when nothing is there."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove one object; nothing happens when there is none."""
+
+    @abstractmethod
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove everything below `prefix`, unfinished uploads included."""
+
+
+def key_parts(key: str) -> list[str]:
+    """The parts of a key; `ValueError` for one a backend must never act on."""
+    parts = key.rstrip("/").split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise ValueError(f"refusing the storage key {key!r}")
+    return parts

@@ -1,0 +1,160 @@
+"""Objects as files under a local directory (`BACKUP_ARTIFACTS_DIR`).
+
+A file is put by hard-linking the staged file into place (no copy when
+staging is on the same filesystem, as it is by default) or by copying it to
+a temporary name and renaming it, and fsynced with its directory, so a
+crash leaves either nothing or a whole file. No path below the root is ever
+reached through a symbolic link: a link planted in the store cannot turn a
+read or a delete towards anything outside it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from backup_pipelines.errors import StoreError
+from backup_pipelines.snapshot.files import disk_full, fsync_path, newest_change
+from backup_pipelines.storage import Backend, Fetched, NotFollowed, key_parts
+
+logger = logging.getLogger(__name__)
+
+LINK_REFUSED = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP)
+"""Why a hard link may fail where a copy works: another filesystem, or one without links."""
+
+
+class LocalBackend(Backend):
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def describe(self) -> str:
+        return f"the local store {self.root}"
+
+    def location(self, prefix: str) -> str:
+        return f"{self._path(prefix)}/"
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*key_parts(key))
+
+    def _unlinked(self, key: str, *, itself: bool = True) -> Path:
+        """The path of `key`, refusing a symbolic link anywhere between the root and it
+        (the last part too, unless `itself` is false: unlinking a link follows nothing)."""
+        path = self._path(key)
+        for parent in (path, *path.parents) if itself else path.parents:
+            if parent == self.root:
+                break
+            if parent.is_symlink():
+                raise NotFollowed(f"{parent} is a symbolic link; the store never follows one")
+        return path
+
+    def _failure(self, action: str, path: Path, exc: OSError) -> Exception:
+        return disk_full(exc, path) or StoreError(f"cannot {action} {path}: {exc.strerror or exc}")
+
+    def put_file(self, key: str, path: Path) -> None:
+        target = self._unlinked(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(path, target)
+            except OSError as exc:
+                if exc.errno not in LINK_REFUSED:
+                    raise
+                partial = target.with_name(f".{target.name}.partial")
+                shutil.copyfile(path, partial)
+                os.rename(partial, target)
+            fsync_path(target)
+            fsync_path(target.parent)
+        except OSError as exc:
+            raise self._failure("write", target, exc) from None
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        target = self._unlinked(key)
+        partial = target.with_name(f".{target.name}.partial")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with partial.open("wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.rename(partial, target)
+            fsync_path(target.parent)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise self._failure("write", target, exc) from None
+
+    def get(self, key: str, limit: int) -> Fetched | None:
+        path = self._unlinked(key)
+        try:
+            with _open_no_follow(path) as stream:
+                data = stream.read(limit)
+                written = os.fstat(stream.fileno()).st_mtime
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise NotFollowed(
+                    f"{path} is a symbolic link; the store never follows one"
+                ) from None
+            raise self._failure("read", path, exc) from None
+        return Fetched(data, datetime.fromtimestamp(written, UTC))
+
+    @contextmanager
+    def open(self, key: str) -> Iterator[BinaryIO]:
+        path = self._unlinked(key)
+        try:
+            stream = _open_no_follow(path)
+        except OSError as exc:
+            raise self._failure("read", path, exc) from None
+        with stream:
+            yield stream
+
+    def children(self, prefix: str) -> list[str]:
+        directory = self._unlinked(prefix)
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise self._failure("list", directory, exc) from None
+        names = []
+        for entry in entries:
+            if entry.is_symlink():
+                logger.warning("ignoring %s: a symbolic link", entry.path)
+            elif entry.is_dir(follow_symlinks=False):
+                names.append(entry.name)
+        return names
+
+    def last_change(self, prefix: str) -> datetime | None:
+        path = self._unlinked(prefix)
+        try:
+            return newest_change(path)
+        except FileNotFoundError:
+            return None
+
+    def delete(self, key: str) -> None:
+        path = self._unlinked(key, itself=False)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise self._failure("delete", path, exc) from None
+
+    def delete_prefix(self, prefix: str) -> None:
+        directory = self._unlinked(prefix)
+        try:
+            shutil.rmtree(directory)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise self._failure("delete", directory, exc) from None
+
+
+def _open_no_follow(path: Path) -> BinaryIO:
+    """Open a file for reading unless it is a symbolic link."""
+    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
