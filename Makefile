@@ -59,3 +59,4 @@ bench: install services
 	$(BIN)/python bench/postgres.py
 	$(BIN)/python bench/redis_rdb.py
 	$(BIN)/python bench/documents.py
+	$(BIN)/python bench/store_listing.py
