@@ -1,4 +1,4 @@
-"""The `backup-pipelines` command: list, verify, restore and prune without Dagster.
+"""The `backup-pipelines` command: list, verify, drill, restore and prune without Dagster.
 
 On the worst day Dagster may be down with everything else; this command
 needs only the `BACKUP_*` environment and the store. Its sources, and each
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from pydantic.fields import FieldInfo
 
+from backup_pipelines.drill import drill
 from backup_pipelines.errors import BackupError, ConfigurationError
 from backup_pipelines.redaction import redact
 from backup_pipelines.restore import restore
@@ -71,6 +72,13 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("source", choices=SOURCE_NAMES)
     verify.add_argument("--snapshot", default=LATEST, metavar="ID|latest")
     verify.add_argument("--deep", action="store_true", help="also prove it restorable")
+
+    drill_ = commands.add_parser(
+        "drill", help="restore a snapshot into a scratch target and compare it with its manifest"
+    )
+    drill_.add_argument("source", choices=SOURCE_NAMES)
+    drill_.add_argument("--snapshot", default=LATEST, metavar="ID|latest")
+    drill_.add_argument("--json", action="store_true", help="print what the drill proved as JSON")
 
     restore_ = commands.add_parser("restore", help="restore a snapshot into a target")
     targets = restore_.add_subparsers(dest="source", required=True, metavar="SOURCE")
@@ -148,6 +156,23 @@ def cmd_verify(args: argparse.Namespace, runtime: Runtime) -> int:
     return EXIT_OK
 
 
+def cmd_drill(args: argparse.Namespace, runtime: Runtime) -> int:
+    report_unreadable_for_latest(runtime, args.source, args.snapshot)
+    drilled = drill(runtime, args.source, args.snapshot, logger.info)
+    where = f"{drilled.snapshot.source}/{drilled.snapshot.snapshot_id}"
+    if args.json:
+        print(json.dumps(drilled.report(), indent=2, default=str))
+    for warning in drilled.result.warnings:
+        print(f"{where}: warning: {warning}", file=sys.stderr)
+    for problem in drilled.result.problems:
+        print(f"{where}: {problem}", file=sys.stderr)
+    if not drilled.result.passed:
+        return EXIT_FAILURE
+    if not args.json:
+        print(f"{where}: drilled in {drilled.duration_s:.1f} s, restores equal to its manifest")
+    return EXIT_OK
+
+
 def cmd_restore(args: argparse.Namespace, runtime: Runtime) -> int:
     model = source_class(args.source).restore_options
     flags = {name: option_flag(name, info) for name, info in model.model_fields.items()}
@@ -182,6 +207,7 @@ def cmd_prune(args: argparse.Namespace, runtime: Runtime) -> int:
 COMMANDS = {
     "snapshots": cmd_snapshots,
     "verify": cmd_verify,
+    "drill": cmd_drill,
     "restore": cmd_restore,
     "prune": cmd_prune,
 }

@@ -19,7 +19,7 @@ from dagster import (
 )
 
 from backup_pipelines.assets import backup_asset, crm_system, transient_retries
-from backup_pipelines.checks import checks_for
+from backup_pipelines.checks import integrity_check
 from backup_pipelines.io_managers import SnapshotIOManager
 from backup_pipelines.naming import (
     ALL_SOURCES,
@@ -71,7 +71,7 @@ def build_definitions(runtime: Runtime) -> Definitions:
             *(crm_system(source) for source in sources),
             *(backup_asset(source, retries) for source in sources),
         ],
-        asset_checks=[check for source in sources for check in checks_for(source)],
+        asset_checks=[integrity_check(source) for source in sources],
         jobs=[backup_all_job, *jobs.values(), restore_job, retention_job],
         schedules=[
             *(backup_schedule(source, jobs[source.name]) for source in sources),

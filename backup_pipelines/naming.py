@@ -13,12 +13,19 @@ from backup_pipelines.sources.registry import SOURCE_NAMES
 
 BACKUPS_GROUP = "backups"
 CRM_GROUP = "crm"
+VERIFICATION_GROUP = "verification"
 ALL_SOURCES = "all"
 BACKUP_ALL_JOB = "backup_all_job"
+VERIFICATION_JOB = "verification_job"
 
 
 def backup_asset_key(source: str) -> AssetKey:
     return AssetKey(f"{source}_backup")
+
+
+def verification_asset_key(source: str) -> AssetKey:
+    """The drill of the source's latest snapshot, downstream of its backup."""
+    return AssetKey(f"{source}_verification")
 
 
 def crm_asset_key(source: str) -> AssetKey:

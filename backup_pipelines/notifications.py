@@ -59,6 +59,14 @@ def event_body(
     }
 
 
+def verification_event(
+    event: str, snapshot: StoredSnapshot, run_id: str, problems: Sequence[str] = ()
+) -> dict[str, Any]:
+    """`backup.verified` or `backup.verification_failed` of a snapshot, with what is wrong."""
+    error = f"verification found: {'; '.join(problems)}"[:ERROR_LIMIT] if problems else None
+    return event_body(event, snapshot.source, run_id, snapshot=snapshot, error=error)
+
+
 class Outbox:
     """Events not yet confirmed by the broker, in order, in SQLite (safe across processes)."""
 

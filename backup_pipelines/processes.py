@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import BinaryIO
 
 from backup_pipelines.errors import BackupError, ConfigurationError
@@ -61,12 +62,15 @@ def running(
     env: Mapping[str, str] | None = None,
     secrets: Sequence[str | None] = (),
     text: bool = False,
+    user: str | None = None,
+    cwd: Path | None = None,
 ) -> Iterator[subprocess.Popen]:
     """Start a tool with its stdout piped to the block; raise `ToolFailed` unless it exits 0.
 
     `label` names the work in messages instead of argv, which may hold a
     connection string; `secrets` are masked in what the tool printed. When
     the block raises, the tool is killed and the block's own error stands.
+    `user` runs it as that OS user (root only: PostgreSQL's server refuses root).
     """
     with tempfile.TemporaryFile() as stderr:
         try:
@@ -77,6 +81,8 @@ def running(
                 stderr=stderr,
                 env=dict(env) if env is not None else None,
                 text=text,
+                user=user,
+                cwd=cwd,
             )
         except FileNotFoundError:
             raise ToolMissing(label, argv[0]) from None
@@ -99,8 +105,10 @@ def run_tool(
     label: str,
     env: Mapping[str, str] | None = None,
     secrets: Sequence[str | None] = (),
+    user: str | None = None,
+    cwd: Path | None = None,
 ) -> str:
     """Run a tool to completion and return its stdout (tools here print little)."""
-    with running(argv, label=label, env=env, secrets=secrets) as process:
+    with running(argv, label=label, env=env, secrets=secrets, user=user, cwd=cwd) as process:
         output = process.stdout.read()
     return output.decode("utf-8", "replace")

@@ -60,13 +60,27 @@ def backup_schedule(source: Source, job: "UnresolvedAssetJobDefinition") -> Sche
     return _schedule
 
 
-def retention_schedule(job: JobDefinition) -> ScheduleDefinition:
-    """Retention once a day, after the nightly backups."""
+def every_time(
+    name: str, job: "JobDefinition | UnresolvedAssetJobDefinition", cron: str, description: str
+) -> ScheduleDefinition:
+    """A schedule that runs its job at every tick (UTC, running by default)."""
     return ScheduleDefinition(
-        name="retention_schedule",
+        name=name,
         job=job,
-        cron_schedule=RETENTION_CRON,
+        cron_schedule=cron,
         execution_timezone="UTC",
         default_status=DefaultScheduleStatus.RUNNING,
-        description="Prunes every source by BACKUP_RETENTION_* once a day.",
+        description=description,
     )
+
+
+def verification_schedule(job: "UnresolvedAssetJobDefinition", cron: str) -> ScheduleDefinition:
+    """Every source's latest snapshot drilled, once a day by default, after the backups."""
+    description = f"Drills every source's latest snapshot on BACKUP_VERIFY_CRON ({cron}, UTC)."
+    return every_time("verification_schedule", job, cron, description)
+
+
+def retention_schedule(job: JobDefinition) -> ScheduleDefinition:
+    """Retention once a day, after the nightly backups."""
+    description = "Prunes every source by BACKUP_RETENTION_* once a day."
+    return every_time("retention_schedule", job, RETENTION_CRON, description)

@@ -75,6 +75,9 @@ class BackupSettings(BaseSettings):
     retention_yearly: RetentionCount = "unlimited"
     retention_days: int | None = Field(None, ge=0)
 
+    verify_cron: str = "0 5 * * *"
+    """When the verification plane drills every source's latest snapshot (UTC)."""
+
     database_url: SecretStr | None = None
     retry_delay_s: float = Field(30, ge=0)
 
@@ -93,6 +96,8 @@ class BackupSettings(BaseSettings):
         if isinstance(value, int) and value < 0:
             raise ValueError("must be a whole number of snapshots or 'unlimited'")
         return value
+
+    _cron = field_validator("verify_cron")(check_cron)
 
     @field_validator("encryption_recipients")
     @classmethod

@@ -17,9 +17,15 @@ import boto3
 import pytest
 import requests
 from dagster import DagsterInstance, ExecuteInProcessResult
+from pyrage import x25519
 
 from backup_pipelines.definitions import build_definitions
-from backup_pipelines.naming import backup_job_name, backup_step_key
+from backup_pipelines.naming import (
+    VERIFICATION_JOB,
+    backup_job_name,
+    backup_step_key,
+    verification_asset_key,
+)
 from backup_pipelines.runtime import Runtime, load_runtime
 from backup_pipelines.snapshot.manifest import MANIFEST_NAME
 from backup_pipelines.snapshot.staging import stage
@@ -27,6 +33,12 @@ from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
 from backup_pipelines.sources.source import Source
 from backup_pipelines.storage.local import LocalBackend
 from backup_pipelines.storage.s3 import S3Backend
+from backup_pipelines.verification import build_verification
+from backup_pipelines_tests.postgres_fixtures import (
+    create_rich_database,
+    scratch_databases,
+    unique_name,
+)
 
 S3_ACCESS_KEY = "test-access-key"
 S3_SECRET_KEY = "test-secret-key-never-shown"
@@ -191,6 +203,28 @@ def replace_manifest(store: SnapshotStore, source: str, snapshot_id: str, raw: b
     store.backend.put_bytes(object_key(source, snapshot_id, MANIFEST_NAME), raw)
 
 
+PASSWORD = "pw-never-shown"
+SOURCE_DSN = f"postgresql://postgres:{PASSWORD}@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture
+def source_db(backup_env, monkeypatch) -> Iterator[str]:
+    """A rich database, and the environment set to back up only it (with a password in the DSN)."""
+    name = unique_name("bp_source")
+    monkeypatch.setenv("BACKUP_POSTGRES_BACKUP_DSN", SOURCE_DSN)
+    monkeypatch.setenv("BACKUP_POSTGRES_DATABASES", name)
+    with scratch_databases(name):
+        create_rich_database(name)
+        yield name
+
+
+def age_identity_file(path: Path) -> tuple[str, Path]:
+    """A new age key: its public recipient, and its identity written to `path`."""
+    identity = x25519.Identity.generate()
+    path.write_text(f"# test key\n{identity}\n")
+    return str(identity.to_public()), path
+
+
 def runtime_from_env() -> Runtime:
     """What the command and the code location build from this test's environment."""
     return load_runtime()
@@ -217,6 +251,25 @@ def run_job(name: str, instance: DagsterInstance | None = None, **kwargs) -> Exe
 
 def run_backup(source: str, instance: DagsterInstance | None = None) -> ExecuteInProcessResult:
     return run_job(backup_job_name(source), instance)
+
+
+def run_verification(
+    source: str, instance: DagsterInstance | None = None
+) -> ExecuteInProcessResult:
+    """The source's verification asset of the verification location, built from this test's
+    environment, run as its schedule runs it."""
+    defs = build_verification(runtime_from_env())
+    return defs.resolve_job_def(VERIFICATION_JOB).execute_in_process(
+        instance=instance or DagsterInstance.ephemeral(),
+        asset_selection=[verification_asset_key(source)],
+        raise_on_error=False,
+    )
+
+
+def verification_of(result: ExecuteInProcessResult, source: str) -> dict | None:
+    """What the verification recorded, or None when it materialized nothing (skipped)."""
+    found = result.asset_materializations_for_node(f"{source}_verification")
+    return {k: v.value for k, v in found[0].metadata.items()} if found else None
 
 
 def metadata_of(result: ExecuteInProcessResult, source: str) -> dict:

@@ -1,4 +1,5 @@
-"""The production Dagster processes on loopback ports: code server, webserver and daemon.
+"""The production Dagster processes on loopback ports: the backups' code server, the
+verifier's, the webserver and the daemon.
 
 They run from `deploy/dagster.yaml` and `deploy/workspace.yaml` unchanged, as the
 compose services do: the instance's storage is a scratch database on the
@@ -31,6 +32,7 @@ from backup_pipelines_tests.postgres_fixtures import (
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
 LOCATION = "backup_pipelines"
+VERIFICATION = "verification"
 REPOSITORY = "__repository__"  # the name Dagster gives the repository of a Definitions object
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
 MANAGEMENT = "http://127.0.0.1:15672"
@@ -82,7 +84,7 @@ class DagsterUI:
         assert "errors" not in body, body["errors"]
         return body["data"]
 
-    def materialize(self, asset_name: str) -> str:
+    def materialize(self, asset_name: str, location: str = LOCATION) -> str:
         """What the UI's Materialize button sends: the asset and its checks. Returns the run id."""
         node = self.graphql(ASSET_CHECKS_QUERY, path=[asset_name])["assetNodeOrError"]
         checks = [
@@ -94,7 +96,7 @@ class DagsterUI:
             "runConfigData": {},
             "executionMetadata": {"tags": []},
             "selector": {
-                "repositoryLocationName": LOCATION,
+                "repositoryLocationName": location,
                 "repositoryName": REPOSITORY,
                 "pipelineName": "__ASSET_JOB",
                 "assetSelection": [{"path": [asset_name]}],
@@ -232,13 +234,15 @@ def _processes(workdir: Path, env: Mapping[str, str], instance_url: str) -> Iter
     logs.mkdir()
     for name in ("dagster.yaml", "workspace.yaml"):
         shutil.copy(DEPLOY / name, home / name)
-    code_port, web_port = free_port(), free_port()
+    code_port, verifier_port, web_port = free_port(), free_port(), free_port()
     env = {
         **env,
         "DAGSTER_HOME": str(home),
         "BACKUP_DATABASE_URL": instance_url,
         "DAGSTER_CODE_SERVER_HOST": "127.0.0.1",
         "DAGSTER_CODE_SERVER_PORT": str(code_port),
+        "DAGSTER_VERIFIER_HOST": "127.0.0.1",
+        "DAGSTER_VERIFIER_PORT": str(verifier_port),
     }
     url = f"http://127.0.0.1:{web_port}"
     ui = DagsterUI(url=url, logs=logs)
@@ -247,6 +251,9 @@ def _processes(workdir: Path, env: Mapping[str, str], instance_url: str) -> Iter
         "code-server": [str(bin_dir / "dagster"), "code-server", "start", "-h", "127.0.0.1",
                         "-p", str(code_port), "-m", "backup_pipelines.definitions",
                         "--location-name", LOCATION],
+        "verifier": [str(bin_dir / "dagster"), "code-server", "start", "-h", "127.0.0.1",
+                     "-p", str(verifier_port), "-m", "backup_pipelines.verification",
+                     "--location-name", VERIFICATION],
         "webserver": [str(bin_dir / "dagster-webserver"), "-h", "127.0.0.1",
                       "-p", str(web_port), "-w", workspace],
         "daemon": [str(bin_dir / "dagster-daemon"), "run", "-w", workspace],
@@ -256,8 +263,11 @@ def _processes(workdir: Path, env: Mapping[str, str], instance_url: str) -> Iter
         [str(bin_dir / "dagster"), "instance", "migrate"], env=env, check=True, capture_output=True
     )
     with ExitStack() as cleanup:  # stops the processes in reverse order of start
-        cleanup.callback(_stop, _start("code-server", commands["code-server"], env, logs))
-        _wait_until(lambda: _grpc_healthy(bin_dir, code_port, env), "code server", 90, ui)
+        code_servers = {"code-server": code_port, "verifier": verifier_port}
+        for name in code_servers:
+            cleanup.callback(_stop, _start(name, commands[name], env, logs))
+        for name, port in code_servers.items():
+            _wait_until(lambda port=port: _grpc_healthy(bin_dir, port, env), name, 90, ui)
         for name in ("webserver", "daemon"):
             cleanup.callback(_stop, _start(name, commands[name], env, logs))
         wait_for_http(f"{url}/server_info", timeout_s=90)

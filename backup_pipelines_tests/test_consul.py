@@ -17,8 +17,10 @@ from backup_pipelines_tests.conftest import (
     metadata_of,
     run_backup,
     run_job,
+    run_verification,
     runtime_from_env,
     store_from_env,
+    verification_of,
 )
 from backup_pipelines_tests.consul_double import MANAGEMENT, ConsulDouble
 
@@ -55,8 +57,10 @@ def test_wiped_kv_comes_back_equal(store_env, consul, capsys):
     assert metadata["snapshot_index"] > 300 and metadata["consul_version"] == "1.17.0-double"
     every_log = " ".join(str(event.message) for event in result.all_events)
     assert ROOT_TOKEN not in json.dumps(metadata, default=str) + every_log
-    checks = checks_of(result)
-    assert checks["integrity"].passed and checks["archive_structure"].passed
+    assert checks_of(result)["integrity"].passed
+    drilled = verification_of(run_verification("consul"), "consul")
+    assert drilled["passed"] and drilled["kv_keys"] == 304 and drilled["warnings"] == []
+    assert drilled["archive_members"] == ["meta.json", "state.bin"]
     assert main(["verify", "consul", "--deep"]) == 0
 
     consul.state.kv.clear()

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = REPO / "docker-compose.yml"
 ENV_EXAMPLE = REPO / ".env.example"
 
-DAGSTER_SERVICES = ("code-server", "webserver", "daemon")
+DAGSTER_SERVICES = ("code-server", "verifier", "webserver", "daemon")
 STATEFUL = {  # service → the directory its data lives in
     "postgres": "/var/lib/postgresql/data",
     "dagster-postgres": "/var/lib/postgresql/data",
@@ -34,7 +34,13 @@ STATEFUL = {  # service → the directory its data lives in
 }
 ONE_SHOT = {"minio-bucket"}  # runs once and exits; no health to check
 REQUIRED_SERVICES = (*STATEFUL, *ONE_SHOT, *DAGSTER_SERVICES)
-INSTANCE_ENV = {"BACKUP_DATABASE_URL", "DAGSTER_CODE_SERVER_HOST", "DAGSTER_CODE_SERVER_PORT"}
+INSTANCE_ENV = {
+    "BACKUP_DATABASE_URL",
+    "DAGSTER_CODE_SERVER_HOST",
+    "DAGSTER_CODE_SERVER_PORT",
+    "DAGSTER_VERIFIER_HOST",
+    "DAGSTER_VERIFIER_PORT",
+}
 REQUIRED_ENV = {
     "code-server": INSTANCE_ENV
     | {
@@ -53,8 +59,21 @@ REQUIRED_ENV = {
         "BACKUP_DOCUMENTS_ROOT",
         "BACKUP_RESTIC_PASSWORD",
     },
+    "verifier": INSTANCE_ENV
+    | {
+        "BACKUP_S3_ENDPOINT_URL",
+        "BACKUP_S3_BUCKET",
+        "BACKUP_S3_ACCESS_KEY",
+        "BACKUP_S3_SECRET_KEY",
+        "BACKUP_AGE_IDENTITY_FILE",
+        "BACKUP_RESTIC_PASSWORD",
+        "BACKUP_RABBITMQ_URL",
+    },
     "webserver": INSTANCE_ENV,
     "daemon": INSTANCE_ENV,
+}
+KEPT_FROM = {  # service → variables it must not be given: the keys of another role
+    "code-server": {"BACKUP_AGE_IDENTITY_FILE"},
 }
 SECRETS = (
     "CRM_POSTGRES_PASSWORD",
@@ -64,6 +83,8 @@ SECRETS = (
     "BACKUP_S3_ACCESS_KEY",
     "BACKUP_S3_SECRET_KEY",
     "BACKUP_RESTIC_PASSWORD",
+    "VERIFIER_S3_ACCESS_KEY",
+    "VERIFIER_S3_SECRET_KEY",
 )
 
 
@@ -102,6 +123,8 @@ def deployment_problems(config: dict[str, Any]) -> list[str]:
             problems.append(f"service {name} has no health check")
         for variable in sorted(REQUIRED_ENV.get(name, set()) - environment.keys()):
             problems.append(f"service {name} does not set {variable}")
+        for variable in sorted(KEPT_FROM.get(name, set()) & environment.keys()):
+            problems.append(f"service {name} sets {variable}, which belongs elsewhere")
         for variable in sorted(v for v in environment if v.startswith("BACKUP_")):
             if variable not in known:
                 problems.append(f"service {name} sets {variable}, which the settings do not read")
@@ -109,6 +132,12 @@ def deployment_problems(config: dict[str, Any]) -> list[str]:
             targets = {volume_target(volume) for volume in service.get("volumes", [])}
             if STATEFUL[name] not in targets:
                 problems.append(f"service {name} keeps {STATEFUL[name]} on no volume")
+    keys = {
+        name: services.get(name, {}).get("environment", {}).get("BACKUP_S3_ACCESS_KEY")
+        for name in ("code-server", "verifier")
+    }
+    if keys["verifier"] == keys["code-server"]:
+        problems.append("service verifier has the backup host's S3 keys, not read-only ones")
     webserver_check = services.get("webserver", {}).get("healthcheck", {}).get("test", [])
     if "/server_info" not in " ".join(webserver_check):
         problems.append("the webserver's health check does not ask /server_info")
@@ -135,16 +164,35 @@ def test_the_compose_stack_is_complete():
     assert deployment_problems(config) == []
 
 
-def test_the_code_servers_environment_is_a_valid_configuration(monkeypatch):
-    environment = compose_config(COMPOSE_FILE, ENV_EXAMPLE)["services"]["code-server"]
+@pytest.mark.parametrize("service", ["code-server", "verifier"])
+def test_the_code_servers_environment_is_a_valid_configuration(monkeypatch, service):
+    environment = compose_config(COMPOSE_FILE, ENV_EXAMPLE)["services"][service]
     for name, value in environment["environment"].items():
         monkeypatch.setenv(name, value)
 
     settings = load_settings()
 
     assert settings.shared.s3_enabled
-    assert settings.sources["documents"].root == Path("/documents")
     assert settings.sources["documents"].restic_password is not None
+    if service == "code-server":
+        assert settings.sources["documents"].root == Path("/documents")
+        assert settings.shared.age_identity_file is None
+    else:
+        assert settings.shared.age_identity_file == Path("/run/secrets/age-identity")
+
+
+def test_keys_given_to_the_wrong_role_are_caught(tmp_path):
+    def misplace(document):
+        services = document["services"]
+        services["code-server"]["environment"]["BACKUP_AGE_IDENTITY_FILE"] = "/identity"
+        services["verifier"]["environment"]["BACKUP_S3_ACCESS_KEY"] = "${BACKUP_S3_ACCESS_KEY}"
+
+    config = compose_config(mutated(tmp_path, misplace), ENV_EXAMPLE)
+
+    assert deployment_problems(config) == [
+        "service code-server sets BACKUP_AGE_IDENTITY_FILE, which belongs elsewhere",
+        "service verifier has the backup host's S3 keys, not read-only ones",
+    ]
 
 
 @pytest.mark.parametrize("service", REQUIRED_SERVICES)

@@ -18,8 +18,10 @@ from backup_pipelines_tests.conftest import (
     replace_manifest,
     run_backup,
     run_job,
+    run_verification,
     runtime_from_env,
     store_from_env,
+    verification_of,
 )
 
 RESTIC_PASSWORD = "restic-pw-never-shown"
@@ -80,10 +82,12 @@ def test_incremental_backups_restore_each_tree_exactly(documents_root, tmp_path,
     first_state = tree_state(documents_root)
     first = run_backup("documents")
     assert first.success
-    checks = checks_of(first)
-    assert checks["integrity"].passed and checks["restic_snapshot_exists"].passed
-    assert checks["restic_check"].passed
+    assert checks_of(first)["integrity"].passed
     first_meta = metadata_of(first, "documents")
+    drilled = verification_of(run_verification("documents"), "documents")
+    assert drilled["passed"] and drilled["problems"] == []
+    assert (drilled["files"], drilled["sample_files"]) == (2504, 20)
+    assert drilled["bytes"] > 30 << 20
     assert first_meta["files_new"] == 2504 and first_meta["data_added"] > 30 << 20
 
     change_one_percent(documents_root)
@@ -173,6 +177,18 @@ def test_pruning_documents_forgets_exactly_their_restic_snapshots(
     assert main(["restore", "documents", "--target-dir", str(target)]) == 0
     assert tree_state(target) == tree_state(root)
     assert older and RESTIC_PASSWORD not in capsys.readouterr().err
+
+
+def test_the_drill_compares_the_tree_with_restics_own_count(documents_root, capsys):
+    assert run_backup("documents").success
+    store = store_from_env()
+    snapshot_id = store.find("documents").snapshot_id
+    manifest = json.loads(read_manifest_bytes(store, "documents", snapshot_id))
+    manifest["stats"]["total_files_processed"] += 1
+    replace_manifest(store, "documents", snapshot_id, json.dumps(manifest).encode())
+
+    assert main(["drill", "documents"]) == 1
+    assert "the snapshot lists 2504 files, restic counted 2505 at backup" in capsys.readouterr().err
 
 
 TAMPERINGS = [

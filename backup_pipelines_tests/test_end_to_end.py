@@ -29,7 +29,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from backup_pipelines.messaging import EXCHANGE, REQUESTS_QUEUE
 from backup_pipelines.sources.registry import SOURCE_NAMES as SOURCES
-from backup_pipelines_tests.dagster_stack import DagsterStack, running_stack
+from backup_pipelines_tests.dagster_stack import VERIFICATION, DagsterStack, running_stack
 from backup_pipelines_tests.postgres_fixtures import (
     connect,
     database_state,
@@ -110,7 +110,7 @@ def test_a_materialization_launched_as_the_ui_does_is_a_restorable_snapshot(stac
         for event in stack.graphql(CHECKS_QUERY, runId=run_id)["logsForRun"]["events"]
         if "evaluation" in event
     }
-    assert checks == {"integrity": True, "restore_drill": True}
+    assert checks == {"integrity": True}  # drills belong to the verification plane
 
     restored = unique_name("bp_e2e_restored")
     with scratch_databases(restored):
@@ -122,6 +122,44 @@ def test_a_materialization_launched_as_the_ui_does_is_a_restorable_snapshot(stac
         )  # fmt: skip
         assert restore.returncode == 0, restore.stderr
         assert database_state(restored) == database_state(stack.crm_database)
+
+
+LINEAGE_QUERY = """
+query Lineage($path: [String!]!) {
+  assetNodeOrError(assetKey: {path: $path}) {
+    ... on AssetNode { dependencyKeys { path } dependedByKeys { path } }
+  }
+}
+"""
+
+
+def databases_on_the_machine_cluster() -> set[str]:
+    with connect("postgres") as admin:
+        return {row[0] for row in admin.execute("SELECT datname FROM pg_database").fetchall()}
+
+
+def test_the_verification_location_drills_the_latest_snapshot_elsewhere(stack):
+    """Downstream of the backup across locations; no database ever appears on the cluster
+    that was backed up while the drill restores every database."""
+    backup = stack.materialize("postgres_backup")
+    assert stack.wait_for_run(runIds=[backup])["status"] == "SUCCESS", stack.log_tails()
+    verification = stack.graphql(LINEAGE_QUERY, path=["postgres_verification"])
+    assert verification["assetNodeOrError"]["dependencyKeys"] == [{"path": ["postgres_backup"]}]
+    backups = stack.graphql(LINEAGE_QUERY, path=["postgres_backup"])["assetNodeOrError"]
+    assert {"path": ["postgres_verification"]} in backups["dependedByKeys"]
+
+    before, seen = databases_on_the_machine_cluster(), set()
+    drill = stack.materialize("postgres_verification", location=VERIFICATION)
+    while not stack.runs(runIds=[drill]) or stack.runs(runIds=[drill])[0]["status"] not in (
+        "SUCCESS", "FAILURE", "CANCELED"
+    ):  # fmt: skip
+        seen |= databases_on_the_machine_cluster()
+        time.sleep(0.1)
+    assert stack.runs(runIds=[drill])[0]["status"] == "SUCCESS", stack.log_tails()
+    assert seen <= before
+    latest = stack.graphql(MATERIALIZATIONS_QUERY, path=["postgres_verification"])
+    [proof] = latest["assetOrError"]["assetMaterializations"]
+    assert proof["runId"] == drill
 
 
 def test_a_second_run_of_a_source_waits_in_the_queue_until_the_first_ends(stack):
@@ -201,6 +239,13 @@ def test_every_schedule_and_sensor_runs_in_the_daemon(stack):
     }
     ticked = {s["name"] for s in sensors if s["sensorState"]["ticks"]}
     assert {"backup_requests_sensor", "documents_change_sensor"} <= ticked
+    verification = {"repositoryLocationName": VERIFICATION, "repositoryName": "__repository__"}
+    automation = stack.graphql(AUTOMATION_QUERY, repository=verification)
+    [schedule] = automation["schedulesOrError"]["results"]
+    assert (schedule["name"], schedule["scheduleState"]["status"]) == (
+        "verification_schedule",
+        "RUNNING",
+    )
     assert stack.unhealthy_daemons() == []
 
 
@@ -236,10 +281,11 @@ def wait_for(
     ).until(condition((By.XPATH, xpath)))
 
 
-def upstream_nodes(driver: webdriver.Chrome) -> set[str] | bool:
-    """Names of the nodes drawn upstream of the group (from the `crm` group), once all are drawn."""
+def foreign_nodes(driver: webdriver.Chrome) -> set[str] | bool:
+    """Names of the nodes drawn around the group: upstream (the `crm` group) and downstream
+    (the verification location's assets), once all are drawn."""
     names = {e.get_attribute("title") for e in driver.find_elements(*FOREIGN_NODE_LABELS)}
-    return names if len(names) >= len(SOURCES) else False
+    return names if len(names) >= 2 * len(SOURCES) else False
 
 
 def test_an_operator_sees_the_lineage_and_materializes_from_the_browser(stack, browser):
@@ -248,9 +294,9 @@ def test_an_operator_sees_the_lineage_and_materializes_from_the_browser(stack, b
     browser.get(f"{stack.url}/locations/backup_pipelines/asset-groups/backups")
     for name in BACKUP_ASSETS:
         wait_for(browser, f"//*[@data-tooltip='{name}']", condition=drawn)  # may be off-screen
-    upstream = WebDriverWait(browser, 30).until(upstream_nodes)
+    around = WebDriverWait(browser, 30).until(foreign_nodes)
     browser.save_screenshot(str(SCREENSHOTS / "asset-lineage.png"))
-    assert upstream == set(SOURCES)
+    assert around == {*SOURCES, *(f"{source}_verification" for source in SOURCES)}
 
     browser.get(f"{stack.url}/assets/rabbitmq_backup")
     wait_for(browser, "//*[normalize-space()='crm / rabbitmq']")  # its upstream asset

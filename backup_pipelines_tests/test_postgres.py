@@ -18,9 +18,10 @@ from backup_pipelines.processes import ToolFailed
 from backup_pipelines.snapshot.staging import stage
 from backup_pipelines.sources.postgres.cluster import Cluster, PostgresUnavailable
 from backup_pipelines.sources.postgres.dump import dump_cluster
-from backup_pipelines.sources.postgres.restore import restore_drill
 from backup_pipelines_tests.conftest import (
+    PASSWORD,
     RUN_ID,
+    SOURCE_DSN,
     checks_of,
     commit_snapshot,
     failed_at_once,
@@ -28,8 +29,10 @@ from backup_pipelines_tests.conftest import (
     metadata_of,
     run_backup,
     run_job,
+    run_verification,
     runtime_from_env,
     store_from_env,
+    verification_of,
 )
 from backup_pipelines_tests.postgres_fixtures import (
     connect,
@@ -39,23 +42,9 @@ from backup_pipelines_tests.postgres_fixtures import (
     unique_name,
 )
 
-PASSWORD = "pw-never-shown"
-SOURCE_DSN = f"postgresql://postgres:{PASSWORD}@127.0.0.1:5432/postgres"
-
 
 def target_dsn(database: str) -> str:
     return f"postgresql://postgres:{PASSWORD}@127.0.0.1:5432/{database}"
-
-
-@pytest.fixture
-def source_db(backup_env, monkeypatch) -> str:
-    """A rich database, and the environment set to back up only it (with a password in the DSN)."""
-    name = unique_name("bp_source")
-    monkeypatch.setenv("BACKUP_POSTGRES_BACKUP_DSN", SOURCE_DSN)
-    monkeypatch.setenv("BACKUP_POSTGRES_DATABASES", name)
-    with scratch_databases(name):
-        create_rich_database(name)
-        yield name
 
 
 @pytest.fixture(params=["local", "s3-encrypted"])
@@ -82,10 +71,12 @@ def test_backup_restores_every_object_and_row(backup_store, source_db, capsys):
     assert figures["row_counts"]["crm.contacts"] == 501
     assert figures["row_counts"]["pg_largeobject"] == 2
     assert PASSWORD not in json.dumps(metadata, default=str)
-    checks = checks_of(result)
-    assert checks["integrity"].passed and checks["restore_drill"].passed
-    drilled = checks["restore_drill"].metadata["databases"].value[source_db]
+    assert {name: check.passed for name, check in checks_of(result).items()} == {"integrity": True}
+    verification = verification_of(run_verification("postgres"), "postgres")
+    drilled = verification["databases"][source_db]
     assert drilled["differences"] == {} and drilled["rows"] > 2800
+    assert drilled["row_counts"]["crm.contacts"] == 501
+    assert main(["drill", "postgres"]) == 0
     if backup_store == "s3-encrypted":
         assert str(metadata["location"]).startswith("s3://")
         assert all(f.endswith(".zst.age") for f in _stored_names())
@@ -275,11 +266,12 @@ def test_drill_reports_rows_that_differ_from_backup_time(source_db):
     snapshot = runtime.store.find("postgres")
     stats = snapshot.manifest.stats
     stats["databases"][source_db]["row_counts"]["crm.contacts"] += 1  # as if a row went missing
-    results = restore_drill(runtime.reader(snapshot, "drill"), Cluster(SOURCE_DSN), print)
-    assert results[source_db]["differences"] == {"crm.contacts": {"expected": 502, "restored": 501}}
-    with connect("postgres") as admin:
-        leftovers = admin.execute("SELECT datname FROM pg_database WHERE datname LIKE 'drill_%'")
-        assert leftovers.fetchall() == []
+    result = runtime.sources["postgres"].drill(runtime.reader(snapshot, "drill"), print)
+    assert result.problems == [
+        f"{source_db}: the restored rows differ from those counted at backup"
+    ]
+    differences = result.figures["databases"][source_db]["differences"]
+    assert differences == {"crm.contacts": {"expected": 502, "restored": 501}}
 
 
 def test_deep_verify_finds_a_dump_pg_restore_cannot_read(backup_env, capsys):

@@ -22,8 +22,10 @@ from backup_pipelines_tests.conftest import (
     flip_byte,
     metadata_of,
     run_backup,
+    run_verification,
     runtime_from_env,
     store_from_env,
+    verification_of,
 )
 
 MANAGEMENT = "http://127.0.0.1:15672"
@@ -108,8 +110,9 @@ def test_deleted_topology_comes_back_and_the_user_logs_in(store_env, crm_topolog
     assert metadata["broker_version"].startswith("3.")
     every_log = " ".join(str(event.message) for event in result.all_events)
     assert password_hash not in json.dumps(metadata, default=str) + every_log
-    checks = checks_of(result)
-    assert checks["integrity"].passed and checks["definitions_structure"].passed
+    assert checks_of(result)["integrity"].passed
+    drilled = verification_of(run_verification("rabbitmq"), "rabbitmq")
+    assert drilled["passed"] and drilled["queues"] >= 2 and drilled["bindings"] >= 2
     assert main(["verify", "rabbitmq", "--deep"]) == 0
 
     admin("DELETE", f"vhosts/{quote(vhost, safe='')}")
@@ -152,6 +155,37 @@ def test_unreachable_management_api_is_a_clear_retryable_error(staging_dir):
     assert "cannot reach the RabbitMQ management API at http://127.0.0.1:1" in str(failure.value)
     assert "admin-pw-never-shown" not in str(failure.value)
     assert list((staging_dir / "rabbitmq").iterdir()) == []
+
+
+def test_the_drill_finds_objects_that_an_import_would_lose(backup_env, capsys):
+    sections = {
+        section: []
+        for section in ("users", "permissions", "topic_permissions", "parameters",
+                        "global_parameters", "policies", "exchanges")
+    }  # fmt: skip
+    definitions = {
+        **sections,
+        "vhosts": [{"name": "crm"}],
+        "queues": [{"name": "crm.events", "vhost": "crm"}],
+        "bindings": [
+            {"vhost": "crm", "source": "amq.topic", "destination": "crm.events",
+             "destination_type": "queue"},
+            {"vhost": "crm", "source": "crm.gone", "destination": "crm.missing",
+             "destination_type": "queue"},
+        ],
+    }  # fmt: skip
+    runtime = runtime_from_env()
+    commit_snapshot(
+        runtime.store,
+        runtime.staging.directory,
+        {"definitions.json": json.dumps(definitions).encode()},
+        source="rabbitmq",
+    )
+    assert main(["drill", "rabbitmq"]) == 1
+    problems = capsys.readouterr().err
+    assert "a binding in 'crm' names the exchange 'crm.gone', not defined" in problems
+    assert "a binding in 'crm' names the queue 'crm.missing', not defined" in problems
+    assert "amq.topic" not in problems and "crm.events" not in problems
 
 
 def test_deep_verify_finds_definitions_that_do_not_parse(backup_env, capsys):

@@ -16,9 +16,13 @@ from backup_pipelines_tests.conftest import (
     failed_at_once,
     flip_byte,
     metadata_of,
+    read_manifest_bytes,
+    replace_manifest,
     run_backup,
+    run_verification,
     runtime_from_env,
     store_from_env,
+    verification_of,
 )
 from backup_pipelines_tests.redis_fixtures import (
     assert_same_data,
@@ -67,10 +71,10 @@ def test_backup_restores_every_key_ttl_and_function(store_env, source_redis, tar
     assert metadata["used_memory"] > 0 and metadata["rdb_bytes"] > 0
     assert metadata["aof_files"] >= 2  # Redis 7's manifest and base file at least
     assert SOURCE_PASSWORD not in json.dumps(metadata, default=str)
-    checks = checks_of(result)
-    assert checks["integrity"].passed
-    assert checks["restore_drill"].passed, checks["restore_drill"].metadata
-    assert checks["restore_drill"].metadata["function_libraries"].value == 1
+    assert checks_of(result)["integrity"].passed
+    drilled = verification_of(run_verification("redis"), "redis")
+    assert drilled["passed"] and drilled["function_libraries"] == 1
+    assert drilled["loaded_keys"] == drilled["expected_keys"] == {"db0": 11, "db3": 500, "db15": 1}
 
     assert main(["verify", "redis", "--deep"]) == 0
     assert main(["restore", "redis", "--target-url", target_url(target_redis)]) == 0
@@ -140,6 +144,25 @@ def test_a_user_without_sync_permission_gets_told_why(backup_env, source_redis, 
     monkeypatch.setenv("BACKUP_REDIS_PASSWORD", "reader-pw")
     message = failed_at_once(run_backup("redis"), "reader-pw")
     assert "the user needs the +sync and +psync ACL permissions" in message
+
+
+def test_the_drill_compares_keys_per_database_with_the_manifest(backup_env, source_redis, capsys):
+    """Keys expire on a live server (a different count is a warning); a database that held
+    keys at backup and comes back empty is a failure."""
+    assert run_backup("redis").success
+    store = store_from_env()
+    snapshot_id = store.find("redis").snapshot_id
+    manifest = json.loads(read_manifest_bytes(store, "redis", snapshot_id))
+    manifest["stats"]["keys"]["db0"] += 1
+    replace_manifest(store, "redis", snapshot_id, json.dumps(manifest).encode())
+    assert main(["drill", "redis"]) == 0
+    assert "warning: keys per database differ" in capsys.readouterr().err
+
+    manifest["stats"]["keys"]["db7"] = 40
+    replace_manifest(store, "redis", snapshot_id, json.dumps(manifest).encode())
+    assert main(["drill", "redis", "--json"]) == 1
+    output = capsys.readouterr()
+    assert json.loads(output.out)["problems"] == ["db7 held 40 keys at backup and none came back"]
 
 
 def test_deep_verify_finds_an_rdb_that_does_not_parse(backup_env, capsys):

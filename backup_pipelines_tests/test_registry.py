@@ -12,6 +12,7 @@ from backup_pipelines.definitions import build_definitions
 from backup_pipelines.restore_job import RestoreConfig, SourceChoice
 from backup_pipelines.sources.registry import SOURCE_NAMES, SOURCES
 from backup_pipelines.sources.source import SECRET_OPTION
+from backup_pipelines.verification import build_verification
 from backup_pipelines_tests.conftest import runtime_from_env
 
 PACKAGE = Path(__file__).resolve().parents[1] / "backup_pipelines"
@@ -46,9 +47,21 @@ def test_every_source_gets_its_asset_checks_job_schedule_and_pool(backup_env):
             for check in checks_def.check_specs
             if check.asset_key == key
         }
-        assert checks == {"integrity", *(check.name for check in source.checks())}
+        assert checks == {"integrity"}  # drills run in the verification plane, not here
         assert defs.resolve_job_def(f"{source.name}_backup_job")
         assert schedules[f"{source.name}_backup_schedule"].cron_schedule == source.cron
+
+
+def test_every_source_gets_its_verification_downstream_of_its_backup(backup_env):
+    runtime = runtime_from_env()
+    defs = build_verification(runtime)
+    for source in runtime.sources.values():
+        [spec] = defs.resolve_assets_def(AssetKey(f"{source.name}_verification")).specs
+        assert spec.group_name == "verification" and spec.freshness_policy is not None
+        assert {dep.asset_key for dep in spec.deps} == {AssetKey(f"{source.name}_backup")}
+    [schedule] = defs.schedules
+    assert (schedule.name, schedule.cron_schedule) == ("verification_schedule", "0 5 * * *")
+    assert schedule.default_status.value == "RUNNING"
 
 
 def test_restore_job_and_the_command_take_the_same_options(backup_env):

@@ -70,7 +70,7 @@ def test_s3_needs_bucket_and_both_keys(backup_env, monkeypatch):
         ("BACKUP_RETENTION_DAYS", "a week", "valid integer"),
         ("BACKUP_POSTGRES_CRON", "every hour", "not a valid cron expression"),
         ("BACKUP_ENCRYPTION_RECIPIENTS", "age1-not-a-key", "recipient 1 is not an age public key"),
-        ("BACKUP_POSTGRES_RESTORE_DRILL", "perhaps", "valid boolean"),
+        ("BACKUP_VERIFY_CRON", "nightly", "not a valid cron expression"),
         ("BACKUP_CONSUL_CRON", "0 0 30 2 *", "a day February never has"),
     ],
 )

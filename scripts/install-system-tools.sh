@@ -11,6 +11,8 @@ declare -A package_of=(
   [psql]=postgresql-client [redis-cli]=redis-tools [redis-check-rdb]=redis-tools
   [redis-server]=redis-server [restic]=restic [zstd]=zstd
   [/usr/bin/time]=time
+  # drills make throw-away PostgreSQL clusters with the server's initdb
+  [/usr/lib/postgresql]=postgresql
 )
 if [ "${1:-}" = "test" ]; then
   # Chromium only recommends fonts, and renders no text without one.

@@ -28,10 +28,15 @@ def parse_recipients(keys: Sequence[str]) -> list[x25519.Recipient]:
     return recipients
 
 
+class IdentityMissing(ConfigurationError):
+    """A snapshot is encrypted and no identity is configured here: where backups run that
+    is by design (they hold only the recipients), so verification skips, saying so."""
+
+
 def load_identities(path: Path | None) -> list[x25519.Identity]:
     """Read the `AGE-SECRET-KEY-...` lines of an age identity file (as `age-keygen` writes)."""
     if path is None:
-        raise ConfigurationError(
+        raise IdentityMissing(
             "this snapshot is encrypted: set BACKUP_AGE_IDENTITY_FILE to the age identity file"
         )
     try:

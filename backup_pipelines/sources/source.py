@@ -3,9 +3,10 @@
 A source says what it is called, which settings it reads, how to connect,
 dump, deep-verify, drill and restore, and which restore options it takes.
 Everything else is generated from the registry (`registry.py`): the Dagster
-assets, checks, jobs, schedules, freshness and pools, `restore_job`'s config
-and the `backup-pipelines` command's flags. A source never knows where
-snapshots are stored, and imports nothing from Dagster.
+assets (backups and their verifications), checks, jobs, schedules, freshness
+and pools, `restore_job`'s config and the `backup-pipelines` command's flags.
+A source never knows where snapshots are stored, and imports nothing from
+Dagster.
 """
 
 from __future__ import annotations
@@ -69,33 +70,18 @@ class RestoreOptions(BaseModel):
 
 
 @dataclass(frozen=True)
-class CheckOutcome:
-    """What a check found: problems (none = passed) and figures for the UI."""
+class DrillResult:
+    """What a drill proved: the figures it compared with the manifest's (rows per table, keys
+    per database, objects) and the problems found (none: the snapshot restores equal)."""
 
     problems: Sequence[str]
-    metadata: Mapping[str, Any] = field(default_factory=dict)
-    warn_only: bool = False
-    """A failure worth a look (a live cache's keys expire meanwhile), not a broken backup."""
+    figures: Mapping[str, Any] = field(default_factory=dict)
+    warnings: Sequence[str] = ()
+    """Worth a look, not a broken backup (a live cache's keys expire between count and sync)."""
 
     @property
     def passed(self) -> bool:
         return not self.problems
-
-
-@dataclass(frozen=True)
-class Check:
-    """A proof about the latest snapshot beyond its integrity: a drill or a structural check."""
-
-    name: str
-    description: str
-    run: Callable[[SnapshotReader, Log], CheckOutcome]
-
-
-def problems_check(
-    name: str, description: str, find_problems: Callable[[SnapshotReader], list[str]]
-) -> Check:
-    """A check that passes when `find_problems` finds none."""
-    return Check(name, description, lambda reader, _log: CheckOutcome(find_problems(reader)))
 
 
 SettingsT = TypeVar("SettingsT", bound=SourceSettings)
@@ -152,9 +138,10 @@ class Source(ABC, Generic[SettingsT, OptionsT]):
     def restore(self, reader: SnapshotReader, options: OptionsT, log: Log) -> str:
         """Restore into `options.target`, touching it only once the snapshot is proven."""
 
-    def checks(self) -> Sequence[Check]:
-        """Asset checks beyond `integrity` (which every source has)."""
-        return ()
+    @abstractmethod
+    def drill(self, reader: SnapshotReader, log: Log) -> DrillResult:
+        """Restore into a scratch target made for the drill (never the system backed up),
+        compare what came back with the manifest's figures, and remove the scratch."""
 
     def not_configured(self) -> str | None:
         """Why the source cannot be backed up yet (its schedule skips, saying so), or None."""

@@ -10,8 +10,8 @@ from backup_pipelines.snapshot.reader import SnapshotReader
 from backup_pipelines.snapshot.staging import StagedSnapshot
 from backup_pipelines.sources.consul.api import ConsulApi
 from backup_pipelines.sources.consul.dump import dump_consul
-from backup_pipelines.sources.consul.restore import check_snapshot, restore_archive, restore_kv
-from backup_pipelines.sources.source import Check, Log, RestoreOptions, Source, cli, problems_check
+from backup_pipelines.sources.consul.restore import drill_snapshot, restore_archive, restore_kv
+from backup_pipelines.sources.source import DrillResult, Log, RestoreOptions, Source, cli
 
 
 class ConsulSettings(SourceSettings):
@@ -50,21 +50,15 @@ class Consul(Source[ConsulSettings, ConsulRestore]):
         dump_consul(staged, self.api(), log)
 
     def deep_verify(self, reader: SnapshotReader) -> list[str]:
-        return check_snapshot(reader)
+        return list(drill_snapshot(reader).problems)
+
+    def drill(self, reader: SnapshotReader, log: Log) -> DrillResult:
+        """Structural: restoring the archive needs an agent of the same version, and restoring
+        the KV one to restore into; neither is made for a drill."""
+        return drill_snapshot(reader)
 
     def restore(self, reader: SnapshotReader, options: ConsulRestore, log: Log) -> str:
         api = self.api(options.target)
         if options.snapshot_restore:
             return restore_archive(reader, api, log)
         return restore_kv(reader, api, force=options.force, log=log)
-
-    def checks(self) -> list[Check]:
-        return [
-            problems_check(
-                "archive_structure",
-                "Opens the latest snapshot: Consul's archive must be a gzip'd tar whose "
-                "SHA256SUMS match its members, and the KV export must parse with the recorded "
-                "key count.",
-                check_snapshot,
-            )
-        ]

@@ -1,5 +1,5 @@
 """Restoring Consul: the KV store key by key, or Consul's own archive for a whole cluster;
-and the check that an archive is whole (its SHA256SUMS match its members)."""
+and the drill that proves an archive whole (its SHA256SUMS match its members)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,9 @@ from backup_pipelines.errors import BackupError, IntegrityError
 from backup_pipelines.snapshot.reader import SnapshotReader
 from backup_pipelines.sources.consul.api import ConsulApi
 from backup_pipelines.sources.consul.dump import ARCHIVE_ARTIFACT, KV_ARTIFACT
-from backup_pipelines.sources.source import Log
+from backup_pipelines.sources.source import DrillResult, Log
+
+META_MEMBER = "meta.json"
 
 
 def load_kv(reader: SnapshotReader) -> list[dict[str, Any]]:
@@ -34,12 +37,21 @@ def load_kv(reader: SnapshotReader) -> list[dict[str, Any]]:
     return entries
 
 
-def archive_problems(archive: Path) -> list[str]:
-    """A Consul snapshot is a gzip'd tar whose SHA256SUMS lists every other member's sha256."""
+@dataclass(frozen=True)
+class Archive:
+    """What a Consul snapshot archive holds: each member's sha256, its SHA256SUMS, meta.json."""
+
+    digests: dict[str, str]
+    sums: bytes
+    meta: dict[str, Any] | None
+
+
+def read_archive(path: Path) -> Archive:
+    """Stream through the gzip'd tar once; `IntegrityError` when it is not one."""
     digests: dict[str, str] = {}
-    sums = b""
+    sums, meta = b"", None
     try:
-        with tarfile.open(archive, "r|gz") as tar:
+        with tarfile.open(path, "r|gz") as tar:
             for member in tar:
                 content = tar.extractfile(member) if member.isfile() else None
                 if content is None:
@@ -48,38 +60,68 @@ def archive_problems(archive: Path) -> list[str]:
                     sums = content.read()
                     continue
                 digest = hashlib.sha256()
+                if member.name == META_MEMBER:  # a few hundred bytes
+                    data = content.read()
+                    meta = _parsed(data)
+                    digest.update(data)
                 while chunk := content.read(1 << 20):
                     digest.update(chunk)
                 digests[member.name] = digest.hexdigest()
     except (tarfile.TarError, OSError, EOFError) as exc:
-        return [f"{ARCHIVE_ARTIFACT} is not a gzip'd tar archive ({exc})"]
-    if not sums:
+        raise IntegrityError(f"{ARCHIVE_ARTIFACT} is not a gzip'd tar archive ({exc})") from None
+    return Archive(digests, sums, meta)
+
+
+def _parsed(raw: bytes) -> dict[str, Any] | None:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def archive_problems(archive: Archive) -> list[str]:
+    """A Consul snapshot is a gzip'd tar whose SHA256SUMS lists every other member's sha256,
+    and whose meta.json says which Raft index it was taken at."""
+    if not archive.sums:
         return [f"{ARCHIVE_ARTIFACT} has no SHA256SUMS"]
-    listed = dict(reversed(line.split(maxsplit=1)) for line in sums.decode().splitlines() if line)
-    if set(listed) != set(digests):
+    lines = archive.sums.decode(errors="replace").splitlines()
+    listed = dict(reversed(line.split(maxsplit=1)) for line in lines if " " in line)
+    if set(listed) != set(archive.digests):
         return [
             f"{ARCHIVE_ARTIFACT}: SHA256SUMS lists {sorted(listed)}, the archive holds "
-            f"{sorted(digests)}"
+            f"{sorted(archive.digests)}"
         ]
-    return [
+    problems = [
         f"{ARCHIVE_ARTIFACT}: {name} does not match SHA256SUMS"
-        for name, digest in digests.items()
+        for name, digest in archive.digests.items()
         if listed[name] != digest
     ]
+    if archive.meta is None:
+        problems.append(f"{ARCHIVE_ARTIFACT} has no readable {META_MEMBER}")
+    return problems
 
 
-def check_snapshot(reader: SnapshotReader) -> list[str]:
-    """The archive is whole and the KV export parses (with the recorded key count)."""
+def drill_snapshot(reader: SnapshotReader) -> DrillResult:
+    """The archive is whole and the KV export parses with the recorded key count: all that
+    can be proven without an agent of the same version to restore into."""
     try:
-        with reader.artifact_file(ARCHIVE_ARTIFACT) as archive:
-            problems = archive_problems(archive)
+        with reader.artifact_file(ARCHIVE_ARTIFACT) as path:
+            archive = read_archive(path)
         entries = load_kv(reader)
     except BackupError as exc:
-        return [str(exc)]
-    expected = reader.snapshot.manifest.stats.get("kv_keys")
+        return DrillResult([str(exc)])
+    stats = reader.snapshot.manifest.stats
+    problems = archive_problems(archive)
+    expected = stats.get("kv_keys")
     if expected is not None and expected != len(entries):
         problems.append(f"{KV_ARTIFACT} holds {len(entries)} keys, the manifest says {expected}")
-    return problems
+    index, recorded = (archive.meta or {}).get("Index"), stats.get("snapshot_index")
+    warnings = []
+    if None not in (index, recorded) and index != recorded:
+        warnings.append(f"meta.json names Raft index {index}, the backup recorded {recorded}")
+    figures = {"kv_keys": len(entries), "archive_members": sorted(archive.digests)}
+    return DrillResult(problems, {**figures, "raft_index": index}, warnings)
 
 
 def restore_kv(reader: SnapshotReader, api: ConsulApi, *, force: bool, log: Log) -> str:
@@ -103,11 +145,11 @@ def restore_kv(reader: SnapshotReader, api: ConsulApi, *, force: bool, log: Log)
 
 def restore_archive(reader: SnapshotReader, api: ConsulApi, log: Log) -> str:
     """Upload Consul's own archive (PUT /v1/snapshot): the whole cluster state, same version."""
-    with reader.artifact_file(ARCHIVE_ARTIFACT) as archive:
-        problems = archive_problems(archive)
+    with reader.artifact_file(ARCHIVE_ARTIFACT) as path:
+        problems = archive_problems(read_archive(path))
         if problems:
             raise IntegrityError("; ".join(problems))
         log(f"uploading Consul's snapshot archive to {api.where}")
-        with archive.open("rb") as body:
+        with path.open("rb") as body:
             api.restore_snapshot(body)
     return f"restored {reader.where} (snapshot archive) into {api.where}"

@@ -14,9 +14,10 @@ from backup_pipelines.snapshot.reader import SnapshotReader
 from backup_pipelines.snapshot.staging import StagedSnapshot
 from backup_pipelines.snapshot.store import StoredSnapshot
 from backup_pipelines.sources.documents.backup import backup_documents, tree_fingerprint
+from backup_pipelines.sources.documents.drill import drill_tree
 from backup_pipelines.sources.documents.restic import ResticRepository, is_restic_id
 from backup_pipelines.sources.documents.restore import check_repository, restore_tree
-from backup_pipelines.sources.source import Check, Log, RestoreOptions, Source, cli, problems_check
+from backup_pipelines.sources.source import DrillResult, Log, RestoreOptions, Source, cli
 
 RESTIC_READ_DATA_SUBSET = "5%"  # every pack read within about a month of nightly checks
 PASSWORD_NEEDED = "BACKUP_RESTIC_PASSWORD is required for the documents source"
@@ -95,27 +96,8 @@ class Documents(Source[DocumentsSettings, DocumentsRestore]):
             reader.snapshot, self.repository(), options.target, force=options.force, log=log
         )
 
-    def checks(self) -> list[Check]:
-        def exists(reader: SnapshotReader) -> list[str]:
-            return check_repository(reader.snapshot, self.repository(), None)
-
-        def subset(reader: SnapshotReader) -> list[str]:
-            return check_repository(reader.snapshot, self.repository(), RESTIC_READ_DATA_SUBSET)
-
-        return [
-            problems_check(
-                "restic_snapshot_exists",
-                "The restic snapshot the latest snapshot points at is in the repository.",
-                exists,
-            ),
-            problems_check(
-                "restic_check",
-                f"restic check of the repository, reading a random {RESTIC_READ_DATA_SUBSET} "
-                "of its data each run, so every pack is read within about a month of nightly "
-                "runs.",
-                subset,
-            ),
-        ]
+    def drill(self, reader: SnapshotReader, log: Log) -> DrillResult:
+        return drill_tree(reader, self.repository(), RESTIC_READ_DATA_SUBSET, log)
 
     def forgetting(
         self, deleted: Sequence[StoredSnapshot], kept: Sequence[StoredSnapshot]

@@ -12,7 +12,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,9 +65,12 @@ class ResticRepository:
     def secrets(self) -> list[str | None]:
         return [self.password, self.s3_access_key, self.s3_secret_key]
 
-    def run(self, *args: str, label: str) -> str:
+    def run(self, *args: str, label: str, lock: bool = True) -> str:
+        """A restic command to completion. `lock=False` reads without writing a lock file, so
+        a verifier with read-only store credentials can check and restore."""
+        argv = ["restic", *args] if lock else ["restic", "--no-lock", *args]
         try:
-            return run_tool(["restic", *args], label=label, env=self.env(), secrets=self.secrets())
+            return run_tool(argv, label=label, env=self.env(), secrets=self.secrets())
         except ToolFailed as exc:
             raise self.classified(exc) from None
 
@@ -123,13 +126,35 @@ class ResticRepository:
             return False
         return True
 
-    def check(self, read_data: str | None) -> str:
+    def check(self, read_data: str | None, lock: bool = True) -> str:
         """`restic check`, reading all data (`"100%"`), a subset (`"5%"`), or none."""
         args = ["check", f"--read-data-subset={read_data}"] if read_data else ["check"]
-        return self.run(*args, label=f"restic check of {self.location}")
+        return self.run(*args, label=f"restic check of {self.location}", lock=lock)
 
-    def restore(self, snapshot_id: str, target: str) -> None:
-        self.run("restore", snapshot_id, "--target", target, label=f"restic restore {snapshot_id}")
+    def restore(
+        self, snapshot_id: str, target: str, include: Sequence[str] = (), lock: bool = True
+    ) -> None:
+        """The snapshot (or only the paths `include` names exactly) under `target`; restic
+        checks every restored file's content against the repository (`--verify`)."""
+        args = ["restore", snapshot_id, "--target", target, "--verify"]
+        args += [f"--include={glob_escaped(path)}" for path in include]
+        self.run(*args, label=f"restic restore {snapshot_id}", lock=lock)
+
+    def files(self, snapshot_id: str) -> Iterator[tuple[str, int]]:
+        """(path, size) of every regular file in the snapshot, streamed (`restic ls --json`),
+        read without a lock."""
+        argv = ["restic", "--no-lock", "ls", "--json", snapshot_id]
+        label = f"restic ls {snapshot_id}"
+        try:
+            with running(
+                argv, label=label, env=self.env(), secrets=self.secrets(), text=True
+            ) as ls:
+                for line in ls.stdout:
+                    node = _json_object(line)
+                    if node.get("struct_type") == "node" and node.get("type") == "file":
+                        yield str(node.get("path")), int(node.get("size") or 0)
+        except ToolFailed as exc:
+            raise self.classified(exc) from None
 
     def forget(self, snapshot_ids: Sequence[str]) -> None:
         """Drop exactly these snapshots, then the data only they used (retention's hook)."""
@@ -139,6 +164,19 @@ class ResticRepository:
             raise BackupError("refusing to forget restic snapshots by ids that are not hex ids")
         self.run("forget", *snapshot_ids, label="restic forget")
         self.run("prune", label="restic prune")
+
+
+def glob_escaped(path: str) -> str:
+    """A path as a restic pattern that matches only itself (`*?[]\\` escaped)."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", path)
+
+
+def _json_object(line: str) -> dict[str, Any]:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _follow(lines: Any, log: Callable[[str], None]) -> dict[str, Any] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from backup_pipelines.errors import BackupError, ConfigurationError
 from backup_pipelines.settings import CommaList, SourceSettings, split_commas
 from backup_pipelines.snapshot.reader import SnapshotReader
 from backup_pipelines.snapshot.staging import StagedSnapshot
@@ -15,7 +16,8 @@ from backup_pipelines.sources.postgres.restore import (
     restore_drill,
     restore_snapshot,
 )
-from backup_pipelines.sources.source import Check, CheckOutcome, Log, RestoreOptions, Source, cli
+from backup_pipelines.sources.postgres.scratch import drill_target, major_version
+from backup_pipelines.sources.source import DrillResult, Log, RestoreOptions, Source, cli
 
 
 class PostgresSettings(SourceSettings):
@@ -24,7 +26,8 @@ class PostgresSettings(SourceSettings):
     backup_dsn: SecretStr = SecretStr("postgresql://postgres@localhost:5432/postgres")
     databases: CommaList = []
     """The databases to back up; all but the templates when empty."""
-    restore_drill: bool = True
+    drill_dsn: SecretStr | None = None
+    """A scratch server drills restore into; a throwaway cluster (initdb) when unset."""
     cron: str = "0 * * * *"
 
     _split = field_validator("databases", mode="before")(split_commas)
@@ -74,28 +77,31 @@ class Postgres(Source[PostgresSettings, PostgresRestore]):
             log=log,
         )
 
-    def checks(self) -> list[Check]:
-        if not self.settings.restore_drill:
-            return []
-        return [
-            Check(
-                "restore_drill",
-                "Restores each database of the latest snapshot into a scratch database on the "
-                "same server, compares per-table row counts with those taken at backup time, "
-                "and drops it. Switch off with BACKUP_POSTGRES_RESTORE_DRILL=false.",
-                self.drill,
-            )
-        ]
-
-    def drill(self, reader: SnapshotReader, log: Log) -> CheckOutcome:
-        results = restore_drill(reader, self.cluster(), log)
+    def drill(self, reader: SnapshotReader, log: Log) -> DrillResult:
+        """Every database restored into a scratch cluster, its rows counted and compared with
+        those counted, in the dump's own snapshot, at backup time."""
+        stats = reader.snapshot.manifest.stats
+        drill_dsn = self.settings.drill_dsn
+        target = drill_target(
+            drill_dsn.get_secret_value() if drill_dsn else None,
+            self.cluster(),
+            major_version(stats.get("server_version")),
+            log,
+        )
+        try:
+            with target as cluster:
+                results = restore_drill(reader, cluster, log)
+        except ConfigurationError:
+            raise
+        except BackupError as exc:
+            return DrillResult([str(exc)])
         differing = [name for name, result in results.items() if result["differences"]]
-        return CheckOutcome(
+        return DrillResult(
             [
                 f"{name}: the restored rows differ from those counted at backup"
                 for name in differing
             ],
-            metadata={
+            figures={
                 "databases": results,
                 "rows_restored": sum(result["rows"] for result in results.values()),
             },

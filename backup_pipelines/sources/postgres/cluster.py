@@ -118,6 +118,11 @@ class Cluster:
         with connection:
             yield connection
 
+    def server_version(self) -> str:
+        """`15.20 (Debian ...)`: a drill restores with this major version's binaries or newer."""
+        with self.connect() as connection:
+            return str(connection.execute("SHOW server_version").fetchone()[0])
+
     def list_databases(self) -> list[DatabaseInfo]:
         """Every database that accepts connections, templates excluded."""
         with self.connect() as connection:

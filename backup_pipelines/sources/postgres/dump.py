@@ -71,6 +71,7 @@ def dump_cluster(
     staged.stats["databases"] = figures
     staged.stats["database_count"] = len(databases)
     staged.stats["server"] = cluster.where
+    staged.stats["server_version"] = cluster.server_version()
 
 
 def dump_database(

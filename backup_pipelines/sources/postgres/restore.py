@@ -354,11 +354,13 @@ def deep_verify_dumps(reader: SnapshotReader) -> list[str]:
 
 
 def restore_drill(reader: SnapshotReader, cluster: Cluster, log: Log) -> dict[str, dict[str, Any]]:
-    """Restore each database into a scratch database, count rows, drop it; return the comparison."""
+    """On a drill's cluster: the roles first (globals.sql must apply), then each database into
+    a scratch database of its own, its rows counted and compared, the database dropped."""
+    apply_globals(reader, cluster, log)
     figures = reader.snapshot.manifest.stats.get("databases", {})
     results = {}
-    for index, name in enumerate(snapshot_databases(reader.snapshot)):
-        scratch = f"drill_{reader.snapshot.snapshot_id.replace('-', '_').lower()}_{index}"
+    for name in snapshot_databases(reader.snapshot):
+        scratch = scratch_name("drill")
         expected = figures.get(name, {}).get("row_counts", {})
         create_database(cluster, scratch, figures.get(name, {}), log)
         try:
@@ -375,6 +377,7 @@ def restore_drill(reader: SnapshotReader, cluster: Cluster, log: Log) -> dict[st
         results[name] = {
             "tables": len(restored) - 1,
             "rows": sum(restored.values()),
+            "row_counts": restored,
             "differences": differences,
         }
     return results

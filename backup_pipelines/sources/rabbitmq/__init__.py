@@ -10,15 +10,14 @@ from backup_pipelines.snapshot.reader import SnapshotReader
 from backup_pipelines.snapshot.staging import StagedSnapshot
 from backup_pipelines.sources.rabbitmq.api import ManagementApi
 from backup_pipelines.sources.rabbitmq.dump import dump_definitions
-from backup_pipelines.sources.rabbitmq.restore import check_definitions, restore_definitions
+from backup_pipelines.sources.rabbitmq.restore import drill_definitions, restore_definitions
 from backup_pipelines.sources.source import (
     SECRET_OPTION,
-    Check,
+    DrillResult,
     Log,
     RestoreOptions,
     Source,
     cli,
-    problems_check,
 )
 
 
@@ -75,19 +74,13 @@ class RabbitMQ(Source[RabbitMQSettings, RabbitMQRestore]):
         dump_definitions(staged, self.api(), log)
 
     def deep_verify(self, reader: SnapshotReader) -> list[str]:
-        return check_definitions(reader)
+        return list(drill_definitions(reader).problems)
+
+    def drill(self, reader: SnapshotReader, log: Log) -> DrillResult:
+        """Structural: an import needs a broker, and none is made for a drill."""
+        return drill_definitions(reader)
 
     def restore(self, reader: SnapshotReader, options: RabbitMQRestore, log: Log) -> str:
         password = options.password.get_secret_value() if options.password else None
         api = self.api(options.target, options.user, password)
         return restore_definitions(reader, api, vhost=options.vhost, force=options.force, log=log)
-
-    def checks(self) -> list[Check]:
-        return [
-            problems_check(
-                "definitions_structure",
-                "Parses the latest stored definitions: every section present, counts equal to "
-                "those recorded at backup time.",
-                check_definitions,
-            )
-        ]

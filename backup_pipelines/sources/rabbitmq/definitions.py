@@ -55,6 +55,51 @@ def structure_problems(definitions: object, expected: dict[str, int]) -> list[st
     return problems
 
 
+def is_built_in(kind: object, name: object) -> bool:
+    """The default exchange and the `amq.*` ones: every vhost has them without a definition."""
+    return kind == "exchange" and (name == "" or str(name).startswith("amq."))
+
+
+def reference_problems(definitions: dict[str, Any]) -> list[str]:
+    """What an import would refuse or silently lose: an object in a vhost the export does not
+    define, a permission for an unknown user, a binding to an exchange or queue not there."""
+    return sorted(set(_unknown_owners(definitions) + _dangling_bindings(definitions)))
+
+
+def _unknown_owners(definitions: dict[str, Any]) -> list[str]:
+    vhosts = {item.get("name") for item in definitions.get("vhosts") or []}
+    users = {item.get("name") for item in definitions.get("users") or []}
+    problems = [
+        f"{section} name the vhost {item.get('vhost')!r}, which the export does not define"
+        for section in PER_VHOST
+        for item in definitions.get(section) or []
+        if item.get("vhost") not in vhosts
+    ]
+    problems += [
+        f"a permission names the user {item.get('user')!r}, which the export does not define"
+        for section in ("permissions", "topic_permissions")
+        for item in definitions.get(section) or []
+        if item.get("user") not in users
+    ]
+    return problems
+
+
+def _dangling_bindings(definitions: dict[str, Any]) -> list[str]:
+    problems = []
+    defined = {
+        (kind, item.get("vhost"), item.get("name"))
+        for kind, section in (("exchange", "exchanges"), ("queue", "queues"))
+        for item in definitions.get(section) or []
+    }
+    for binding in definitions.get("bindings") or []:
+        vhost, source = binding.get("vhost"), binding.get("source", "")
+        ends = [("exchange", source), (binding.get("destination_type"), binding.get("destination"))]
+        for kind, name in ends:
+            if not is_built_in(kind, name) and (kind, vhost, name) not in defined:
+                problems.append(f"a binding in {vhost!r} names the {kind} {name!r}, not defined")
+    return problems
+
+
 def only_vhost(definitions: dict[str, Any], vhost: str) -> dict[str, Any]:
     """The part of an export that restores one vhost: it, its objects, and its users."""
     if not any(item.get("name") == vhost for item in definitions.get("vhosts", [])):

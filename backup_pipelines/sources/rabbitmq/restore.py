@@ -19,10 +19,11 @@ from backup_pipelines.sources.rabbitmq.definitions import (
     COUNTED,
     counts,
     only_vhost,
+    reference_problems,
     structure_problems,
 )
 from backup_pipelines.sources.rabbitmq.dump import DEFINITIONS_ARTIFACT
-from backup_pipelines.sources.source import Log
+from backup_pipelines.sources.source import DrillResult, Log
 
 
 def load_definitions(reader: SnapshotReader) -> Any:
@@ -37,15 +38,19 @@ def load_definitions(reader: SnapshotReader) -> Any:
         ) from None
 
 
-def check_definitions(reader: SnapshotReader) -> list[str]:
-    """The structural check: the export parses, has every section and the recorded counts.
-    The definitions are small enough to need no scratch file."""
+def drill_definitions(reader: SnapshotReader) -> DrillResult:
+    """The export parses, has every section and the recorded counts, and every object it
+    names is defined in it: all that can be proven without a broker to import into. The
+    definitions are small enough to need no scratch file."""
     try:
         definitions = load_definitions(reader)
     except BackupError as exc:
-        return [str(exc)]
+        return DrillResult([str(exc)])
     expected = {k: v for k, v in reader.snapshot.manifest.stats.items() if k in COUNTED}
-    return structure_problems(definitions, expected)
+    problems = structure_problems(definitions, expected)
+    if problems:
+        return DrillResult(problems)
+    return DrillResult(reference_problems(definitions), figures=counts(definitions))
 
 
 def restore_definitions(

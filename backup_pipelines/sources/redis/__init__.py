@@ -20,7 +20,7 @@ from backup_pipelines.sources.redis.restore import (
     write_output_dir,
 )
 from backup_pipelines.sources.redis.server import RedisServer
-from backup_pipelines.sources.source import Check, CheckOutcome, Log, RestoreOptions, Source, cli
+from backup_pipelines.sources.source import DrillResult, Log, RestoreOptions, Source, cli
 
 
 class RedisSettings(SourceSettings):
@@ -82,32 +82,29 @@ class Redis(Source[RedisSettings, RedisRestore]):
         target = RedisServer.from_url(options.target or "")
         return restore_into_server(reader, target, force=options.force, log=log)
 
-    def checks(self) -> list[Check]:
-        return [
-            Check(
-                "restore_drill",
-                "Runs redis-check-rdb on the latest snapshot, loads it into a throw-away "
-                "redis-server and compares keys per database with the counts taken at backup "
-                "time.",
-                drill,
-            )
+    def drill(self, reader: SnapshotReader, log: Log) -> DrillResult:
+        """redis-check-rdb, then the RDB loaded by a throw-away server and its keys counted
+        per database. Keys with a TTL expire and keys come and go between the count and the
+        sync on a live server, so a different count is a warning; an RDB that does not load,
+        or a database that comes back empty, is not a backup."""
+        try:
+            result = restore_drill(reader)
+        except IntegrityError as exc:
+            return DrillResult([str(exc)])
+        expected, loaded = result["expected_keys"], result["loaded_keys"]
+        problems = [
+            f"{db} held {count} keys at backup and none came back"
+            for db, count in expected.items()
+            if count and not loaded.get(db)
         ]
-
-
-def drill(reader: SnapshotReader, log: Log) -> CheckOutcome:
-    """An RDB that does not load is not a backup; keys with a TTL may expire between the
-    count and the sync on a live server, so a different count is only worth a look."""
-    try:
-        result = restore_drill(reader)
-    except IntegrityError as exc:
-        return CheckOutcome([str(exc)])
-    problems = [] if result["equal"] else ["the loaded keys differ from those counted at backup"]
-    return CheckOutcome(
-        problems,
-        metadata={
-            "expected_keys": result["expected_keys"],
-            "loaded_keys": result["loaded_keys"],
-            "function_libraries": result["function_libraries"],
-        },
-        warn_only=True,
-    )
+        differ = expected != loaded
+        warnings = ["keys per database differ from the count at backup"] if differ else []
+        return DrillResult(
+            problems,
+            figures={
+                "expected_keys": expected,
+                "loaded_keys": loaded,
+                "function_libraries": result["function_libraries"],
+            },
+            warnings=warnings,
+        )

@@ -170,5 +170,4 @@ def restore_drill(reader: SnapshotReader) -> dict[str, Any]:
         "expected_keys": expected,
         "loaded_keys": restored,
         "function_libraries": libraries,
-        "equal": restored == expected,
     }
