@@ -22,7 +22,8 @@ from dagster import (
     failure_hook,
 )
 
-from backup_pipelines.errors import PERMANENT_ERRORS
+from backup_pipelines.dagster_internals import BACKFILL_ID_TAG, SCHEDULE_NAME_TAG, SENSOR_NAME_TAG
+from backup_pipelines.errors import PERMANENT_ERRORS, SourceUnavailable
 from backup_pipelines.naming import (
     BACKUPS_GROUP,
     CRM_GROUP,
@@ -47,6 +48,14 @@ def transient_retries(delay_s: float) -> RetryPolicy:
         backoff=Backoff.EXPONENTIAL,
         jitter=Jitter.PLUS_MINUS,
     )
+
+
+def started_by_hand(context: AssetExecutionContext) -> bool:
+    """A run an operator launched (Materialize, the command line): one who waits for the
+    answer, which a system that is down will not give sooner for retrying. Schedules,
+    sensors and backfills keep their backoff: a server restarting at night comes back."""
+    automatic = (SCHEDULE_NAME_TAG, SENSOR_NAME_TAG, BACKFILL_ID_TAG)
+    return not any(tag in context.run.tags for tag in automatic)
 
 
 def crm_system(source: Source) -> AssetSpec:
@@ -85,7 +94,9 @@ def backup_asset(source: Source, retry_policy: RetryPolicy) -> AssetsDefinition:
         deps=[crm_asset_key(name)],
         kinds={source.kind},
         pool=pool_name(name),
-        description=source.description,
+        description=f"{source.description} To restore a snapshot, launch restore_job (Jobs → "
+        f"restore_job → Launchpad) with `source: {name}` and a target, or run the `restore` "
+        "command a materialization records.",
         retry_policy=retry_policy,
         hooks={announce_failure(name)},
         freshness_policy=freshness_for(source.cron),
@@ -98,6 +109,11 @@ def backup_asset(source: Source, retry_policy: RetryPolicy) -> AssetsDefinition:
                 runtime.sources[name].dump(staged, context.log.info)
         except PERMANENT_ERRORS as exc:
             raise Failure(description=str(exc), allow_retries=False) from None
+        except SourceUnavailable as exc:
+            line = runtime.sources[name].unreachable(exc)
+            if started_by_hand(context) or context.retry_number >= TRANSIENT_RETRIES:
+                raise Failure(description=line, allow_retries=False) from None
+            raise SourceUnavailable(line) from None  # the retry policy waits, then tries again
         return staged
 
     return _backup

@@ -14,10 +14,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from pydantic.fields import FieldInfo
-
 from backup_pipelines.drill import drill
-from backup_pipelines.errors import BackupError, ConfigurationError
+from backup_pipelines.errors import BackupError, ConfigurationError, SnapshotNotFound
 from backup_pipelines.redaction import redact
 from backup_pipelines.restore import restore
 from backup_pipelines.retention import RetentionRules, as_listing, prune
@@ -33,63 +31,71 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 logger = logging.getLogger("backup_pipelines.cli")
 
 
-def option_flag(name: str, info: FieldInfo) -> str:
-    """A restore option's flag: its own (`--target-dsn`) or `--<field-name>`."""
-    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-    return str(extra.get("flag") or f"--{name.replace('_', '-')}")
-
-
 def add_restore_flags(parser: argparse.ArgumentParser, options: type[RestoreOptions]) -> None:
     """One flag per field of the source's restore options; the description is its help."""
     for name, info in options.model_fields.items():
-        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
         if info.annotation is bool:
             parser.add_argument(
-                option_flag(name, info), dest=name, action="store_true", help=info.description
+                options.flag(name), dest=name, action="store_true", help=info.description
             )
             continue
         parser.add_argument(
-            option_flag(name, info),
+            options.flag(name),
             dest=name,
             required=info.is_required(),
-            metavar=extra.get("metavar") or name.upper(),
+            metavar=options.metavar(name),
             help=info.description,
         )
+
+
+SNAPSHOT_HELP = (
+    "a snapshot id (YYYYMMDDTHHMMSSZ-xxxxxxxx, see `snapshots`), or latest (the default)"
+)
+SOURCE_HELP = f"one of {', '.join(SOURCE_NAMES)}"
+
+
+def add_snapshot_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--snapshot", default=LATEST, metavar="ID|latest", help=SNAPSHOT_HELP)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="backup-pipelines",
-        description="List, verify, restore and prune backup snapshots (works without Dagster).",
+        description="List, verify, drill, restore and prune backup snapshots (works without "
+        "Dagster). Configuration comes from the BACKUP_* environment.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
     snapshots = commands.add_parser("snapshots", help="list complete snapshots, newest first")
-    snapshots.add_argument("source", nargs="?", choices=SOURCE_NAMES)
+    snapshots.add_argument("source", nargs="?", choices=SOURCE_NAMES, help=f"{SOURCE_HELP}; all")
     snapshots.add_argument("--json", action="store_true", help="print manifests as JSON")
 
-    verify = commands.add_parser("verify", help="re-read a snapshot and check it")
-    verify.add_argument("source", choices=SOURCE_NAMES)
-    verify.add_argument("--snapshot", default=LATEST, metavar="ID|latest")
+    verify = commands.add_parser("verify", help="re-read snapshots and check them")
+    verify.add_argument(
+        "source", nargs="?", choices=SOURCE_NAMES, help=f"{SOURCE_HELP}; without it, every source"
+    )
+    add_snapshot_flag(verify)
     verify.add_argument("--deep", action="store_true", help="also prove it restorable")
 
     drill_ = commands.add_parser(
         "drill", help="restore a snapshot into a scratch target and compare it with its manifest"
     )
-    drill_.add_argument("source", choices=SOURCE_NAMES)
-    drill_.add_argument("--snapshot", default=LATEST, metavar="ID|latest")
+    drill_.add_argument("source", choices=SOURCE_NAMES, help=SOURCE_HELP)
+    add_snapshot_flag(drill_)
     drill_.add_argument("--json", action="store_true", help="print what the drill proved as JSON")
 
     restore_ = commands.add_parser("restore", help="restore a snapshot into a target")
     targets = restore_.add_subparsers(dest="source", required=True, metavar="SOURCE")
     for source in SOURCES:
         target = targets.add_parser(source.name, help=f"restore a {source.name} snapshot")
-        target.add_argument("--snapshot", default=LATEST, metavar="ID|latest")
+        add_snapshot_flag(target)
         add_restore_flags(target, source.restore_options)
 
     prune_ = commands.add_parser("prune", help="delete snapshots the retention rules drop")
-    prune_.add_argument("--dry-run", action="store_true")
-    prune_.add_argument("--json", action="store_true")
+    prune_.add_argument("--dry-run", action="store_true", help="say what would go; delete nothing")
+    prune_.add_argument(
+        "--json", action="store_true", help='print {"keep": [...], "delete": [...]}'
+    )
     return parser
 
 
@@ -137,18 +143,31 @@ def report_unreadable_for_latest(runtime: Runtime, source: str, snapshot_id: str
 
 
 def cmd_verify(args: argparse.Namespace, runtime: Runtime) -> int:
-    report_unreadable_for_latest(runtime, args.source, args.snapshot)
-    snapshot = runtime.store.find(args.source, args.snapshot)
+    if args.source:
+        return verify_one(runtime, args.source, args.snapshot, args.deep)
+    if args.snapshot != LATEST:
+        raise ConfigurationError("--snapshot names one snapshot: give its source too")
+    outcomes = []
+    for source in runtime.sources:
+        try:
+            outcomes.append(verify_one(runtime, source, LATEST, args.deep))
+        except SnapshotNotFound as exc:
+            print(f"{source}: {exc}", file=sys.stderr)
+    return max(outcomes, default=EXIT_OK)
+
+
+def verify_one(runtime: Runtime, source: str, snapshot_id: str, deep: bool) -> int:
+    report_unreadable_for_latest(runtime, source, snapshot_id)
+    snapshot = runtime.store.find(source, snapshot_id)
     problems = verify_snapshot(runtime.store, snapshot)
-    if args.deep and not problems:
-        reader = runtime.reader(snapshot, "verify")
-        problems = runtime.sources[args.source].deep_verify(reader)
+    if deep and not problems:
+        problems = runtime.sources[source].deep_verify(runtime.reader(snapshot, "verify"))
     where = f"{snapshot.source}/{snapshot.snapshot_id}"
     if problems:
         for problem in problems:
             print(f"{where}: {problem}", file=sys.stderr)
         return EXIT_FAILURE
-    depth = "deep-verified" if args.deep else "verified"
+    depth = "deep-verified" if deep else "verified"
     print(
         f"{where}: {depth}, {len(snapshot.manifest.files)} files, "
         f"{human_bytes(snapshot.manifest.size_bytes)}"
@@ -175,7 +194,7 @@ def cmd_drill(args: argparse.Namespace, runtime: Runtime) -> int:
 
 def cmd_restore(args: argparse.Namespace, runtime: Runtime) -> int:
     model = source_class(args.source).restore_options
-    flags = {name: option_flag(name, info) for name, info in model.model_fields.items()}
+    flags = {name: model.flag(name) for name in model.model_fields}
     given = {name: getattr(args, name) for name in flags if getattr(args, name) is not None}
     options = model.parse(given, spelled=lambda name: flags.get(name, name))
     report_unreadable_for_latest(runtime, args.source, args.snapshot)
@@ -216,6 +235,8 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     args = _parser().parse_args(argv)
+    if getattr(args, "json", False):  # JSON for a program to read: no advice around it
+        logging.getLogger("backup_pipelines.runtime").setLevel(logging.ERROR)
     settings = None
     try:
         settings = load_settings()

@@ -23,8 +23,11 @@ from dagster import (
 from backup_pipelines.errors import PERMANENT_ERRORS
 from backup_pipelines.naming import source_of_asset
 from backup_pipelines.notifications import NotificationPublisher, event_body
+from backup_pipelines.snapshot.manifest import MANIFEST_NAME
 from backup_pipelines.snapshot.staging import StagedSnapshot
 from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
+from backup_pipelines.snapshot.streams import human_bytes
+from backup_pipelines.sources.registry import source_class
 
 
 def as_metadata(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -36,16 +39,24 @@ def as_metadata(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def snapshot_metadata(stored: StoredSnapshot, duration_s: float) -> dict[str, Any]:
-    """The contract's materialization metadata, plus the source's own figures."""
+    """The contract's materialization metadata, the source's own figures, and what a person
+    reads first: the size in units, the numbers worth a plot, how to restore it."""
     manifest = stored.manifest
+    source = source_class(manifest.source)
     return {
         "snapshot_id": manifest.snapshot_id,
         "location": stored.location,
         "size_bytes": manifest.size_bytes,
+        "size": human_bytes(manifest.size_bytes),
         "sha256": stored.manifest_sha256,
+        "sha256_of": f"{MANIFEST_NAME}, which holds each artifact's own sha256",
         "duration_s": round(duration_s, 3),
         "files": len(manifest.files),
+        "restore": MetadataValue.text(
+            source.restore_options.command_line(manifest.source, manifest.snapshot_id)
+        ),
         **as_metadata(manifest.stats),
+        **source.plotted(manifest.stats),
     }
 
 

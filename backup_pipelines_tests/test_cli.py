@@ -60,6 +60,27 @@ def test_verify_is_sound_until_a_byte_flips(store_env, capsys):
     assert f"redis/{snapshot.snapshot_id}: dump.rdb.zst: sha256 does not match" in err
 
 
+def test_verify_without_a_source_verifies_every_source(backup_env, capsys):
+    store, [redis] = make_snapshots(1)
+    _, [consul] = make_snapshots(1, source="consul")
+    assert main(["verify"]) == 0
+    output = capsys.readouterr()
+    assert f"redis/{redis.snapshot_id}: verified" in output.out
+    assert f"consul/{consul.snapshot_id}: verified" in output.out
+    assert "postgres: there is no complete postgres snapshot" in output.err
+    flip_byte(store, consul.snapshot_id, "dump.rdb.zst", offset=5, source="consul")
+    assert main(["verify"]) == 1
+    assert main(["verify", "--snapshot", redis.snapshot_id]) == 2
+
+
+def test_the_local_store_warning_is_said_once_and_never_beside_json(backup_env):
+    command = [str(Path(sys.executable).with_name("backup-pipelines")), "snapshots"]
+    plain = subprocess.run(command, capture_output=True, text=True, env=os.environ)
+    assert plain.stderr.count("S3 is not configured") == 1
+    as_json = subprocess.run([*command, "--json"], capture_output=True, text=True, env=os.environ)
+    assert as_json.stderr == "" and json.loads(as_json.stdout) == []
+
+
 def test_verify_of_a_missing_snapshot_fails(backup_env, capsys):
     assert main(["verify", "postgres"]) == 1
     assert "there is no complete postgres snapshot" in capsys.readouterr().err

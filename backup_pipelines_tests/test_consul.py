@@ -3,6 +3,7 @@
 import io
 import json
 import tarfile
+import time
 
 import pytest
 from dagster import DagsterInstance
@@ -113,6 +114,33 @@ def test_restore_job_refuses_options_of_another_source(backup_env, consul):
     config = restore_config(source="consul", target=consul.url, database="crm", force=True)
     message = failed_at_once(run_job("restore_job", run_config=config), ROOT_TOKEN)
     assert message.startswith("database does not apply to consul: its options are ")
+
+
+@pytest.mark.parametrize(
+    ("address", "cause"),
+    [("http://127.0.0.1:1", "connection refused"), ("http://consul.invalid:8500", "unknown host")],
+)
+def test_an_unreachable_agent_fails_a_run_by_hand_in_one_line(
+    backup_env, monkeypatch, address, cause
+):
+    """An operator pressing Materialize waits for an answer, not for three retries."""
+    monkeypatch.setenv("BACKUP_CONSUL_HTTP_ADDR", address)
+    started = time.monotonic()
+    message = failed_at_once(run_backup("consul"))
+    assert time.monotonic() - started < 60
+    assert message == f"cannot reach Consul at {address}: {cause}; check BACKUP_CONSUL_HTTP_ADDR"
+
+
+def test_a_scheduled_run_keeps_its_backoff_and_ends_on_the_same_line(backup_env, monkeypatch):
+    monkeypatch.setenv("BACKUP_CONSUL_HTTP_ADDR", "http://127.0.0.1:1")
+    result = run_job("consul_backup_job", tags={"dagster/schedule_name": "consul_backup_schedule"})
+    assert not result.success
+    assert sum(event.is_step_up_for_retry for event in result.all_events) == 3
+    [failure] = [event for event in result.all_events if event.is_step_failure]
+    assert failure.step_failure_data.user_failure_data.description == (
+        "cannot reach Consul at http://127.0.0.1:1: connection refused; "
+        "check BACKUP_CONSUL_HTTP_ADDR"
+    )
 
 
 def test_a_wrong_token_fails_the_run_at_once(backup_env, consul, monkeypatch):

@@ -308,3 +308,28 @@ def test_an_operator_sees_the_lineage_and_materializes_from_the_browser(stack, b
     browser.save_screenshot(str(SCREENSHOTS / "materialized-run.png"))
 
     assert stack.runs(runIds=[run_id])[0]["status"] == "SUCCESS"
+
+
+def test_an_operator_restores_a_snapshot_from_the_restore_job_launchpad(stack, browser):
+    """The UI's own restore path: the launchpad of restore_job, config typed in, Launch Run."""
+    backup = stack.materialize("postgres_backup")
+    assert stack.wait_for_run(runIds=[backup])["status"] == "SUCCESS", stack.log_tails()
+    restored = unique_name("bp_e2e_launchpad")
+    config = (
+        "ops:\n  restore_snapshot:\n    config:\n      source: postgres\n"
+        f"      target: postgresql://postgres@127.0.0.1:5432/{restored}\n"
+        f"      database: {stack.crm_database}\n"
+    )
+    with scratch_databases(restored):
+        browser.get(f"{stack.url}/locations/backup_pipelines/jobs/restore_job/playground")
+        editor = wait_for(browser, "//div[contains(@class, 'CodeMirror')]", condition=drawn)
+        browser.execute_script("arguments[0].CodeMirror.setValue(arguments[1])", editor, config)
+        browser.save_screenshot(str(SCREENSHOTS / "restore-job-launchpad.png"))
+        wait_for(browser, "//button[normalize-space()='Launch Run']").click()
+        WebDriverWait(browser, 60).until(lambda driver: "/runs/" in driver.current_url)
+        run_id = browser.current_url.rstrip("/").rsplit("/", 1)[-1]
+        wait_for(browser, "//*[normalize-space()='Success']", timeout_s=120)
+        browser.save_screenshot(str(SCREENSHOTS / "restored-from-the-launchpad.png"))
+
+        assert stack.runs(runIds=[run_id])[0]["jobName"] == "restore_job"
+        assert database_state(restored) == database_state(stack.crm_database)

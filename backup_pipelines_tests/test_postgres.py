@@ -70,6 +70,11 @@ def test_backup_restores_every_object_and_row(backup_store, source_db, capsys):
     assert figures["dumped_bytes"] > figures["stored_bytes"] > 0
     assert figures["row_counts"]["crm.contacts"] == 501
     assert figures["row_counts"]["pg_largeobject"] == 2
+    assert metadata[f"{source_db}: rows"] == sum(figures["row_counts"].values()) - 2  # plotted
+    assert metadata["size"].endswith(("KiB", "MiB")) and metadata["sha256_of"].startswith("manif")
+    assert metadata["restore"] == (
+        f"backup-pipelines restore postgres --snapshot {metadata['snapshot_id']} --target-dsn DSN"
+    )
     assert PASSWORD not in json.dumps(metadata, default=str)
     assert {name: check.passed for name, check in checks_of(result).items()} == {"integrity": True}
     verification = verification_of(run_verification("postgres"), "postgres")

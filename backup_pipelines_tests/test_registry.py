@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey
 
-from backup_pipelines.cli import _parser, option_flag
+from backup_pipelines.cli import _parser
 from backup_pipelines.definitions import build_definitions
 from backup_pipelines.restore_job import RestoreConfig, SourceChoice
 from backup_pipelines.sources.registry import SOURCE_NAMES, SOURCES
@@ -73,7 +73,8 @@ def test_restore_job_and_the_command_take_the_same_options(backup_env):
         fields = source.restore_options.model_fields
         argv = ["restore", source.name]
         for name, info in fields.items():
-            argv += [option_flag(name, info)] + ([] if info.annotation is bool else ["given"])
+            flag = source.restore_options.flag(name)
+            argv += [flag] + ([] if info.annotation is bool else ["given"])
             assert (name in config_fields) == (info.json_schema_extra != SECRET_OPTION), name
         args = vars(_parser().parse_args(argv))
         assert all(args[name] in ("given", True) for name in fields), args

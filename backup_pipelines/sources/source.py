@@ -18,9 +18,9 @@ from typing import Any, ClassVar, Generic, Self, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from backup_pipelines.errors import ConfigurationError
+from backup_pipelines.errors import ConfigurationError, SourceUnavailable
 from backup_pipelines.redaction import mask_url, validation_problems
-from backup_pipelines.settings import BackupSettings, SourceSettings, secret_values
+from backup_pipelines.settings import BackupSettings, SourceSettings, env_name, secret_values
 from backup_pipelines.snapshot.reader import SnapshotReader
 from backup_pipelines.snapshot.staging import StagedSnapshot
 from backup_pipelines.snapshot.store import StoredSnapshot
@@ -53,6 +53,26 @@ class RestoreOptions(BaseModel):
         if isinstance(value, str) and not value.strip():
             raise ValueError("must not be empty")
         return value
+
+    @classmethod
+    def _cli(cls, name: str) -> dict[str, Any]:
+        extra = cls.model_fields[name].json_schema_extra
+        return extra if isinstance(extra, dict) else {}
+
+    @classmethod
+    def flag(cls, name: str) -> str:
+        """An option's command-line flag: its own (`--target-dsn`) or `--<field-name>`."""
+        return str(cls._cli(name).get("flag") or f"--{name.replace('_', '-')}")
+
+    @classmethod
+    def metavar(cls, name: str) -> str:
+        return str(cls._cli(name).get("metavar") or name.upper())
+
+    @classmethod
+    def command_line(cls, source: str, snapshot_id: str) -> str:
+        """The command that restores this snapshot, its target left for the operator to name."""
+        target = f" {cls.flag('target')} {cls.metavar('target')}"
+        return f"backup-pipelines restore {source} --snapshot {snapshot_id}{target}"
 
     def destination(self) -> str:
         """Where the restore goes, as it may be shown (a URL's password masked)."""
@@ -106,6 +126,8 @@ class Source(ABC, Generic[SettingsT, OptionsT]):
     """The live system, upstream of its backup in the asset graph."""
     settings_model: ClassVar[type[SourceSettings]]
     restore_options: ClassVar[type[RestoreOptions]]
+    address_settings: ClassVar[tuple[str, ...]] = ()
+    """The settings that say where the system is: named when it cannot be reached."""
     watches_changes: ClassVar[bool] = False
     """Whether a sensor backs it up when `fingerprint()` changes."""
 
@@ -126,6 +148,11 @@ class Source(ABC, Generic[SettingsT, OptionsT]):
     def secrets(self) -> list[str]:
         return secret_values(self.settings)
 
+    def unreachable(self, exc: SourceUnavailable) -> str:
+        """The failure in one line, naming the variables that say where the system is."""
+        names = [env_name(self.settings_model, name) for name in self.address_settings]
+        return f"{exc}; check {' and '.join(names)}" if names else str(exc)
+
     @abstractmethod
     def dump(self, staged: StagedSnapshot, log: Log) -> None:
         """Stream the system's data into `staged` and record its figures in `staged.stats`."""
@@ -142,6 +169,12 @@ class Source(ABC, Generic[SettingsT, OptionsT]):
     def drill(self, reader: SnapshotReader, log: Log) -> DrillResult:
         """Restore into a scratch target made for the drill (never the system backed up),
         compare what came back with the manifest's figures, and remove the scratch."""
+
+    @classmethod
+    def plotted(cls, stats: Mapping[str, Any]) -> dict[str, int | float]:
+        """Numbers from a snapshot's stats that are buried in JSON, as entries Dagster plots
+        across materializations (the stats' top-level numbers are plotted already)."""
+        return {}
 
     def not_configured(self) -> str | None:
         """Why the source cannot be backed up yet (its schedule skips, saying so), or None."""

@@ -40,6 +40,7 @@ class Consul(Source[ConsulSettings, ConsulRestore]):
     kind = "consul"
     description = "Consul's snapshot archive (the whole Raft state) and a JSON export of the KV."
     system = "The CRM's Consul cluster."
+    address_settings = ("http_addr",)
 
     def api(self, address: str | None = None) -> ConsulApi:
         """The agent at `address` (default: the one backed up), with the configured token."""

@@ -14,7 +14,12 @@ from urllib.parse import quote
 
 import requests
 
-from backup_pipelines.errors import BackupError, SourceRefused, SourceUnavailable
+from backup_pipelines.errors import (
+    BackupError,
+    SourceRefused,
+    SourceUnavailable,
+    connection_cause,
+)
 
 TIMEOUT_S = (10, 600)
 CHUNK_SIZE = 1 << 20
@@ -45,9 +50,8 @@ class ConsulApi:
                 method, f"{self.where}/v1/{path}", headers=headers, timeout=TIMEOUT_S, **kwargs
             )
         except requests.RequestException as exc:
-            raise ConsulUnavailable(
-                f"cannot reach Consul at {self.where}: {type(exc).__name__}"
-            ) from None
+            cause = connection_cause(exc) or type(exc).__name__
+            raise ConsulUnavailable(f"cannot reach Consul at {self.where}: {cause}") from None
         if response.status_code in (401, 403):
             raise ConsulRefused(
                 f"Consul at {self.where} refused {method} /v1/{path.split('?')[0]}: "

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
@@ -57,6 +60,17 @@ class Postgres(Source[PostgresSettings, PostgresRestore]):
     kind = "postgres"
     description = "Every database of the cluster (custom-format dumps) and its roles (globals.sql)."
     system = "The CRM's PostgreSQL cluster."
+    address_settings = ("backup_dsn",)
+
+    @classmethod
+    def plotted(cls, stats: Mapping[str, Any]) -> dict[str, int | float]:
+        """Rows and dumped bytes per database."""
+        plotted: dict[str, int | float] = {}
+        for name, figures in (stats.get("databases") or {}).items():
+            rows = figures.get("row_counts") or {}
+            plotted[f"{name}: rows"] = sum(v for k, v in rows.items() if k != "pg_largeobject")
+            plotted[f"{name}: dumped_bytes"] = figures.get("dumped_bytes", 0)
+        return plotted
 
     def cluster(self) -> Cluster:
         return Cluster(self.settings.backup_dsn.get_secret_value())

@@ -21,6 +21,7 @@ from backup_pipelines.errors import (
     ConfigurationError,
     SourceRefused,
     SourceUnavailable,
+    connection_cause,
 )
 from backup_pipelines.redaction import mask_url, redact
 
@@ -108,12 +109,13 @@ class Cluster:
             )
         except psycopg.OperationalError as exc:
             first_line = redact(str(exc).strip().splitlines()[0], self.secrets())
-            message = (
-                f"cannot connect to PostgreSQL at {self.where}, database {database!r}: {first_line}"
-            )
             # A server that answered has an SQLSTATE (bad password, unknown database):
             # retrying will not help. No answer at all may be a restart: retry.
             refused = getattr(exc, "sqlstate", None) or "authentication failed" in first_line
+            cause = first_line if refused else connection_cause(exc) or first_line
+            message = (
+                f"cannot connect to PostgreSQL at {self.where}, database {database!r}: {cause}"
+            )
             raise (PostgresRefused if refused else PostgresUnavailable)(message) from None
         with connection:
             yield connection

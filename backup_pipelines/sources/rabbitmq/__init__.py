@@ -59,6 +59,7 @@ class RabbitMQ(Source[RabbitMQSettings, RabbitMQRestore]):
         "exchanges and bindings (not messages)."
     )
     system = "The CRM's RabbitMQ broker."
+    address_settings = ("management_url",)
 
     def api(
         self, url: str | None = None, user: str | None = None, password: str | None = None

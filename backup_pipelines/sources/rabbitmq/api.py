@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import requests
 
-from backup_pipelines.errors import SourceRefused, SourceUnavailable
+from backup_pipelines.errors import SourceRefused, SourceUnavailable, connection_cause
 from backup_pipelines.messaging import OWN_EXCHANGES, OWN_QUEUES
 from backup_pipelines.redaction import mask_url
 
@@ -51,8 +51,9 @@ class ManagementApi:
             )
         except requests.RequestException as exc:
             raise RabbitUnavailable(
-                f"cannot reach the RabbitMQ management API at {self.where}: {type(exc).__name__}"
-                " (is the rabbitmq_management plugin enabled?)"
+                f"cannot reach the RabbitMQ management API at {self.where}: "
+                f"{connection_cause(exc) or type(exc).__name__} (is the rabbitmq_management plugin "
+                "enabled?)"
             ) from None
         if response.status_code == 401:
             raise RabbitRefused(

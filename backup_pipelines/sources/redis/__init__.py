@@ -65,6 +65,7 @@ class Redis(Source[RedisSettings, RedisRestore]):
         "The RDB, taken over the replication protocol, and AOF files when the data dir is readable."
     )
     system = "The CRM's Redis server."
+    address_settings = ("host", "port")
 
     def server(self) -> RedisServer:
         password = self.settings.password.get_secret_value() if self.settings.password else None

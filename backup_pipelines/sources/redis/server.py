@@ -25,6 +25,7 @@ from backup_pipelines.errors import (
     IntegrityError,
     SourceRefused,
     SourceUnavailable,
+    connection_cause,
 )
 from backup_pipelines.processes import ToolMissing
 from backup_pipelines.redaction import mask_url
@@ -109,7 +110,9 @@ class RedisServer:
                 ) from None
             raise
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise RedisUnavailable(f"cannot connect to Redis at {self.where}: {exc}") from None
+            raise RedisUnavailable(
+                f"cannot connect to Redis at {self.where}: {connection_cause(exc) or exc}"
+            ) from None
 
 
 def keyspace(info: dict[str, Any]) -> dict[str, int]:
