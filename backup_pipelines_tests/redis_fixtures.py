@@ -19,9 +19,13 @@ redis.register_function('greet', function(keys, args) return 'hello ' .. args[1]
 
 @contextmanager
 def redis_process(
-    directory: Path, password: str | None = None, aof: bool = False
+    directory: Path, password: str | None = None, aof: bool = False, config: tuple[str, ...] = ()
 ) -> Iterator[redis.Redis]:
-    """A redis-server of our own on a free port (never the machine's 6379), stopped afterwards."""
+    """A redis-server of our own on a free port (never the machine's 6379), stopped afterwards.
+
+    `config` adds command-line settings, e.g. `("--rename-command", "REPLICAOF", "")`
+    for a server that forbids what managed services forbid.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
     command = [
@@ -43,6 +47,7 @@ def redis_process(
     ]
     if password:
         command += ["--requirepass", password]
+    command += config
     process = subprocess.Popen(command)
     client = redis.Redis(host="127.0.0.1", port=port, password=password)
     try:

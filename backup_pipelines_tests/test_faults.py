@@ -19,6 +19,7 @@ import pytest
 import redis
 
 from backup_pipelines_tests.conftest import (
+    PASSWORD,
     failed_at_once,
     make_local_store,
     run_backup,
@@ -138,6 +139,24 @@ def test_a_full_staging_disk_fails_once_naming_the_path_and_is_not_retried(
         assert "BACKUP_ARTIFACTS_DIR" in message
         assert store_from_env().list_snapshots("redis") == []
         assert list((staging / "redis").iterdir()) == []
+
+
+def test_a_dump_that_fills_the_staging_disk_fails_once_naming_the_path(
+    backup_env, source_db, monkeypatch
+):
+    """pg_dump writes into staging itself (so its dump records table offsets): its own
+    "No space left on device" is the same one-line failure as ours."""
+    with connect(source_db) as connection:
+        connection.execute(
+            "CREATE TABLE filler AS SELECT n, md5(random()::text) || md5(random()::text) AS noise"
+            " FROM generate_series(1, 60000) AS n"
+        )
+    with small_disk(backup_env / ".staging") as staging:
+        message = failed_at_once(run_backup("postgres"), PASSWORD)
+        assert message.startswith(f"no space left on the device of {staging}/postgres/")
+        assert "BACKUP_ARTIFACTS_DIR" in message
+        assert store_from_env().list_snapshots("postgres") == []
+        assert list((staging / "postgres").iterdir()) == []
 
 
 def test_a_full_store_disk_fails_once_and_leaves_no_attempt(backup_env, monkeypatch, tmp_path):

@@ -1,6 +1,7 @@
 """Redis against real redis-server processes: back up, restore into a fresh server, compare."""
 
 import json
+import logging
 import subprocess
 
 import pytest
@@ -8,6 +9,7 @@ import pytest
 from backup_pipelines.cli import main
 from backup_pipelines.snapshot.staging import stage
 from backup_pipelines.sources.redis.dump import dump_server
+from backup_pipelines.sources.redis.restore import copy_keys
 from backup_pipelines.sources.redis.server import RedisServer, RedisUnavailable
 from backup_pipelines_tests.conftest import (
     RUN_ID,
@@ -19,6 +21,7 @@ from backup_pipelines_tests.conftest import (
     read_manifest_bytes,
     replace_manifest,
     run_backup,
+    run_job,
     run_verification,
     runtime_from_env,
     store_from_env,
@@ -55,10 +58,12 @@ def target_redis(tmp_path):
         yield client
 
 
+def port_of(client) -> int:
+    return client.connection_pool.connection_kwargs["port"]
+
+
 def target_url(client) -> str:
-    return (
-        f"redis://:{TARGET_PASSWORD}@127.0.0.1:{client.connection_pool.connection_kwargs['port']}"
-    )
+    return f"redis://:{TARGET_PASSWORD}@127.0.0.1:{port_of(client)}"
 
 
 def test_backup_restores_every_key_ttl_and_function(store_env, source_redis, target_redis, capsys):
@@ -100,6 +105,74 @@ def test_restore_refuses_a_server_with_keys_and_force_replaces_them(
     assert main([*command, "--force"]) == 0
     assert target_redis.get("stray") is None
     assert_same_data(server_state(target_redis), server_state(source_redis))
+
+
+@pytest.mark.parametrize(
+    ("forbidden", "path_taken"),
+    [
+        ((), "(REPLICAOF)"),
+        (("REPLICAOF", "SLAVEOF"), "keys restored (MIGRATE)"),
+        (("CONFIG",), "keys restored (MIGRATE)"),
+    ],
+    ids=["replication", "no-replicaof", "no-config"],
+)
+def test_restore_takes_the_fastest_path_the_target_allows(
+    backup_env, source_redis, tmp_path, caplog, forbidden, path_taken
+):
+    """Managed servers rename REPLICAOF or CONFIG away: the restore falls back to MIGRATE
+    from a throw-away server, and the target ends up the same master it was."""
+    renamed = tuple(arg for command in forbidden for arg in ("--rename-command", command, ""))
+    assert run_backup("redis").success
+    with redis_process(tmp_path / "managed", TARGET_PASSWORD, config=renamed) as target:
+        if not forbidden:
+            target.config_set("masterauth", "the-servers-own")
+        with caplog.at_level(logging.INFO):
+            assert main(["restore", "redis", "--target-url", target_url(target)]) == 0
+        assert path_taken in caplog.text
+        assert_same_data(server_state(target), server_state(source_redis))
+        assert target.info("replication")["role"] == "master"
+        if not forbidden:
+            assert target.config_get("masterauth") == {"masterauth": "the-servers-own"}
+
+
+def test_restore_job_restores_into_a_running_server(backup_env, source_redis, target_redis):
+    assert run_backup("redis").success
+    config = {"source": "redis", "target": target_url(target_redis)}
+    result = run_job("restore_job", run_config={"ops": {"restore_snapshot": {"config": config}}})
+    assert result.success
+    assert_same_data(server_state(target_redis), server_state(source_redis))
+
+
+def test_key_by_key_copy_carries_every_type_ttl_and_database(source_redis, target_redis):
+    """The last fallback, for targets MIGRATE cannot reach (TLS): DUMP / RESTORE through us."""
+    copy_keys(RedisServer("127.0.0.1", port_of(source_redis), password=SOURCE_PASSWORD),
+              RedisServer.from_url(target_url(target_redis)), log=lambda _: None)  # fmt: skip
+    original = server_state(source_redis)
+    # functions travel separately, with FUNCTION DUMP / RESTORE
+    assert_same_data(server_state(target_redis), {**original, "functions": []})
+
+
+def test_a_server_older_than_the_snapshot_is_refused_before_anything_changes(
+    backup_env, source_redis, target_redis, capsys
+):
+    assert run_backup("redis").success
+    store = store_from_env()
+    snapshot_id = store.find("redis").snapshot_id
+    manifest = json.loads(read_manifest_bytes(store, "redis", snapshot_id))
+    manifest["stats"]["redis_version"] = "99.1.0"
+    replace_manifest(store, "redis", snapshot_id, json.dumps(manifest).encode())
+    target_redis.set("keep", "me")
+
+    assert main(["restore", "redis", "--target-url", target_url(target_redis), "--force"]) == 1
+    assert "comes from Redis 99.1.0" in capsys.readouterr().err
+    assert target_redis.get("keep") == b"me"
+
+
+def test_a_replica_is_refused_as_a_target(backup_env, source_redis, target_redis, capsys):
+    assert run_backup("redis").success
+    target_redis.replicaof("127.0.0.1", port_of(source_redis))
+    assert main(["restore", "redis", "--target-url", target_url(target_redis), "--force"]) == 1
+    assert "is a replica; restore into its master" in capsys.readouterr().err
 
 
 def test_output_dir_writes_files_redis_server_loads(backup_env, source_redis, tmp_path, capsys):
@@ -176,6 +249,25 @@ def test_deep_verify_finds_an_rdb_that_does_not_parse(backup_env, capsys):
     assert main(["verify", "redis"]) == 0
     assert main(["verify", "redis", "--deep"]) == 1
     assert "redis-check-rdb failed" in capsys.readouterr().err
+
+
+def test_an_rdb_that_does_not_load_fails_the_restore_and_keeps_what_the_target_held(
+    backup_env, target_redis, capsys
+):
+    """Damaged before it was checksummed: the manifest matches, no server can load it (a
+    replica sent such an RDB by its master aborts, so it must never reach the target)."""
+    runtime = runtime_from_env()
+    rdb = b"REDIS0010" + b"\xfa\x00garbage" * 100
+    commit_snapshot(runtime.store, runtime.staging.directory, {"dump.rdb": rdb}, source="redis")
+    command = ["restore", "redis", "--target-url", target_url(target_redis)]
+
+    assert main(command) == 1
+    assert "redis-check-rdb failed" in capsys.readouterr().err
+    assert target_redis.info("replication")["role"] == "master"
+    target_redis.set("keep", "me")
+    assert main([*command, "--force"]) == 1
+    assert "redis-check-rdb failed" in capsys.readouterr().err
+    assert target_redis.get("keep") == b"me"
 
 
 def test_a_damaged_snapshot_never_touches_the_target(

@@ -1,7 +1,8 @@
 """Assembling a snapshot: source bytes → zstd → age (optional) → sha256 → staging file.
 
-A source module hands each artifact over as a running command (its stdout)
-or as an iterator of chunks; this module streams it into the staging area
+A source module hands each artifact over as a running command (its stdout,
+or the file it writes where it must seek back into its output), a local
+file, or an iterator of chunks; this module streams it into the staging area
 with bounded memory and decides whether the artifact is good enough to
 count: the producer exited 0, it produced bytes, and those bytes start the
 way the format says. Anything less raises (`ToolFailed`, `ProducerFailed`),
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,12 +29,13 @@ import zstandard
 from pyrage import x25519
 
 from backup_pipelines.errors import ProducerFailed
-from backup_pipelines.processes import running
-from backup_pipelines.snapshot.files import disk_full, remove_stale
+from backup_pipelines.processes import ToolFailed, running
+from backup_pipelines.snapshot.files import DISK_FULL, disk_full, remove_stale
 from backup_pipelines.snapshot.manifest import FileEntry, Manifest, new_snapshot_id, utc_now
 from backup_pipelines.snapshot.names import check_artifact_name
 from backup_pipelines.snapshot.streams import (
     CHUNK_SIZE,
+    PROGRESS_EVERY_S,
     HashingWriter,
     IteratorReader,
     MeteredReader,
@@ -87,11 +91,14 @@ class StagedSnapshot:
         self._accept(entry, metered, label=name, expect_prefix=expect_prefix)
         return entry
 
-    def add_file(self, name: str, path: Path, *, expect_prefix: bytes = b"") -> FileEntry:
+    def add_file(
+        self, name: str, path: Path, *, expect_prefix: bytes = b"", label: str = ""
+    ) -> FileEntry:
         """Store a copy of a local file (an AOF segment, for example)."""
+        label = label or str(path)
         with path.open("rb") as source:
-            entry, metered = self._write(name, source, label=str(path))
-        self._accept(entry, metered, label=str(path), expect_prefix=expect_prefix)
+            entry, metered = self._write(name, source, label=label)
+        self._accept(entry, metered, label=label, expect_prefix=expect_prefix)
         return entry
 
     def add_command(
@@ -103,17 +110,56 @@ class StagedSnapshot:
         env: Mapping[str, str] | None = None,
         expect_prefix: bytes = b"",
         secrets: Sequence[str | None] = (),
+        to_file: bool = False,
     ) -> FileEntry:
         """Store what a command writes to stdout; `ToolFailed` unless it exits 0.
 
         `label` is what the operator sees ("pg_dump of crm on db1:5432"): it is
         used instead of argv in every message so no secret on a command line
         could leak, and `secrets` are masked in the command's stderr.
+
+        `to_file` hands the command `--file=PATH` in staging instead of a pipe,
+        for tools that seek back into their output: `pg_dump -Fc` then fills in
+        the offsets of its table of contents, which lets `pg_restore -j` go
+        straight to each table's data instead of scanning for it.
         """
+        if to_file:
+            return self._add_command_file(
+                name, argv, label, expect_prefix, env=env, secrets=secrets
+            )
         with running(argv, label=label, env=env, secrets=secrets) as process:
             entry, metered = self._write(name, process.stdout, label=label)
         self._accept(entry, metered, label=label, expect_prefix=expect_prefix)
         return entry
+
+    def _add_command_file(
+        self, name: str, argv: Sequence[str], label: str, expect_prefix: bytes, **tool: Any
+    ) -> FileEntry:
+        """`add_command(to_file=True)`: the plain file (mode 0600) takes staging space
+        until it is compressed, then goes."""
+        plain = self.directory / f".{check_artifact_name(name)}.plain"
+        try:
+            os.close(os.open(plain, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            with running([*argv, f"--file={plain}"], label=label, **tool) as process:
+                self._report_growth(process, plain, label)
+            return self.add_file(name, plain, expect_prefix=expect_prefix, label=label)
+        except OSError as exc:
+            raise disk_full(exc, plain) or exc from None
+        except ToolFailed as exc:  # the tool says it with the C library's words
+            full = [code for code in DISK_FULL if os.strerror(code) in exc.stderr]
+            raise disk_full(OSError(full[0], label), plain) if full else exc from None
+        finally:
+            plain.unlink(missing_ok=True)
+
+    def _report_growth(self, process: subprocess.Popen, path: Path, label: str) -> None:
+        """Wait for `process`, logging how much of `path` it has written now and then."""
+        while True:
+            try:
+                process.wait(timeout=PROGRESS_EVERY_S)
+                return
+            except subprocess.TimeoutExpired:
+                if self.progress:
+                    self.progress(f"{label}: {human_bytes(path.stat().st_size)} written so far")
 
     def _write(self, name: str, source: BinaryIO, *, label: str) -> tuple[FileEntry, MeteredReader]:
         target_name = stored_name(name, bool(self.recipients))

@@ -1,14 +1,20 @@
 """Restoring Redis snapshots into a running server or as files, and proving them loadable.
 
-Into a running server, the RDB is first loaded by a throw-away `redis-server`
-on this machine, and every key is then copied with DUMP / RESTORE (which
-carry every type, streams with their consumer groups included, and each
-key's TTL) and the functions with FUNCTION DUMP / RESTORE (DUMP does not
-carry them). Replicating from the throw-away server (REPLICAOF) would also
-copy everything, but it needs the target to reach this machine over the
-network and REPLICAOF to be allowed, which managed servers often forbid;
-DUMP / RESTORE needs only an ordinary client connection. The target must
-run the same or a newer Redis than the snapshot's source.
+Into a running server, fastest first:
+
+1. the server replicates the RDB from us (`replication.py`) and loads it as
+   at start-up: every type, TTL and function, at the server's own speed;
+2. where it may not (REPLICAOF or CONFIG forbidden, it cannot reach this
+   machine), a throw-away `redis-server` here loads the RDB and pushes the
+   keys with `MIGRATE ... COPY REPLACE KEYS` in large batches, server to
+   server with no Python in the way;
+3. where the throw-away server cannot reach the target either (TLS, a proxy
+   that hides MIGRATE), every key goes through us with DUMP / RESTORE.
+
+MIGRATE and DUMP / RESTORE carry every type, streams with their consumer
+groups included, and each key's TTL; functions go with FUNCTION DUMP /
+RESTORE, which key copies do not carry. The target must run the same or a
+newer Redis than the snapshot's source.
 """
 
 from __future__ import annotations
@@ -28,10 +34,13 @@ from backup_pipelines.snapshot.files import disk_full
 from backup_pipelines.snapshot.reader import SnapshotReader
 from backup_pipelines.snapshot.staging import logical_name
 from backup_pipelines.sources.redis.dump import RDB_ARTIFACT, restored_path
+from backup_pipelines.sources.redis.replication import ReplicationUnavailable, load_by_replication
 from backup_pipelines.sources.redis.server import RedisServer, keyspace, throwaway_server
 from backup_pipelines.sources.source import Log
 
 BATCH = 500
+MIGRATE_BATCH = 10_000
+MIGRATE_TIMEOUT_MS = 60_000
 
 
 def check_rdb(path: Path) -> None:
@@ -42,7 +51,8 @@ def check_rdb(path: Path) -> None:
         raise IntegrityError(str(exc)) from None
 
 
-def _is_empty(target: RedisServer) -> tuple[int, int]:
+def _holds(target: RedisServer) -> tuple[int, int]:
+    """Keys and function libraries `target` holds."""
     client = target.client()
     keys = sum(keyspace(client.info("keyspace")).values())
     return keys, len(client.function_list())
@@ -54,33 +64,55 @@ def _batches(items: Iterable[bytes], size: int) -> Iterator[list[bytes]]:
         yield batch
 
 
-def copy_keys(source: RedisServer, target: RedisServer, log: Log) -> int:
-    """Copy every key of every database with its TTL; return how many were copied."""
-    copied = 0
-    for name, count in keyspace(source.client().info("keyspace")).items():
-        db = int(name[2:])
+def _databases(server: RedisServer) -> dict[int, int]:
+    """Keys per database number of `server`, databases without keys left out."""
+    return {
+        int(name[2:]): count for name, count in keyspace(server.client().info("keyspace")).items()
+    }
+
+
+def migrate_keys(source: RedisServer, target: RedisServer, log: Log) -> None:
+    """`source` pushes every key to `target` with MIGRATE; `redis.ResponseError` if it cannot."""
+    auth = _migrate_auth(target)
+    for db, count in _databases(source).items():
+        reader = source.client(db)
+        for keys in _batches(reader.scan_iter(count=MIGRATE_BATCH), MIGRATE_BATCH):
+            reader.execute_command(
+                "MIGRATE", target.host, target.port, "", db, MIGRATE_TIMEOUT_MS,
+                "COPY", "REPLACE", *auth, "KEYS", *keys,
+            )  # fmt: skip
+        log(f"db{db}: {count} keys restored (MIGRATE)")
+
+
+def _migrate_auth(target: RedisServer) -> list[str]:
+    if target.password is None:
+        return []
+    if target.username:
+        return ["AUTH2", target.username, target.password]
+    return ["AUTH", target.password]
+
+
+def copy_keys(source: RedisServer, target: RedisServer, log: Log) -> None:
+    """Copy every key of every database with its TTL through this process."""
+    for db, count in _databases(source).items():
         reader, writer = source.client(db), target.client(db)
         for keys in _batches(reader.scan_iter(count=BATCH), BATCH):
-            copied += _copy_batch(reader, writer, keys)
-        log(f"db{db}: {count} keys restored")
-    return copied
+            _copy_batch(reader, writer, keys)
+        log(f"db{db}: {count} keys restored (DUMP / RESTORE)")
 
 
-def _copy_batch(reader: redis.Redis, writer: redis.Redis, keys: Sequence[bytes]) -> int:
+def _copy_batch(reader: redis.Redis, writer: redis.Redis, keys: Sequence[bytes]) -> None:
     read = reader.pipeline(transaction=False)
     for key in keys:
         read.dump(key)
         read.pttl(key)
     replies = read.execute()
     write = writer.pipeline(transaction=False)
-    written = 0
     for key, payload, ttl in zip(keys, replies[::2], replies[1::2], strict=True):
         if payload is None or ttl == -2:  # expired in the throw-away server meanwhile
             continue
         write.restore(key, max(ttl, 0), payload, replace=True)
-        written += 1
     write.execute()
-    return written
 
 
 def restore_into_server(
@@ -88,7 +120,7 @@ def restore_into_server(
 ) -> str:
     """Make `target` hold exactly the snapshot's keys, TTLs and functions."""
     try:
-        keys, functions = _is_empty(target)
+        keys, functions = _holds(target)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise BackupError(f"cannot connect to Redis at {target.where}: {exc}") from None
     except redis.AuthenticationError:
@@ -98,19 +130,48 @@ def restore_into_server(
             f"Redis at {target.where} already holds {keys} keys and {functions} function "
             "libraries; add --force to replace them with the snapshot's"
         )
-    with reader.artifact_file(RDB_ARTIFACT) as rdb, throwaway_server(rdb.parent) as source:
-        writer = target.client()
+    _refuse_an_older_server(reader.snapshot.manifest.stats.get("redis_version", ""), target)
+    with reader.artifact_file(RDB_ARTIFACT) as rdb:
+        check_rdb(rdb)  # a replica that cannot load what its master sent aborts
         if keys or functions:
             log(f"emptying Redis at {target.where} (--force)")
-            writer.flushall()
-            writer.function_flush()
-        copied = copy_keys(source, target, log)
-        writer.function_restore(source.client().function_dump(), "REPLACE")
-        libraries = len(source.client().function_list())
+            target.client().flushall()
+            target.client().function_flush()
+        try:
+            load_by_replication(target, rdb, log)
+        except ReplicationUnavailable as exc:
+            log(f"{exc}; copying the keys from a throw-away server instead")
+            _copy_from_throwaway(rdb, target, log)
+    keys, functions = _holds(target)
     return (
-        f"restored {reader.where} into {target.where}: "
-        f"{copied} keys, {libraries} function libraries"
+        f"restored {reader.where} into {target.where}: {keys} keys, {functions} function libraries"
     )
+
+
+def _refuse_an_older_server(snapshot_version: str, target: RedisServer) -> None:
+    """Older servers reject newer RDB and DUMP formats; say so before touching anything."""
+    target_version = str(target.client().info("server").get("redis_version", ""))
+    if _version(target_version) < _version(snapshot_version):
+        raise BackupError(
+            f"the snapshot comes from Redis {snapshot_version} and Redis at {target.where} is "
+            f"{target_version}, which cannot load it: restore into Redis {snapshot_version} "
+            "or newer"
+        )
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".") if part.isdigit())
+
+
+def _copy_from_throwaway(rdb: Path, target: RedisServer, log: Log) -> None:
+    """Keys by MIGRATE, or DUMP / RESTORE where MIGRATE cannot reach; then the functions."""
+    with throwaway_server(rdb.parent) as source:
+        try:
+            migrate_keys(source, target, log)
+        except redis.ResponseError as exc:
+            log(f"MIGRATE cannot reach {target.where} ({exc}); copying key by key")
+            copy_keys(source, target, log)
+        target.client().function_restore(source.client().function_dump(), "REPLACE")
 
 
 def write_output_dir(reader: SnapshotReader, output_dir: Path, *, force: bool) -> str:
