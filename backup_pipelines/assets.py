@@ -33,7 +33,7 @@ from backup_pipelines.naming import (
 )
 from backup_pipelines.notifications import event_body
 from backup_pipelines.runtime import Runtime
-from backup_pipelines.schedules import freshness_for
+from backup_pipelines.schedules import describe_freshness, freshness_for
 from backup_pipelines.snapshot.staging import StagedSnapshot
 from backup_pipelines.sources.source import Source
 
@@ -96,7 +96,7 @@ def backup_asset(source: Source, retry_policy: RetryPolicy) -> AssetsDefinition:
         pool=pool_name(name),
         description=f"{source.description} To restore a snapshot, launch restore_job (Jobs → "
         f"restore_job → Launchpad) with `source: {name}` and a target, or run the `restore` "
-        "command a materialization records.",
+        f"command a materialization records. {describe_freshness(source.cron)}",
         retry_policy=retry_policy,
         hooks={announce_failure(name)},
         freshness_policy=freshness_for(source.cron),

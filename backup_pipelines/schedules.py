@@ -31,12 +31,30 @@ FRESHNESS_GRACE = timedelta(minutes=30)
 RETENTION_CRON = "30 4 * * *"
 
 
-def freshness_for(cron: str) -> FreshnessPolicy:
-    """Warn when one scheduled snapshot is missing, fail when two are."""
+def _freshness_windows(cron: str) -> tuple[timedelta, timedelta]:
+    """Warn when one scheduled snapshot is missing, fail when two are (each plus a grace)."""
     interval = cron_interval(cron)
-    return FreshnessPolicy.time_window(
-        warn_window=interval + FRESHNESS_GRACE, fail_window=2 * interval + FRESHNESS_GRACE
+    return interval + FRESHNESS_GRACE, 2 * interval + FRESHNESS_GRACE
+
+
+def freshness_for(cron: str) -> FreshnessPolicy:
+    warn, fail = _freshness_windows(cron)
+    return FreshnessPolicy.time_window(warn_window=warn, fail_window=fail)
+
+
+def describe_freshness(cron: str) -> str:
+    """The windows exactly, for descriptions: the UI rounds them (2 h 30 min shows as 3 hours)."""
+    warn, fail = _freshness_windows(cron)
+    return (
+        f"Freshness: warns {_duration(warn)} and fails {_duration(fail)} after the last "
+        "snapshot (the UI rounds these)."
     )
+
+
+def _duration(span: timedelta) -> str:
+    minutes = int(span.total_seconds()) // 60
+    parts = [(minutes // 1440, "d"), (minutes // 60 % 24, "h"), (minutes % 60, "min")]
+    return " ".join(f"{count} {unit}" for count, unit in parts if count)
 
 
 def backup_schedule(source: Source, job: "UnresolvedAssetJobDefinition") -> ScheduleDefinition:

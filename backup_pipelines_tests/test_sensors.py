@@ -273,3 +273,6 @@ def test_freshness_follows_each_cron(backup_env, monkeypatch):
         "redis": (timedelta(hours=6) + grace, timedelta(hours=12) + grace),
         "rabbitmq": (timedelta(days=1) + grace, timedelta(days=2) + grace),
     }
+    # the UI humanizes the windows (2 h 30 min shows as "3 hours"): the description says them
+    description = defs.resolve_assets_def(AssetKey("postgres_backup")).descriptions_by_key
+    assert "warns 1 h 30 min and fails 2 h 30 min" in description[AssetKey("postgres_backup")]
