@@ -13,10 +13,11 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from itertools import pairwise
 
 from backup_pipelines.drill import drill
 from backup_pipelines.errors import BackupError, ConfigurationError, SnapshotNotFound
-from backup_pipelines.redaction import redact
+from backup_pipelines.redaction import redact, secret_parts
 from backup_pipelines.restore import restore
 from backup_pipelines.retention import RetentionRules, as_listing, prune
 from backup_pipelines.runtime import Runtime, load_settings
@@ -25,7 +26,7 @@ from backup_pipelines.snapshot.reader import verify_snapshot
 from backup_pipelines.snapshot.store import LATEST, StoredSnapshot, Unreadable
 from backup_pipelines.snapshot.streams import human_bytes
 from backup_pipelines.sources.registry import SOURCE_NAMES, SOURCES, source_class
-from backup_pipelines.sources.source import RestoreOptions
+from backup_pipelines.sources.source import SECRET_OPTION, RestoreOptions
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 logger = logging.getLogger("backup_pipelines.cli")
@@ -232,23 +233,44 @@ COMMANDS = {
 }
 
 
+def command_line_secrets(argv: Sequence[str]) -> list[str]:
+    """Secrets typed on the command line: a password inside a URL or DSN
+    (`--target-url redis://:pw@host`), and every value after a secret option's flag."""
+    secret_flags = {
+        model.flag(name)
+        for model in (source.restore_options for source in SOURCES)
+        for name, info in model.model_fields.items()
+        if info.json_schema_extra == SECRET_OPTION
+    }
+    found = [part for arg in argv for part in secret_parts(arg)[1:]]
+    for flag, value in pairwise(argv):
+        if flag in secret_flags:
+            found.append(value)
+    for arg in argv:
+        flag, equals, value = arg.partition("=")
+        if equals and flag in secret_flags:
+            found.append(value)
+    return found
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     if getattr(args, "json", False):  # JSON for a program to read: no advice around it
         logging.getLogger("backup_pipelines.runtime").setLevel(logging.ERROR)
-    settings = None
+    secrets = command_line_secrets(argv)
     try:
         settings = load_settings()
+        secrets += settings.secret_values()
         return COMMANDS[args.command](args, Runtime(settings))
     except ConfigurationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact(str(exc), secrets)}", file=sys.stderr)
         return EXIT_USAGE
     except BackupError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact(str(exc), secrets)}", file=sys.stderr)
         return EXIT_FAILURE
     except Exception as exc:  # one line, never a traceback with a secret in it
-        secrets = settings.secret_values() if settings else []
         print(f"error: {type(exc).__name__}: {redact(str(exc), secrets)}", file=sys.stderr)
         return EXIT_FAILURE
 

@@ -10,6 +10,7 @@ matching message text wherever the tool is called.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -40,6 +41,14 @@ class ToolFailed(BackupError):
         super().__init__(
             f"{label} failed ({describe_exit(returncode)}): {stderr or 'no error output'}"
         )
+
+
+def free_loopback_port() -> int:
+    """A port on 127.0.0.1 nothing listens on now, for a throwaway server (a drill's
+    cluster, a restore's redis-server) that only this machine reaches."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def describe_exit(returncode: int) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pyrage import x25519
 
-from backup_pipelines.cli import main
+from backup_pipelines.cli import command_line_secrets, main
 from backup_pipelines_tests.conftest import (
     S3_SECRET_KEY,
     commit_snapshot,
@@ -109,6 +109,16 @@ def test_bad_configuration_exits_2_with_one_line_and_no_traceback(backup_env):
         "error: invalid configuration: BACKUP_REDIS_PORT: "
         "Input should be a valid integer, unable to parse string as an integer"
     )
+
+
+def test_secrets_typed_on_the_command_line_are_masked_in_its_errors():
+    argv = [
+        "restore", "rabbitmq", "--management-url", "http://admin:url-pw@broker:15672",
+        "--password", "flag-pw", "--password=inline-pw", "--vhost", "crm",
+    ]  # fmt: skip
+    found = command_line_secrets(argv)
+    assert {"url-pw", "flag-pw", "inline-pw"} <= set(found)
+    assert "crm" not in found and "rabbitmq" not in found
 
 
 def test_usage_errors_exit_2_and_failures_exit_1(backup_env, capsys):

@@ -12,7 +12,7 @@ from backup_pipelines.cli import main
 from backup_pipelines.messaging import EXCHANGE, OWN_QUEUES
 from backup_pipelines.snapshot.staging import stage
 from backup_pipelines.sources.rabbitmq.api import ManagementApi, RabbitUnavailable
-from backup_pipelines.sources.rabbitmq.definitions import only_vhost
+from backup_pipelines.sources.rabbitmq.definitions import SECTIONS, only_vhost
 from backup_pipelines.sources.rabbitmq.dump import dump_definitions
 from backup_pipelines_tests.conftest import (
     RUN_ID,
@@ -205,6 +205,23 @@ def test_deep_verify_finds_definitions_that_do_not_parse(backup_env, capsys):
     )
     assert main(["verify", "rabbitmq", "--deep"]) == 1
     assert "definitions.json has no 'users' list" in capsys.readouterr().err
+
+
+def test_a_drill_of_definitions_whose_items_are_not_objects_says_so(backup_env, capsys):
+    """A tampered export (a string where a queue should be) is a finding, not a traceback."""
+    definitions = {section: [] for section in SECTIONS} | {"vhosts": ["crm"], "queues": [7]}
+    runtime = runtime_from_env()
+    commit_snapshot(
+        runtime.store,
+        runtime.staging.directory,
+        {"definitions.json": json.dumps(definitions).encode()},
+        source="rabbitmq",
+    )
+    assert main(["drill", "rabbitmq"]) == 1
+    problems = capsys.readouterr().err
+    assert "definitions.json's 'vhosts' holds an item that is not a JSON object" in problems
+    assert "definitions.json's 'queues' holds an item that is not a JSON object" in problems
+    assert "Error" not in problems
 
 
 def test_this_projects_own_queues_do_not_make_a_broker_occupied(backup_env, crm_topology):

@@ -12,7 +12,7 @@ declare -A package_of=(
   [redis-server]=redis-server [restic]=restic [zstd]=zstd
   [/usr/bin/time]=time
   # drills make throw-away PostgreSQL clusters with the server's initdb
-  [/usr/lib/postgresql]=postgresql
+  [/usr/lib/postgresql/*/bin/initdb]=postgresql
 )
 if [ "${1:-}" = "test" ]; then
   # Chromium only recommends fonts, and renders no text without one.
@@ -21,7 +21,7 @@ if [ "${1:-}" = "test" ]; then
 fi
 missing=()
 for tool in "${!package_of[@]}"; do
-  command -v "$tool" >/dev/null 2>&1 || [ -e "$tool" ] || missing+=("${package_of[$tool]}")
+  command -v "$tool" >/dev/null 2>&1 || compgen -G "$tool" >/dev/null || missing+=("${package_of[$tool]}")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 

@@ -19,6 +19,8 @@ from backup_pipelines.sources.consul.dump import ARCHIVE_ARTIFACT, KV_ARTIFACT
 from backup_pipelines.sources.source import DrillResult, Log
 
 META_MEMBER = "meta.json"
+SMALL_MEMBER_LIMIT = 64 << 10
+"""meta.json and SHA256SUMS are a few hundred bytes: a tampered archive's are read no further."""
 
 
 def load_kv(reader: SnapshotReader) -> list[dict[str, Any]]:
@@ -57,11 +59,11 @@ def read_archive(path: Path) -> Archive:
                 if content is None:
                     continue
                 if member.name == "SHA256SUMS":
-                    sums = content.read()
+                    sums = content.read(SMALL_MEMBER_LIMIT)
                     continue
                 digest = hashlib.sha256()
-                if member.name == META_MEMBER:  # a few hundred bytes
-                    data = content.read()
+                if member.name == META_MEMBER:
+                    data = content.read(SMALL_MEMBER_LIMIT)
                     meta = _parsed(data)
                     digest.update(data)
                 while chunk := content.read(1 << 20):

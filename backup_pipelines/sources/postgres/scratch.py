@@ -17,7 +17,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +25,7 @@ from pathlib import Path
 import psycopg
 
 from backup_pipelines.errors import BackupError, ConfigurationError
-from backup_pipelines.processes import ToolFailed, run_tool
+from backup_pipelines.processes import ToolFailed, free_loopback_port, run_tool
 from backup_pipelines.sources.postgres.cluster import Cluster
 from backup_pipelines.sources.source import Log
 
@@ -66,19 +65,13 @@ def server_bin_dir(major: int | None) -> Path:
     return SERVER_BINARIES / str(usable[0] if major else usable[-1]) / "bin"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def throwaway_cluster(major: int | None, log: Log) -> Iterator[Cluster]:
     """A new, empty cluster for the length of the block."""
     bin_dir = server_bin_dir(major)
     user = SERVER_USER if os.geteuid() == 0 else None
     home = Path(tempfile.mkdtemp(prefix="backup-drill-postgres-"))
-    data, port, password = home / "data", _free_port(), secrets.token_urlsafe(24)
+    data, port, password = home / "data", free_loopback_port(), secrets.token_urlsafe(24)
     try:
         if user:
             shutil.chown(home, user)

@@ -46,6 +46,12 @@ def structure_problems(definitions: object, expected: dict[str, int]) -> list[st
         if not isinstance(definitions.get(section, []), list)
         or (section in COUNTED and section not in definitions)
     ]
+    problems += [
+        f"definitions.json's {section!r} holds an item that is not a JSON object"
+        for section in SECTIONS
+        if isinstance(definitions.get(section), list)
+        and not all(isinstance(item, dict) for item in definitions[section])
+    ]
     found = counts(definitions)
     problems += [
         f"definitions.json holds {found[section]} {section}, the manifest says {number}"

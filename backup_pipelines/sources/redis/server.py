@@ -7,7 +7,6 @@ environment (never `-a`, which `ps` would show) and is never in a message.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from backup_pipelines.errors import (
     SourceUnavailable,
     connection_cause,
 )
-from backup_pipelines.processes import ToolMissing
+from backup_pipelines.processes import ToolMissing, free_loopback_port
 from backup_pipelines.redaction import mask_url
 
 STARTUP_TIMEOUT_S = 60
@@ -124,12 +123,6 @@ def keyspace(info: dict[str, Any]) -> dict[str, int]:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def throwaway_server(directory: Path, rdb_name: str = "dump.rdb") -> Iterator[RedisServer]:
     """A private redis-server on a free loopback port that loads `directory/rdb_name`.
@@ -137,7 +130,7 @@ def throwaway_server(directory: Path, rdb_name: str = "dump.rdb") -> Iterator[Re
     It keeps nothing (no save, no AOF) and is stopped when the block ends.
     An RDB it cannot load is an `IntegrityError` quoting its log.
     """
-    port = _free_port()
+    port = free_loopback_port()
     log = directory / "throwaway-redis.log"
     command = [
         "redis-server",
