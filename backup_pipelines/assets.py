@@ -1,4 +1,5 @@
-"""One backup asset per registered source; each materialization is one complete snapshot.
+"""One backup asset per source (a kind's one, or a target); each materialization is one
+complete snapshot.
 
 An asset stages its snapshot and returns it; the IO manager commits it to
 the store, records the metadata and publishes `backup.completed`. Errors
@@ -29,6 +30,7 @@ from backup_pipelines.naming import (
     CRM_GROUP,
     backup_asset_key,
     crm_asset_key,
+    failure_hook_name,
     pool_name,
 )
 from backup_pipelines.notifications import event_body
@@ -67,7 +69,7 @@ def crm_system(source: Source) -> AssetSpec:
     return AssetSpec(
         key=crm_asset_key(source.name),
         group_name=CRM_GROUP,
-        kinds={source.kind},
+        kinds={source.dagster_kind},
         description=source.system,
     )
 
@@ -75,7 +77,7 @@ def crm_system(source: Source) -> AssetSpec:
 def announce_failure(source: str) -> HookDefinition:
     """`backup.failed` for a backup step that failed for good (after its retries)."""
 
-    @failure_hook(name=f"{source}_backup_failed", required_resource_keys={"runtime"})
+    @failure_hook(name=failure_hook_name(source), required_resource_keys={"runtime"})
     def _announce(context: HookContext) -> None:
         notifications = context.resources.runtime.notifications
         error = notifications.short_error(context.op_exception)
@@ -92,7 +94,7 @@ def backup_asset(source: Source, retry_policy: RetryPolicy) -> AssetsDefinition:
         key=backup_asset_key(name),
         group_name=BACKUPS_GROUP,
         deps=[crm_asset_key(name)],
-        kinds={source.kind},
+        kinds={source.dagster_kind},
         pool=pool_name(name),
         description=f"{source.description} To restore a snapshot, launch restore_job (Jobs → "
         f"restore_job → Launchpad) with `source: {name}` and a target, or run the `restore` "
@@ -108,7 +110,8 @@ def backup_asset(source: Source, retry_policy: RetryPolicy) -> AssetsDefinition:
             with runtime.staging.stage(name, context.run.run_id, context.log.info) as staged:
                 runtime.sources[name].dump(staged, context.log.info)
         except PERMANENT_ERRORS as exc:
-            raise Failure(description=str(exc), allow_retries=False) from None
+            message = runtime.sources[name].in_own_terms(str(exc))
+            raise Failure(description=message, allow_retries=False) from None
         except SourceUnavailable as exc:
             line = runtime.sources[name].unreachable(exc)
             if started_by_hand(context) or context.retry_number >= TRANSIENT_RETRIES:

@@ -1,9 +1,11 @@
 """The `backup-pipelines` command: list, verify, drill, restore and prune without Dagster.
 
 On the worst day Dagster may be down with everything else; this command
-needs only the `BACKUP_*` environment and the store. Its sources, and each
-source's restore flags, come from the registry. Exit codes: 0 success, 1
-failure, 2 usage or configuration error; errors are one line on stderr.
+needs only the `BACKUP_*` environment (and the targets file, when there is
+one) and the store. Its sources (kinds, or `<kind>.<target>`) and each
+one's restore flags come from the configuration and the registry. Exit
+codes: 0 success, 1 failure, 2 usage or configuration error; errors are one
+line on stderr.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import pairwise
 
 from backup_pipelines.drill import drill
@@ -20,13 +22,13 @@ from backup_pipelines.errors import BackupError, ConfigurationError, SnapshotNot
 from backup_pipelines.redaction import redact, secret_parts
 from backup_pipelines.restore import restore
 from backup_pipelines.retention import RetentionRules, as_listing, prune
-from backup_pipelines.runtime import Runtime, load_settings
+from backup_pipelines.runtime import Runtime, Settings, load_settings
 from backup_pipelines.snapshot.manifest import utc_now
 from backup_pipelines.snapshot.reader import verify_snapshot
 from backup_pipelines.snapshot.store import LATEST, StoredSnapshot, Unreadable
 from backup_pipelines.snapshot.streams import human_bytes
-from backup_pipelines.sources.registry import SOURCE_NAMES, SOURCES, source_class
-from backup_pipelines.sources.source import SECRET_OPTION, RestoreOptions
+from backup_pipelines.sources.registry import SOURCES
+from backup_pipelines.sources.source import SECRET_OPTION, RestoreOptions, Source
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 logger = logging.getLogger("backup_pipelines.cli")
@@ -52,14 +54,23 @@ def add_restore_flags(parser: argparse.ArgumentParser, options: type[RestoreOpti
 SNAPSHOT_HELP = (
     "a snapshot id (YYYYMMDDTHHMMSSZ-xxxxxxxx, see `snapshots`), or latest (the default)"
 )
-SOURCE_HELP = f"one of {', '.join(SOURCE_NAMES)}"
 
 
 def add_snapshot_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--snapshot", default=LATEST, metavar="ID|latest", help=SNAPSHOT_HELP)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(sources: Mapping[str, type[Source]] | None = None) -> argparse.ArgumentParser:
+    """The command for `sources` (each source's name and its kind): the configured ones, or
+    the kinds themselves when the configuration could not be read (so `--help` still works)."""
+    if sources is None:
+        sources = {source.kind: source for source in SOURCES}
+    names = list(sources)
+    source_help = f"one of {', '.join(names)}"
+    groups = [*names, *dict.fromkeys(k.kind for name, k in sources.items() if name != k.kind)]
+    group_help = (
+        f"{source_help}, or a kind (all its targets)" if len(groups) > len(names) else source_help
+    )
     parser = argparse.ArgumentParser(
         prog="backup-pipelines",
         description="List, verify, drill, restore and prune backup snapshots (works without "
@@ -68,12 +79,14 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     snapshots = commands.add_parser("snapshots", help="list complete snapshots, newest first")
-    snapshots.add_argument("source", nargs="?", choices=SOURCE_NAMES, help=f"{SOURCE_HELP}; all")
+    snapshots.add_argument(
+        "source", nargs="?", choices=groups, help=f"{group_help}; without it, every source"
+    )
     snapshots.add_argument("--json", action="store_true", help="print manifests as JSON")
 
     verify = commands.add_parser("verify", help="re-read snapshots and check them")
     verify.add_argument(
-        "source", nargs="?", choices=SOURCE_NAMES, help=f"{SOURCE_HELP}; without it, every source"
+        "source", nargs="?", choices=groups, help=f"{group_help}; without it, every source"
     )
     add_snapshot_flag(verify)
     verify.add_argument("--deep", action="store_true", help="also prove it restorable")
@@ -81,16 +94,16 @@ def _parser() -> argparse.ArgumentParser:
     drill_ = commands.add_parser(
         "drill", help="restore a snapshot into a scratch target and compare it with its manifest"
     )
-    drill_.add_argument("source", choices=SOURCE_NAMES, help=SOURCE_HELP)
+    drill_.add_argument("source", choices=names, help=source_help)
     add_snapshot_flag(drill_)
     drill_.add_argument("--json", action="store_true", help="print what the drill proved as JSON")
 
     restore_ = commands.add_parser("restore", help="restore a snapshot into a target")
     targets = restore_.add_subparsers(dest="source", required=True, metavar="SOURCE")
-    for source in SOURCES:
-        target = targets.add_parser(source.name, help=f"restore a {source.name} snapshot")
+    for name, kind in sources.items():
+        target = targets.add_parser(name, help=f"restore a {name} snapshot")
         add_snapshot_flag(target)
-        add_restore_flags(target, source.restore_options)
+        add_restore_flags(target, kind.restore_options)
 
     prune_ = commands.add_parser("prune", help="delete snapshots the retention rules drop")
     prune_.add_argument("--dry-run", action="store_true", help="say what would go; delete nothing")
@@ -116,19 +129,18 @@ def report_unreadable(unreadable: Sequence[Unreadable]) -> None:
 
 def cmd_snapshots(args: argparse.Namespace, runtime: Runtime) -> int:
     store = runtime.store
-    surveys = [
-        store.survey(source) for source in ([args.source] if args.source else runtime.sources)
-    ]
+    surveys = [store.survey(source) for source in selected(runtime, args.source)]
     found = [snapshot for survey in surveys for snapshot in survey.snapshots]
     snapshots = sorted(found, key=lambda s: s.manifest.started_at, reverse=True)
     report_unreadable([item for survey in surveys for item in survey.unreadable])
     if args.json:
         print(json.dumps([_listing(snapshot) for snapshot in snapshots], indent=2))
         return EXIT_OK
+    width = max((len(snapshot.source) for snapshot in snapshots), default=0)
     for snapshot in snapshots:
         manifest = snapshot.manifest
         print(
-            f"{manifest.source:<10} {manifest.snapshot_id:<26} "
+            f"{manifest.source:<{max(width, 10)}} {manifest.snapshot_id:<26} "
             f"{human_bytes(manifest.size_bytes):>10}  {len(manifest.files):>3} files  "
             f"{snapshot.location}"
         )
@@ -143,13 +155,20 @@ def report_unreadable_for_latest(runtime: Runtime, source: str, snapshot_id: str
         report_unreadable(runtime.store.survey(source).unreadable)
 
 
+def selected(runtime: Runtime, word: str | None) -> list[str]:
+    """The sources a command's word names: one source, every target of a kind, or (no word)
+    every source."""
+    sources = runtime.sources.values()
+    return [s.name for s in sources if word is None or word in (s.name, s.kind)]
+
+
 def cmd_verify(args: argparse.Namespace, runtime: Runtime) -> int:
-    if args.source:
+    if args.source in runtime.sources:
         return verify_one(runtime, args.source, args.snapshot, args.deep)
     if args.snapshot != LATEST:
         raise ConfigurationError("--snapshot names one snapshot: give its source too")
     outcomes = []
-    for source in runtime.sources:
+    for source in selected(runtime, args.source):
         try:
             outcomes.append(verify_one(runtime, source, LATEST, args.deep))
         except SnapshotNotFound as exc:
@@ -194,7 +213,7 @@ def cmd_drill(args: argparse.Namespace, runtime: Runtime) -> int:
 
 
 def cmd_restore(args: argparse.Namespace, runtime: Runtime) -> int:
-    model = source_class(args.source).restore_options
+    model = runtime.sources[args.source].restore_options
     flags = {name: model.flag(name) for name in model.model_fields}
     given = {name: getattr(args, name) for name in flags if getattr(args, name) is not None}
     options = model.parse(given, spelled=lambda name: flags.get(name, name))
@@ -235,7 +254,7 @@ COMMANDS = {
 
 def command_line_secrets(argv: Sequence[str]) -> list[str]:
     """Secrets typed on the command line: a password inside a URL or DSN
-    (`--target-url redis://:pw@host`), and every value after a secret option's flag."""
+    (`--target-url scheme://user:pw@host`), and every value after a secret option's flag."""
     secret_flags = {
         model.flag(name)
         for model in (source.restore_options for source in SOURCES)
@@ -256,23 +275,45 @@ def command_line_secrets(argv: Sequence[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parser().parse_args(argv)
-    if getattr(args, "json", False):  # JSON for a program to read: no advice around it
-        logging.getLogger("backup_pipelines.runtime").setLevel(logging.ERROR)
     secrets = command_line_secrets(argv)
+    settings: Settings | ConfigurationError
     try:
         settings = load_settings()
+    except ConfigurationError as exc:
+        settings = exc  # said after parsing, so `--help` and usage errors still answer
+    args = _parser(settings.kinds if isinstance(settings, Settings) else None).parse_args(argv)
+    if getattr(args, "json", False):  # JSON for a program to read: no advice around it
+        logging.getLogger("backup_pipelines.runtime").setLevel(logging.ERROR)
+    try:
+        if isinstance(settings, ConfigurationError):
+            raise settings
         secrets += settings.secret_values()
         return COMMANDS[args.command](args, Runtime(settings))
     except ConfigurationError as exc:
-        print(f"error: {redact(str(exc), secrets)}", file=sys.stderr)
+        print(f"error: {_said(exc, args, settings, secrets)}", file=sys.stderr)
         return EXIT_USAGE
     except BackupError as exc:
-        print(f"error: {redact(str(exc), secrets)}", file=sys.stderr)
+        print(f"error: {_said(exc, args, settings, secrets)}", file=sys.stderr)
         return EXIT_FAILURE
     except Exception as exc:  # one line, never a traceback with a secret in it
         print(f"error: {type(exc).__name__}: {redact(str(exc), secrets)}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def _said(
+    exc: BackupError,
+    args: argparse.Namespace,
+    settings: Settings | ConfigurationError,
+    secrets: list[str],
+) -> str:
+    """The error as the operator reads it: secrets masked, and the settings of the source
+    the command is about named where that source sets them (a target's file key)."""
+    text = redact(str(exc), secrets)
+    if isinstance(settings, Settings):
+        named = {source.name: source for source in settings.declared}
+        if (source := named.get(getattr(args, "source", None) or "")) is not None:
+            text = source.in_own_terms(text)
+    return text
 
 
 if __name__ == "__main__":

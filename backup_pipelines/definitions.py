@@ -1,14 +1,18 @@
 """The code location `backup_pipelines.definitions`: its one `Definitions`, `defs`.
 
-Everything is generated from the registered sources: per source a backup
-asset (with its upstream `crm/<source>` node, freshness and pool), its
-checks, job and schedule; then `backup_all_job`, `restore_job`,
-`retention_job`, the sensors, and the resources: the runtime built by the
-composition root, and the IO manager over its store. `defs` is built when
-Dagster loads the location (not at import), so a wrong `BACKUP_*` value
-stops the location from loading with a message naming the variable, rather
-than failing the first backup at night.
+Everything is generated from the runtime's sources: per source (a kind's one
+source, or each enabled target of the targets file) a backup asset (with
+its upstream `crm/...` node, freshness and pool), its checks, job and
+schedule; per kind with targets a job backing all of them up; then
+`backup_all_job`, `restore_job`, `retention_job`, the sensors, and the
+resources: the runtime built by the composition root, and the IO manager
+over its store. `defs` is built when Dagster loads the location (not at
+import), so a wrong `BACKUP_*` value or targets file stops the location from
+loading with a message naming the variable or the file's key, rather than
+failing the first backup at night; a reload reads them again.
 """
+
+from collections.abc import Sequence
 
 from dagster import (
     AssetSelection,
@@ -38,6 +42,7 @@ from backup_pipelines.sensors import (
     change_sensor,
     notifications_outbox_sensor,
 )
+from backup_pipelines.sources.source import Source
 
 
 def build_resources(runtime: Runtime) -> dict[str, object]:
@@ -48,31 +53,44 @@ def build_resources(runtime: Runtime) -> dict[str, object]:
     }
 
 
+def backup_jobs(sources: Sequence[Source]) -> dict[str, list[str]]:
+    """What a backup job may be asked for (by the requests sensor), and the sources it backs
+    up: each source's own job, and a job per kind covering all of that kind's targets."""
+    jobs = {source.name: [source.name] for source in sources}
+    for source in sources:
+        if source.target is not None:
+            jobs.setdefault(source.kind, []).append(source.name)
+    return jobs
+
+
 def build_definitions(runtime: Runtime) -> Definitions:
     """Everything Dagster loads, wired from the runtime (tests build their own the same way)."""
-    sources = list(runtime.sources.values())
+    sources = runtime.backed_up
     retries = transient_retries(runtime.shared.retry_delay_s)
+    covered = backup_jobs(sources)
     jobs = {
-        source.name: define_asset_job(
-            backup_job_name(source.name),
-            selection=AssetSelection.assets(backup_asset_key(source.name)),
-            description=f"A {source.name} snapshot.",
+        asked: define_asset_job(
+            backup_job_name(asked),
+            selection=AssetSelection.assets(*(backup_asset_key(name) for name in names)),
+            description=f"A snapshot of {', '.join(names)}.",
         )
-        for source in sources
+        for asked, names in covered.items()
     }
     backup_all_job = define_asset_job(
         BACKUP_ALL_JOB,
         selection=AssetSelection.groups(BACKUPS_GROUP),
         description="A snapshot of every source, one after the other.",
     )
-    sources_of_job = {BACKUP_ALL_JOB: list(jobs)} | {job.name: [s] for s, job in jobs.items()}
+    sources_of_job = {BACKUP_ALL_JOB: [s.name for s in sources]} | {
+        jobs[asked].name: names for asked, names in covered.items()
+    }
     return Definitions(
         assets=[
             *(crm_system(source) for source in sources),
             *(backup_asset(source, retries) for source in sources),
         ],
         asset_checks=[integrity_check(source) for source in sources],
-        jobs=[backup_all_job, *jobs.values(), restore_job, retention_job],
+        jobs=[backup_all_job, *jobs.values(), restore_job(runtime.settings.kinds), retention_job],
         schedules=[
             *(backup_schedule(source, jobs[source.name]) for source in sources),
             retention_schedule(retention_job),

@@ -27,7 +27,7 @@ from backup_pipelines.snapshot.manifest import MANIFEST_NAME
 from backup_pipelines.snapshot.staging import StagedSnapshot
 from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
 from backup_pipelines.snapshot.streams import human_bytes
-from backup_pipelines.sources.registry import source_class
+from backup_pipelines.sources.registry import kind_class
 
 
 def as_metadata(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -42,7 +42,7 @@ def snapshot_metadata(stored: StoredSnapshot, duration_s: float) -> dict[str, An
     """The contract's materialization metadata, the source's own figures, and what a person
     reads first: the size in units, the numbers worth a plot, how to restore it."""
     manifest = stored.manifest
-    source = source_class(manifest.source)
+    source = kind_class(manifest.kind)
     return {
         "snapshot_id": manifest.snapshot_id,
         "location": stored.location,

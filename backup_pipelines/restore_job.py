@@ -1,17 +1,27 @@
 """`restore_job`: the CLI's restore, launched from the Dagster UI with run config.
 
-Its config is made from every source's restore options: `source` (a choice
-of the registered sources), `snapshot`, `target`, `force`, and each
-source's own options, described with the sources they apply to. Options
-that hold secrets are left out: run config is visible in the UI and stored
-with the run, so give a target without a password and let the Dagster
-process find it (PGPASSFILE or PGPASSWORD in its environment for PostgreSQL).
+Its config is made from the runtime's sources and their kinds' restore
+options: `source` (a choice of the sources: kinds, or `<kind>.<target>`),
+`snapshot`, `target`, `force`, and each kind's own options, described with
+the kinds they apply to. Options that hold secrets are left out: run config
+is visible in the UI and stored with the run, so give a target without a
+password and let the Dagster process find it (PGPASSFILE or PGPASSWORD in
+its environment for PostgreSQL).
 """
 
+from collections.abc import Mapping
 from enum import Enum
 from typing import Any
 
-from dagster import Config, Failure, OpExecutionContext, ResourceParam, job, op
+from dagster import (
+    Config,
+    Failure,
+    JobDefinition,
+    OpExecutionContext,
+    ResourceParam,
+    job,
+    op,
+)
 from pydantic import Field, create_model
 
 from backup_pipelines.errors import BackupError
@@ -19,32 +29,31 @@ from backup_pipelines.notifications import event_body
 from backup_pipelines.restore import restore
 from backup_pipelines.runtime import Runtime
 from backup_pipelines.snapshot.store import LATEST
-from backup_pipelines.sources.registry import SOURCE_NAMES, SOURCES, source_class
-from backup_pipelines.sources.source import SECRET_OPTION
+from backup_pipelines.sources.registry import SOURCES
+from backup_pipelines.sources.source import SECRET_OPTION, Source
 
-SourceChoice = Enum("SourceChoice", {name: name for name in SOURCE_NAMES}, type=str)
 FIXED = ("source", "snapshot")
 
 
 def _shared_option_fields() -> dict[str, Any]:
-    """Every source's restore options as optional config fields, each described with the
-    sources it applies to (`<source>: ...; <source>: ...`), secrets left out."""
+    """Every kind's restore options as optional config fields, each described with the
+    kinds it applies to (`<kind>: ...; <kind>: ...`), secrets left out."""
     described: dict[str, dict[str, str]] = {}
     flags: set[str] = set()
     for source in SOURCES:
         for name, info in source.restore_options.model_fields.items():
             if info.json_schema_extra == SECRET_OPTION:
                 continue
-            described.setdefault(name, {})[source.name] = info.description or name
+            described.setdefault(name, {})[source.kind] = info.description or name
             if info.annotation is bool:
                 flags.add(name)
     fields: dict[str, Any] = {}
-    for name, by_source in described.items():
-        texts = set(by_source.values())
-        if len(by_source) == len(SOURCES) and len(texts) == 1:
+    for name, by_kind in described.items():
+        texts = set(by_kind.values())
+        if len(by_kind) == len(SOURCES) and len(texts) == 1:
             description = texts.pop()
         else:
-            description = "; ".join(f"{source}: {text}" for source, text in by_source.items())
+            description = "; ".join(f"{kind}: {text}" for kind, text in by_kind.items())
         if name in flags:
             fields[name] = (bool, Field(False, description=description))
         else:
@@ -52,19 +61,22 @@ def _shared_option_fields() -> dict[str, Any]:
     return fields
 
 
-RestoreConfig = create_model(
-    "RestoreConfig",
-    __base__=Config,
-    __doc__="Which snapshot to restore where; the fields a source does not take stay unset.",
-    source=(SourceChoice, Field(description="the source whose snapshot to restore")),
-    snapshot=(str, Field(LATEST, description="a snapshot id, or latest")),
-    **_shared_option_fields(),
-)
+def restore_config(sources: Mapping[str, type[Source]]) -> type[Config]:
+    """The launchpad's form: `source` is an enum of `sources` (by name, with their kinds)."""
+    choice = Enum("SourceChoice", {name: name for name in sources}, type=str)
+    return create_model(
+        "RestoreConfig",
+        __base__=Config,
+        __doc__="Which snapshot to restore where; the fields a source does not take stay unset.",
+        source=(choice, Field(description="the source whose snapshot to restore")),
+        snapshot=(str, Field(LATEST, description="a snapshot id, or latest")),
+        **_shared_option_fields(),
+    )
 
 
-def options_of(config: Config, source: str) -> dict[str, Any]:
-    """The options set in `config`; refused when one is not the chosen source's."""
-    model = source_class(source).restore_options
+def options_of(config: Config, source: str, kind: type[Source]) -> dict[str, Any]:
+    """The options set in `config`; refused when one is not the chosen source's kind's."""
+    model = kind.restore_options
     given = {
         name: value
         for name, value in config.model_dump().items()
@@ -80,27 +92,34 @@ def options_of(config: Config, source: str) -> dict[str, Any]:
     return given
 
 
-@op
-def restore_snapshot(
-    context: OpExecutionContext,
-    config: RestoreConfig,  # type: ignore[valid-type]
-    runtime: ResourceParam[Runtime],
-) -> None:
-    source = config.source.value
-    try:
-        options = source_class(source).restore_options.parse(
-            options_of(config, source), spelled=lambda field: f"'{field}'"
-        )
-        context.log.info(f"restoring {source} {config.snapshot} into {options.destination()}")
-        restored = restore(runtime, source, config.snapshot, options, context.log.info)
-    except BackupError as exc:
-        raise Failure(description=str(exc), allow_retries=False) from None
-    context.log.info(restored.summary)
-    body = event_body("backup.restored", source, context.run_id, snapshot=restored.snapshot)
-    body["location"] = options.destination()
-    runtime.notifications.publish(body)
+def restore_job(sources: Mapping[str, type[Source]]) -> JobDefinition:
+    """`restore_job` over `sources`: each source's name, and its kind."""
+    config_class = restore_config(sources)
 
+    @op(name="restore_snapshot")
+    def restore_snapshot(
+        context: OpExecutionContext,
+        config: config_class,  # type: ignore[valid-type]
+        runtime: ResourceParam[Runtime],
+    ) -> None:
+        source = config.source.value
+        model = sources[source].restore_options
+        try:
+            options = model.parse(
+                options_of(config, source, sources[source]), spelled=lambda field: f"'{field}'"
+            )
+            context.log.info(f"restoring {source} {config.snapshot} into {options.destination()}")
+            restored = restore(runtime, source, config.snapshot, options, context.log.info)
+        except BackupError as exc:
+            message = runtime.sources[source].in_own_terms(str(exc))
+            raise Failure(description=message, allow_retries=False) from None
+        context.log.info(restored.summary)
+        body = event_body("backup.restored", source, context.run_id, snapshot=restored.snapshot)
+        body["location"] = options.destination()
+        runtime.notifications.publish(body)
 
-@job(description="Restore one snapshot into a target.")
-def restore_job() -> None:
-    restore_snapshot()
+    @job(name="restore_job", description="Restore one snapshot into a target.")
+    def _restore_job() -> None:
+        restore_snapshot()
+
+    return _restore_job

@@ -17,7 +17,7 @@ removed separately, once nothing in them changed for a day.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -27,6 +27,11 @@ from backup_pipelines.snapshot.store import SnapshotStore, Unreadable
 from backup_pipelines.sources.source import Source
 
 UNLIMITED = -1
+
+
+def _count(value: RetentionCount) -> int:
+    return UNLIMITED if value == "unlimited" else int(value)
+
 
 BUCKETS: dict[str, Callable[[datetime], int]] = {
     "daily": lambda t: t.year * 10_000 + t.month * 100 + t.day,
@@ -46,16 +51,21 @@ class RetentionRules:
 
     @classmethod
     def from_settings(cls, settings: BackupSettings) -> RetentionRules:
-        def count(value: RetentionCount) -> int:
-            return UNLIMITED if value == "unlimited" else int(value)
-
         return cls(
-            daily=count(settings.retention_daily),
-            weekly=count(settings.retention_weekly),
-            monthly=count(settings.retention_monthly),
-            yearly=count(settings.retention_yearly),
+            daily=_count(settings.retention_daily),
+            weekly=_count(settings.retention_weekly),
+            monthly=_count(settings.retention_monthly),
+            yearly=_count(settings.retention_yearly),
             within_days=settings.retention_days,
         )
+
+    def for_source(self, source: Source) -> RetentionRules:
+        """These rules with the ones a target of the targets file sets for itself."""
+        if source.target is None:
+            return self
+        given = source.target.retention.model_dump(exclude_none=True)
+        within = {"within_days": given.pop("days")} if "days" in given else {}
+        return replace(self, **{rule: _count(value) for rule, value in given.items()}, **within)
 
     def count(self, rule: str) -> int:
         return getattr(self, rule)
@@ -162,11 +172,12 @@ def prune(
     log: Callable[[str], None] = print,
     warn: Callable[[str], None] | None = None,
 ) -> list[SourcePrune]:
-    """Retention over every source in turn, then day-old work in the staging area."""
+    """Retention over every source in turn (each target by its own rules, when the targets
+    file gives it some), then day-old work in the staging area."""
     warn = warn or log
     reports = []
     for source in sources.values():
-        report = prune_source(store, source, rules, dry_run=dry_run, now=now)
+        report = prune_source(store, source, rules.for_source(source), dry_run=dry_run, now=now)
         for found in report.unreadable:
             warn(f"{found.location}: {found.reason}; not a snapshot, removed once a day old")
         verb = "would delete" if dry_run else "deleted"

@@ -2,15 +2,15 @@
 
 The `backup-pipelines` command and the Dagster definitions both start here:
 `load_settings()` reads every `BACKUP_*` variable (the shared ones and each
-registered source's), and `build_runtime()` makes the store, the sources
-bound to their settings, the staging area and the event publisher. Nothing
-below this module reads the environment, and nothing is read at import.
+registered kind's) and the targets file when there is one, and `Runtime`
+makes the store, the sources bound to their settings, the staging area and
+the event publisher. Nothing below this module reads the environment, and
+nothing is read at import.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache, cached_property
 from pathlib import Path
@@ -31,6 +31,7 @@ from backup_pipelines.snapshot.staging import Staging
 from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
 from backup_pipelines.sources.registry import SOURCES
 from backup_pipelines.sources.source import Source
+from backup_pipelines.targets import InvalidTargets, read_targets
 
 if TYPE_CHECKING:
     from backup_pipelines.notifications import NotificationPublisher
@@ -40,35 +41,63 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Settings:
-    """The shared settings and each source's, by source name."""
+    """The shared settings, and every source bound to its own, in the registry's order."""
 
     shared: BackupSettings
-    sources: Mapping[str, SourceSettings]
+    declared: tuple[Source, ...]
 
     def secret_values(self) -> list[str]:
         """Every secret set anywhere, to mask in any message."""
         values = secret_values(self.shared)
-        for settings in self.sources.values():
-            values += secret_values(settings)
+        for source in self.declared:
+            values += source.secrets()
         return values
+
+    @property
+    def sources(self) -> dict[str, SourceSettings]:
+        """Each source's settings, by the source's name."""
+        return {source.name: source.settings for source in self.declared}
+
+    @property
+    def kinds(self) -> dict[str, type[Source]]:
+        """Each source's kind, by the source's name."""
+        return {source.name: type(source) for source in self.declared}
 
 
 def load_settings() -> Settings:
-    """Read the environment; every bad value is reported at once, each naming its variable."""
+    """Read the environment and the targets file; every bad value is reported at once, each
+    naming its variable, or its place in the file.
+
+    A kind the targets file names has the file's targets; any other kind has
+    its one source from its `BACKUP_<KIND>_*` variables, named like the kind.
+    """
     problems: list[str] = []
-    shared, sources = None, {}
     try:
         shared = read_settings(BackupSettings)
     except InvalidSettings as exc:
         problems += exc.problems
-    for source in SOURCES:
+        shared = None
+    declared = {}
+    if shared is not None and shared.targets_file is not None:
         try:
-            sources[source.name] = read_settings(source.settings_model)
+            declared = read_targets(shared.targets_file, shared)
+        except InvalidTargets as exc:
+            problems += exc.problems
+    sources: list[Source] = []
+    for kind in SOURCES:
+        if kind.kind in declared:
+            sources += declared[kind.kind]
+            continue
+        try:
+            settings = read_settings(kind.settings_model)
         except InvalidSettings as exc:
             problems += exc.problems
+            continue
+        if shared is not None:
+            sources.append(kind(settings, shared))
     if problems or shared is None:
         raise InvalidSettings(problems)
-    return Settings(shared, sources)
+    return Settings(shared, tuple(sources))
 
 
 @cache
@@ -109,14 +138,17 @@ class Runtime:
     def __init__(self, settings: Settings):
         self.settings = settings
         shared = settings.shared
-        self.sources: dict[str, Source] = {
-            source.name: source(settings.sources[source.name], shared) for source in SOURCES
-        }
+        self.sources: dict[str, Source] = {source.name: source for source in settings.declared}
         self.staging = Staging(shared.staging_dir, parse_recipients(shared.encryption_recipients))
 
     @property
     def shared(self) -> BackupSettings:
         return self.settings.shared
+
+    @property
+    def backed_up(self) -> list[Source]:
+        """The sources Dagster backs up: all but the targets the targets file disables."""
+        return [source for source in self.sources.values() if source.enabled]
 
     @cached_property
     def store(self) -> SnapshotStore:

@@ -21,7 +21,6 @@ from dagster import (
 
 from backup_pipelines.cron import cron_interval
 from backup_pipelines.naming import schedule_name
-from backup_pipelines.settings import env_name
 from backup_pipelines.sources.source import Source
 
 if TYPE_CHECKING:
@@ -67,8 +66,7 @@ def backup_schedule(source: Source, job: "UnresolvedAssetJobDefinition") -> Sche
         cron_schedule=source.cron,
         execution_timezone="UTC",
         default_status=DefaultScheduleStatus.RUNNING,
-        description=f"A {source.name} snapshot on {env_name(source.settings_model, 'cron')} "
-        f"({source.cron}, UTC).",
+        description=f"A {source.name} snapshot on {source.setting('cron')} ({source.cron}, UTC).",
     )
     def _schedule(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
         if not_configured:

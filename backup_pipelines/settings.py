@@ -14,7 +14,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from backup_pipelines.cron import check_cron
@@ -42,6 +50,30 @@ def _retention_count(value: object) -> object:
             raise ValueError("must be a whole number of snapshots or 'unlimited'")
         return int(word)
     return value
+
+
+def _non_negative_count(value: RetentionCount | None) -> RetentionCount | None:
+    if isinstance(value, int) and value < 0:
+        raise ValueError("must be a whole number of snapshots or 'unlimited'")
+    return value
+
+
+class RetentionOverrides(BaseModel):
+    """A target's own retention rules (`retention:` in the targets file); a rule left out
+    is the `BACKUP_RETENTION_*` one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    daily: RetentionCount | None = None
+    weekly: RetentionCount | None = None
+    monthly: RetentionCount | None = None
+    yearly: RetentionCount | None = None
+    days: int | None = Field(None, ge=0)
+
+    _counts = field_validator("daily", "weekly", "monthly", "yearly", mode="before")(
+        _retention_count
+    )
+    _non_negative = field_validator("daily", "weekly", "monthly", "yearly")(_non_negative_count)
 
 
 ENVIRONMENT = SettingsConfigDict(env_ignore_empty=True, extra="ignore", frozen=True)
@@ -75,6 +107,9 @@ class BackupSettings(BaseSettings):
     retention_yearly: RetentionCount = "unlimited"
     retention_days: int | None = Field(None, ge=0)
 
+    targets_file: Path | None = None
+    """Several targets per kind (`targets.py`); without it, one per kind from BACKUP_*."""
+
     verify_cron: str = "0 5 * * *"
     """When the verification plane drills every source's latest snapshot (UTC)."""
 
@@ -90,12 +125,9 @@ class BackupSettings(BaseSettings):
         mode="before",
     )(_retention_count)
 
-    @field_validator("retention_daily", "retention_weekly", "retention_monthly", "retention_yearly")
-    @classmethod
-    def _non_negative(cls, value: RetentionCount) -> RetentionCount:
-        if isinstance(value, int) and value < 0:
-            raise ValueError("must be a whole number of snapshots or 'unlimited'")
-        return value
+    _non_negative = field_validator(
+        "retention_daily", "retention_weekly", "retention_monthly", "retention_yearly"
+    )(_non_negative_count)
 
     _cron = field_validator("verify_cron")(check_cron)
 
@@ -153,15 +185,19 @@ def env_name(model: type[BaseSettings], field_name: str) -> str:
     return f"{model.model_config.get('env_prefix', '')}{field_name}".upper()
 
 
+def field_variables(model: type[BaseSettings], field_name: str) -> list[str]:
+    """The variables `field_name` of `model` is read from, aliases included."""
+    field = model.model_fields[field_name]
+    if isinstance(field.validation_alias, AliasChoices):
+        return [str(choice) for choice in field.validation_alias.choices]
+    return [env_name(model, field_name)]
+
+
 def env_names(model: type[BaseSettings]) -> set[str]:
     """Every variable `model` reads, aliases included."""
-    names = set()
-    for field_name, field in model.model_fields.items():
-        if isinstance(field.validation_alias, AliasChoices):
-            names.update(str(choice) for choice in field.validation_alias.choices)
-        else:
-            names.add(env_name(model, field_name))
-    return names
+    return {
+        name for field_name in model.model_fields for name in field_variables(model, field_name)
+    }
 
 
 Model = TypeVar("Model", bound=BaseSettings)

@@ -56,7 +56,7 @@ def verification_asset(source: Source, verify_cron: str) -> AssetsDefinition:
         key=verification_asset_key(name),
         group_name=VERIFICATION_GROUP,
         deps=[backup_asset_key(name)],
-        kinds={source.kind},
+        kinds={source.dagster_kind},
         description=f"Drills the latest {name} snapshot: restores it into a scratch target "
         "made for the drill (never the system backed up), compares it with its manifest's "
         "figures and removes the scratch.",
@@ -76,7 +76,8 @@ def verification_asset(source: Source, verify_cron: str) -> AssetsDefinition:
             runtime.notifications.publish(
                 event_body("backup.verification_failed", name, context.run.run_id, error=error)
             )
-            raise Failure(description=str(exc), allow_retries=False) from None
+            message = runtime.sources[name].in_own_terms(str(exc))
+            raise Failure(description=message, allow_retries=False) from None
         result, report = drilled.result, as_metadata(drilled.report())
         event = "backup.verified" if result.passed else "backup.verification_failed"
         runtime.notifications.publish(
@@ -106,7 +107,7 @@ def build_verification(runtime: Runtime) -> Definitions:
     )
     cron = runtime.shared.verify_cron
     return Definitions(
-        assets=[verification_asset(source, cron) for source in runtime.sources.values()],
+        assets=[verification_asset(source, cron) for source in runtime.backed_up],
         jobs=[job],
         schedules=[verification_schedule(job, cron)],
         sensors=[notifications_outbox_sensor],

@@ -84,11 +84,13 @@ class DagsterUI:
         assert "errors" not in body, body["errors"]
         return body["data"]
 
-    def materialize(self, asset_name: str, location: str = LOCATION) -> str:
-        """What the UI's Materialize button sends: the asset and its checks. Returns the run id."""
-        node = self.graphql(ASSET_CHECKS_QUERY, path=[asset_name])["assetNodeOrError"]
+    def materialize(self, asset: str | list[str], location: str = LOCATION) -> str:
+        """What the UI's Materialize button sends: the asset (a name, or its key's path) and
+        its checks. Returns the run id."""
+        path = [asset] if isinstance(asset, str) else asset
+        node = self.graphql(ASSET_CHECKS_QUERY, path=path)["assetNodeOrError"]
         checks = [
-            {"assetKey": {"path": [asset_name]}, "name": check["name"]}
+            {"assetKey": {"path": path}, "name": check["name"]}
             for check in node["assetChecksOrError"]["checks"]
         ]
         params = {
@@ -99,7 +101,7 @@ class DagsterUI:
                 "repositoryLocationName": location,
                 "repositoryName": REPOSITORY,
                 "pipelineName": "__ASSET_JOB",
-                "assetSelection": [{"path": [asset_name]}],
+                "assetSelection": [{"path": path}],
                 "assetCheckSelection": checks,
             },
         }

@@ -28,7 +28,7 @@ from selenium.webdriver.support.expected_conditions import (
 from selenium.webdriver.support.ui import WebDriverWait
 
 from backup_pipelines.messaging import EXCHANGE, REQUESTS_QUEUE
-from backup_pipelines.sources.registry import SOURCE_NAMES as SOURCES
+from backup_pipelines.sources.registry import KINDS as SOURCES
 from backup_pipelines_tests.dagster_stack import VERIFICATION, DagsterStack, running_stack
 from backup_pipelines_tests.postgres_fixtures import (
     connect,

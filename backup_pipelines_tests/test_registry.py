@@ -9,8 +9,8 @@ from dagster import AssetKey
 
 from backup_pipelines.cli import _parser
 from backup_pipelines.definitions import build_definitions
-from backup_pipelines.restore_job import RestoreConfig, SourceChoice
-from backup_pipelines.sources.registry import SOURCE_NAMES, SOURCES
+from backup_pipelines.restore_job import restore_config
+from backup_pipelines.sources.registry import KINDS, SOURCES
 from backup_pipelines.sources.source import SECRET_OPTION
 from backup_pipelines.verification import build_verification
 from backup_pipelines_tests.conftest import runtime_from_env
@@ -18,7 +18,7 @@ from backup_pipelines_tests.conftest import runtime_from_env
 PACKAGE = Path(__file__).resolve().parents[1] / "backup_pipelines"
 
 
-@pytest.mark.parametrize("source", SOURCE_NAMES)
+@pytest.mark.parametrize("source", KINDS)
 def test_a_source_is_named_in_at_most_two_modules_outside_its_own_folder(source):
     """Docstrings and comments count: a newcomer adding a source must not have to hunt."""
     own = PACKAGE / "sources" / source
@@ -67,11 +67,12 @@ def test_every_source_gets_its_verification_downstream_of_its_backup(backup_env)
 def test_restore_job_and_the_command_take_the_same_options(backup_env):
     """The launchpad offers every source (an enum), and every option the command takes but
     the secret ones (run config is stored with the run)."""
-    assert [choice.value for choice in SourceChoice] == list(SOURCE_NAMES)
-    config_fields = set(RestoreConfig.model_fields)
+    config = restore_config(runtime_from_env().settings.kinds)
+    assert [choice.value for choice in config.model_fields["source"].annotation] == list(KINDS)
+    config_fields = set(config.model_fields)
     for source in SOURCES:
         fields = source.restore_options.model_fields
-        argv = ["restore", source.name]
+        argv = ["restore", source.kind]
         for name, info in fields.items():
             flag = source.restore_options.flag(name)
             argv += [flag] + ([] if info.annotation is bool else ["given"])

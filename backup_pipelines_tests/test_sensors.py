@@ -22,7 +22,7 @@ from backup_pipelines.dagster_internals import RUN_KEY_TAG, SENSOR_NAME_TAG
 from backup_pipelines.definitions import build_definitions
 from backup_pipelines.messaging import DEAD_LETTER_QUEUE, REQUESTS_QUEUE
 from backup_pipelines.sensors import REQUESTS_SENSOR, change_sensor, parse_request
-from backup_pipelines.sources.registry import SOURCE_NAMES
+from backup_pipelines.sources.registry import KINDS as SOURCE_NAMES
 from backup_pipelines_tests.conftest import runtime_from_env
 
 BROKER = "amqp://guest:guest@127.0.0.1:5672/%2F"

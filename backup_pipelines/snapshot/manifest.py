@@ -23,7 +23,12 @@ from pydantic import (
 )
 
 from backup_pipelines.redaction import validation_problems
-from backup_pipelines.snapshot.names import check_artifact_name, check_snapshot_id, check_source
+from backup_pipelines.snapshot.names import (
+    check_artifact_name,
+    check_snapshot_id,
+    check_source,
+    split_source,
+)
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "backup-pipelines-snapshot"
@@ -78,6 +83,10 @@ class Manifest(BaseModel):
     format: str = MANIFEST_FORMAT
     version: int = MANIFEST_VERSION
     source: str
+    kind: str
+    """The kind of system; `source` is `<kind>.<target>` for a target of the
+    targets file, the kind alone otherwise."""
+    target: str | None = None
     snapshot_id: str
     started_at: datetime
     finished_at: datetime
@@ -102,6 +111,17 @@ class Manifest(BaseModel):
         return value
 
     _source = field_validator("source")(check_source)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_and_target(cls, values: Any) -> Any:
+        """Manifests written before targets existed name only the source: the kind it is."""
+        if isinstance(values, dict) and "kind" not in values:
+            source = values.get("source")
+            if isinstance(source, str) and "." not in source:
+                return {**values, "kind": source}
+        return values
+
     _snapshot_id = field_validator("snapshot_id")(check_snapshot_id)
 
     @field_validator("started_at", "finished_at")
@@ -129,6 +149,8 @@ class Manifest(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
         """The id carries the start time to the second, and no artifact is listed twice."""
+        if split_source(self.source) != (self.kind, self.target):
+            raise ValueError("source is not <kind> or <kind>.<target> of its kind and target")
         if self.snapshot_id[:16] != self.started_at.strftime("%Y%m%dT%H%M%SZ"):
             raise ValueError("snapshot_id does not carry started_at")
         names = [entry.name for entry in self.files]

@@ -14,7 +14,10 @@ import re
 
 SNAPSHOT_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}")
 """The contract's `YYYYMMDDTHHMMSSZ-<8 hex>`; ASCII digits only (`\\d` would take any script's)."""
-SOURCE_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+WORD = r"[a-z][a-z0-9_]{0,62}"
+SOURCE_NAME = re.compile(rf"{WORD}(\.{WORD})?")
+"""A kind (`<kind>`), or a kind and one of its targets (`<kind>.<target>`)."""
+TARGET_NAME = re.compile(WORD)
 MAX_NAME_BYTES = 255  # what every common file system allows in one name
 
 
@@ -38,6 +41,12 @@ def check_source(value: str) -> str:
     if not isinstance(value, str) or SOURCE_NAME.fullmatch(value) is None:
         raise ValueError(f"{shown(value)} is not a source name")
     return value
+
+
+def split_source(name: str) -> tuple[str, str | None]:
+    """`<kind>.<target>` → (kind, target); `<kind>` → (kind, None)."""
+    kind, _, target = check_source(name).partition(".")
+    return kind, target or None
 
 
 def check_artifact_name(value: str) -> str:

@@ -32,7 +32,7 @@ from backup_pipelines.errors import ProducerFailed
 from backup_pipelines.processes import ToolFailed, running
 from backup_pipelines.snapshot.files import DISK_FULL, disk_full, remove_stale
 from backup_pipelines.snapshot.manifest import FileEntry, Manifest, new_snapshot_id, utc_now
-from backup_pipelines.snapshot.names import check_artifact_name
+from backup_pipelines.snapshot.names import check_artifact_name, split_source
 from backup_pipelines.snapshot.streams import (
     CHUNK_SIZE,
     PROGRESS_EVERY_S,
@@ -204,8 +204,11 @@ class StagedSnapshot:
             )
 
     def manifest(self, finished_at: datetime) -> Manifest:
+        kind, target = split_source(self.source)
         return Manifest(
             source=self.source,
+            kind=kind,
+            target=target,
             snapshot_id=self.snapshot_id,
             started_at=self.started_at,
             finished_at=finished_at,

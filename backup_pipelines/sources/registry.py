@@ -1,6 +1,6 @@
-"""Every backed-up system, in the order they are listed, backed up and pruned.
+"""Every kind of backed-up system, in the order they are listed, backed up and pruned.
 
-A new source is a package under `sources/` defining its `Source`, and one
+A new kind is a package under `sources/` defining its `Source`, and one
 entry here; assets, checks, jobs, schedules, restore options and the
 command's flags all come from this list.
 """
@@ -15,12 +15,12 @@ from backup_pipelines.sources.redis import Redis
 from backup_pipelines.sources.source import Source
 
 SOURCES: tuple[type[Source], ...] = (Postgres, Redis, RabbitMQ, Consul, Documents)
-SOURCE_NAMES: tuple[str, ...] = tuple(source.name for source in SOURCES)
+KINDS: tuple[str, ...] = tuple(source.kind for source in SOURCES)
 
 
-def source_class(name: str) -> type[Source]:
-    """The source called `name`; `KeyError` for a name that is not one."""
+def kind_class(kind: str) -> type[Source]:
+    """The source class of `kind`; `KeyError` for a word that is not a kind."""
     for source in SOURCES:
-        if source.name == name:
+        if source.kind == kind:
             return source
-    raise KeyError(name)
+    raise KeyError(kind)

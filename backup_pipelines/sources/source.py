@@ -7,20 +7,34 @@ assets (backups and their verifications), checks, jobs, schedules, freshness
 and pools, `restore_job`'s config and the `backup-pipelines` command's flags.
 A source never knows where snapshots are stored, and imports nothing from
 Dagster.
+
+A registered `Source` class is a kind; an instance is one system
+of that kind, bound to its settings: the one the `BACKUP_<KIND>_*` variables
+describe (named like its kind), or a `Target` of the targets file
+(`<kind>.<target>`, see `targets.py`).
 """
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Generic, Self, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from backup_pipelines.errors import ConfigurationError, SourceUnavailable
 from backup_pipelines.redaction import mask_url, validation_problems
-from backup_pipelines.settings import BackupSettings, SourceSettings, env_name, secret_values
+from backup_pipelines.settings import (
+    BackupSettings,
+    RetentionOverrides,
+    SourceSettings,
+    env_name,
+    field_variables,
+    secret_values,
+)
 from backup_pipelines.snapshot.reader import SnapshotReader
 from backup_pipelines.snapshot.staging import StagedSnapshot
 from backup_pipelines.snapshot.store import StoredSnapshot
@@ -104,6 +118,18 @@ class DrillResult:
         return not self.problems
 
 
+@dataclass(frozen=True)
+class Target:
+    """One named system of a kind, as the targets file declares it."""
+
+    name: str
+    file: Path
+    enabled: bool = True
+    """A disabled target is backed up by nothing; its snapshots stay listed, restorable and
+    pruned."""
+    retention: RetentionOverrides = field(default_factory=RetentionOverrides)
+
+
 SettingsT = TypeVar("SettingsT", bound=SourceSettings)
 OptionsT = TypeVar("OptionsT", bound=RestoreOptions)
 
@@ -116,9 +142,10 @@ class Source(ABC, Generic[SettingsT, OptionsT]):
     `settings_model` and `restore_options`.
     """
 
-    name: ClassVar[str]
-    """The store's folder, the asset's and jobs' prefix, the CLI's word (lowercase)."""
     kind: ClassVar[str]
+    """The kind's word (lowercase): the CLI's, the targets file's, and the prefix of every
+    name a system of this kind gets."""
+    dagster_kind: ClassVar[str]
     """The Dagster kind shown on the asset (the product's name, or the tool's)."""
     description: ClassVar[str]
     """What one snapshot holds (the backup asset's description)."""
@@ -137,9 +164,20 @@ class Source(ABC, Generic[SettingsT, OptionsT]):
             if get_origin(base) is Source:
                 cls.settings_model, cls.restore_options = get_args(base)
 
-    def __init__(self, settings: SettingsT, shared: BackupSettings):
+    def __init__(self, settings: SettingsT, shared: BackupSettings, target: Target | None = None):
         self.settings = settings
         self.shared = shared
+        self.target = target
+
+    @property
+    def name(self) -> str:
+        """The store's folder, the CLI's and the events' word: the kind's, or
+        `<kind>.<target>` for a target of the targets file."""
+        return self.kind if self.target is None else f"{self.kind}.{self.target.name}"
+
+    @property
+    def enabled(self) -> bool:
+        return self.target is None or self.target.enabled
 
     @property
     def cron(self) -> str:
@@ -148,10 +186,31 @@ class Source(ABC, Generic[SettingsT, OptionsT]):
     def secrets(self) -> list[str]:
         return secret_values(self.settings)
 
+    def setting(self, field_name: str) -> str:
+        """Where the operator sets `field_name`: its variable, or its key in the targets file."""
+        if self.target is None:
+            return env_name(self.settings_model, field_name)
+        return f"{self.name}.{field_name} in {self.target.file}"
+
+    def in_own_terms(self, message: str) -> str:
+        """`message` with the kind's variables (`BACKUP_REDIS_PASSWORD`) named as this target
+        sets them (`<kind>.<target>.password in targets.yaml`), so it says what to edit."""
+        if self.target is None:
+            return message
+        model = self.settings_model
+        where = {
+            variable: self.setting(field_name)
+            for field_name in model.model_fields
+            for variable in field_variables(model, field_name)
+        }
+        pattern = re.compile(rf"\b({'|'.join(map(re.escape, where))})\b")
+        return pattern.sub(lambda found: where[found.group()], message)
+
     def unreachable(self, exc: SourceUnavailable) -> str:
-        """The failure in one line, naming the variables that say where the system is."""
-        names = [env_name(self.settings_model, name) for name in self.address_settings]
-        return f"{exc}; check {' and '.join(names)}" if names else str(exc)
+        """The failure in one line, naming the settings that say where the system is."""
+        names = [self.setting(name) for name in self.address_settings]
+        line = f"{exc}; check {' and '.join(names)}" if names else str(exc)
+        return self.in_own_terms(line)
 
     @abstractmethod
     def dump(self, staged: StagedSnapshot, log: Log) -> None:

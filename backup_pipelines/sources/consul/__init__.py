@@ -36,8 +36,8 @@ class ConsulRestore(RestoreOptions):
 
 
 class Consul(Source[ConsulSettings, ConsulRestore]):
-    name = "consul"
     kind = "consul"
+    dagster_kind = "consul"
     description = "Consul's snapshot archive (the whole Raft state) and a JSON export of the KV."
     system = "The CRM's Consul cluster."
     address_settings = ("http_addr",)

@@ -20,7 +20,6 @@ from backup_pipelines.sources.documents.restore import check_repository, restore
 from backup_pipelines.sources.source import DrillResult, Log, RestoreOptions, Source, cli
 
 RESTIC_READ_DATA_SUBSET = "5%"  # every pack read within about a month of nightly checks
-PASSWORD_NEEDED = "BACKUP_RESTIC_PASSWORD is required for the documents source"
 
 
 class DocumentsSettings(SourceSettings):
@@ -45,19 +44,22 @@ class DocumentsRestore(RestoreOptions):
 
 
 class Documents(Source[DocumentsSettings, DocumentsRestore]):
-    name = "documents"
-    kind = "restic"
+    kind = "documents"
+    dagster_kind = "restic"
     description = (
         "The documents tree, incremental and deduplicated in a restic repository kept in the "
         "same store."
     )
     system = "The CRM's documents file tree."
+    address_settings = ("root",)
     watches_changes = True
 
     def repository(self) -> ResticRepository:
-        """`<root>/documents/restic` in the same store as every other snapshot."""
+        """`<root>/<source>/restic` in the same store as every other snapshot."""
         if self.settings.restic_password is None:
-            raise ConfigurationError(PASSWORD_NEEDED)
+            raise ConfigurationError(
+                f"{self.setting('restic_password')} is required for the {self.name} source"
+            )
         shared = self.shared
         password = self.settings.restic_password.get_secret_value()
         if not shared.s3_enabled:
@@ -76,12 +78,14 @@ class Documents(Source[DocumentsSettings, DocumentsRestore]):
     def not_configured(self) -> str | None:
         if self.settings.root and self.settings.restic_password:
             return None
-        return "documents are not configured: set BACKUP_DOCUMENTS_ROOT and BACKUP_RESTIC_PASSWORD"
+        return self.in_own_terms(
+            f"{self.name} is not configured: set BACKUP_DOCUMENTS_ROOT and BACKUP_RESTIC_PASSWORD"
+        )
 
     def fingerprint(self) -> list[int]:
         root = self.settings.root
         if root is None or not root.is_dir():
-            raise ConfigurationError("BACKUP_DOCUMENTS_ROOT is not set to a directory")
+            raise ConfigurationError(f"{self.setting('root')} is not set to a directory")
         return tree_fingerprint(root)
 
     def dump(self, staged: StagedSnapshot, log: Log) -> None:
@@ -108,7 +112,7 @@ class Documents(Source[DocumentsSettings, DocumentsRestore]):
             return None
         if self.settings.restic_password is None:
             raise ConfigurationError(
-                "BACKUP_RESTIC_PASSWORD is needed to prune documents snapshots "
+                f"{self.setting('restic_password')} is needed to prune {self.name} snapshots "
                 "(restic holds their data)"
             )
         repository = self.repository()

@@ -56,8 +56,8 @@ class PostgresRestore(RestoreOptions):
 
 
 class Postgres(Source[PostgresSettings, PostgresRestore]):
-    name = "postgres"
     kind = "postgres"
+    dagster_kind = "postgres"
     description = "Every database of the cluster (custom-format dumps) and its roles (globals.sql)."
     system = "The CRM's PostgreSQL cluster."
     address_settings = ("backup_dsn",)

@@ -52,8 +52,8 @@ class RabbitMQRestore(RestoreOptions):
 
 
 class RabbitMQ(Source[RabbitMQSettings, RabbitMQRestore]):
-    name = "rabbitmq"
     kind = "rabbitmq"
+    dagster_kind = "rabbitmq"
     description = (
         "The broker's definitions: vhosts, users, permissions, parameters, policies, queues, "
         "exchanges and bindings (not messages)."

@@ -59,8 +59,8 @@ class RedisRestore(RestoreOptions):
 
 
 class Redis(Source[RedisSettings, RedisRestore]):
-    name = "redis"
     kind = "redis"
+    dagster_kind = "redis"
     description = (
         "The RDB, taken over the replication protocol, and AOF files when the data dir is readable."
     )
