@@ -23,7 +23,7 @@ from backup_pipelines.redaction import redact, secret_parts
 from backup_pipelines.restore import restore
 from backup_pipelines.retention import RetentionRules, as_listing, prune
 from backup_pipelines.runtime import Runtime, Settings, load_settings
-from backup_pipelines.snapshot.manifest import utc_now
+from backup_pipelines.snapshot.manifest import format_utc, utc_now
 from backup_pipelines.snapshot.reader import verify_snapshot
 from backup_pipelines.snapshot.store import LATEST, StoredSnapshot, Unreadable
 from backup_pipelines.snapshot.streams import human_bytes
@@ -114,7 +114,12 @@ def _parser(sources: Mapping[str, type[Source]] | None = None) -> argparse.Argum
 
 
 def _listing(snapshot: StoredSnapshot) -> dict:
-    return {**snapshot.manifest.model_dump(mode="json"), "location": snapshot.location}
+    until = snapshot.locked_until
+    return {
+        **snapshot.manifest.model_dump(mode="json"),
+        "location": snapshot.location,
+        "locked_until": format_utc(until) if until else None,
+    }
 
 
 def report_unreadable(unreadable: Sequence[Unreadable]) -> None:
@@ -240,6 +245,8 @@ def cmd_prune(args: argparse.Namespace, runtime: Runtime) -> int:
         for verdict in ("keep", "delete"):
             for name in listing[verdict]:
                 print(f"{verdict:<7}{name}")
+        for locked in listing["locked"]:
+            print(f"locked {locked['snapshot']} (S3 Object Lock until {locked['retain_until']})")
     return EXIT_OK
 
 

@@ -93,7 +93,7 @@ def build_definitions(runtime: Runtime) -> Definitions:
         jobs=[backup_all_job, *jobs.values(), restore_job(runtime.settings.kinds), retention_job],
         schedules=[
             *(backup_schedule(source, jobs[source.name]) for source in sources),
-            retention_schedule(retention_job),
+            retention_schedule(retention_job, runtime.shared.prunes_elsewhere),
         ],
         sensors=[
             backup_requests_sensor({**jobs, ALL_SOURCES: backup_all_job}),

@@ -1,12 +1,14 @@
 """Retention: which snapshots to keep (grandfather-father-son), and pruning the rest.
 
-The policy has restic 0.16's `forget --keep-daily/weekly/monthly/yearly`
-semantics: walk a source's complete snapshots newest first; each rule keeps
-a snapshot that opens a bucket (a day, an ISO week, a month, a year, UTC)
-it has not seen yet, while it has counts left; a rule that still has counts
-left when the walk ends also keeps the oldest snapshot. `within_days` keeps
-everything younger than that, counted from the newest snapshot. Whatever
-the rules, the newest complete snapshot is never deleted.
+The policy has the semantics of restic 0.16's `forget --keep-last/hourly/
+daily/weekly/monthly/yearly`: walk a source's complete snapshots newest
+first; each rule keeps a snapshot that opens a bucket (the snapshot itself
+for `last`, an hour, a day, an ISO week, a month, a year, UTC) it has not
+seen yet, while it has counts left; a rule that still has counts left when
+the walk ends also keeps the oldest snapshot. `within_days` keeps everything
+younger than that, counted from the newest snapshot. Whatever the rules, the
+newest complete snapshot is never deleted, nor anything S3 Object Lock still
+protects.
 
 Only complete snapshots (with a valid manifest) are ever considered, so an
 interrupted, empty or tampered attempt can never justify deleting a real
@@ -20,10 +22,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from backup_pipelines.settings import BackupSettings, RetentionCount
 from backup_pipelines.snapshot.files import LEFTOVER_AGE, remove_stale
-from backup_pipelines.snapshot.store import SnapshotStore, Unreadable
+from backup_pipelines.snapshot.manifest import format_utc
+from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot, Unreadable
 from backup_pipelines.sources.source import Source
 
 UNLIMITED = -1
@@ -33,16 +37,21 @@ def _count(value: RetentionCount) -> int:
     return UNLIMITED if value == "unlimited" else int(value)
 
 
-BUCKETS: dict[str, Callable[[datetime], int]] = {
-    "daily": lambda t: t.year * 10_000 + t.month * 100 + t.day,
-    "weekly": lambda t: t.isocalendar().year * 100 + t.isocalendar().week,
-    "monthly": lambda t: t.year * 100 + t.month,
-    "yearly": lambda t: t.year,
+BUCKETS: dict[str, Callable[[Candidate], object]] = {
+    "last": lambda c: c.snapshot_id,
+    "hourly": lambda c: c.started_at.strftime("%Y%m%d%H"),
+    "daily": lambda c: c.started_at.strftime("%Y%m%d"),
+    "weekly": lambda c: c.started_at.isocalendar()[:2],
+    "monthly": lambda c: c.started_at.strftime("%Y%m"),
+    "yearly": lambda c: c.started_at.year,
 }
+"""What makes two snapshots fall in the same bucket of a rule, in restic's order of rules."""
 
 
 @dataclass(frozen=True)
 class RetentionRules:
+    last: int = 0
+    hourly: int = 0
     daily: int = 7
     weekly: int = 4
     monthly: int = 12
@@ -52,6 +61,8 @@ class RetentionRules:
     @classmethod
     def from_settings(cls, settings: BackupSettings) -> RetentionRules:
         return cls(
+            last=_count(settings.retention_last),
+            hourly=_count(settings.retention_hourly),
             daily=_count(settings.retention_daily),
             weekly=_count(settings.retention_weekly),
             monthly=_count(settings.retention_monthly),
@@ -93,14 +104,14 @@ def decide(snapshots: Sequence[Candidate], rules: RetentionRules) -> Decision:
     if not ordered:
         return decision
     left = {rule: rules.count(rule) for rule in BUCKETS}
-    last: dict[str, int | None] = dict.fromkeys(BUCKETS)
+    last: dict[str, object] = dict.fromkeys(BUCKETS)
     newest = ordered[0].started_at
     for position, snapshot in enumerate(ordered):
         reasons = []
         for rule, bucket_of in BUCKETS.items():
             if left[rule] == 0:
                 continue
-            bucket = bucket_of(snapshot.started_at)
+            bucket = bucket_of(snapshot)
             if bucket != last[rule] or position == len(ordered) - 1:
                 reasons.append(rule)
                 last[rule] = bucket
@@ -128,6 +139,9 @@ class SourcePrune:
     """Day-old interrupted attempts and locations whose manifest is unreadable."""
     unreadable: list[Unreadable] = field(default_factory=list)
     freed_bytes: int = 0
+    locked: dict[str, datetime] = field(default_factory=dict)
+    """What the rules (or the leftover age) would delete but S3 Object Lock still protects,
+    with the retain-until time: kept whole, deleted by a prune after it."""
 
 
 def prune_source(
@@ -140,25 +154,53 @@ def prune_source(
     Each snapshot goes manifest first, so a prune cut short leaves every
     listed snapshot whole; what the source keeps outside the store (restic's
     snapshots) is released only after the manifests are gone, so no listed
-    snapshot points at data that was dropped.
+    snapshot points at data that was dropped. A location any of whose objects
+    S3 Object Lock still protects is left whole, manifest included, and
+    reported with its retain-until time.
     """
     survey = store.survey(source.name)
     snapshots = {s.snapshot_id: s for s in survey.snapshots}
     decision = decide([Candidate(i, s.manifest.started_at) for i, s in snapshots.items()], rules)
     stale = [a.snapshot_id for a in survey.attempts if now - a.modified > LEFTOVER_AGE]
     stale += [u.snapshot_id for u in survey.unreadable if now - u.modified > LEFTOVER_AGE]
-    report = SourcePrune(source.name, decision.keep, decision.delete, stale, survey.unreadable)
-    report.freed_bytes = sum(snapshots[i].manifest.size_bytes for i in decision.delete)
+    locked = {
+        snapshot_id: until
+        for snapshot_id in decision.delete + stale
+        if (
+            until := _locked_until(store, source.name, snapshots.get(snapshot_id), snapshot_id, now)
+        )
+    }
+    deleted = [i for i in decision.delete if i not in locked]
+    stale = [i for i in stale if i not in locked]
+    report = SourcePrune(source.name, decision.keep, deleted, stale, survey.unreadable)
+    report.locked = locked
+    report.freed_bytes = sum(snapshots[i].manifest.size_bytes for i in deleted)
+    still_there = decision.keep + [i for i in locked if i in snapshots]
     release = source.forgetting(
-        [snapshots[i] for i in decision.delete], [snapshots[i] for i in decision.keep]
+        [snapshots[i] for i in deleted], [snapshots[i] for i in still_there]
     )
     if dry_run:
         return report
-    for snapshot_id in decision.delete + stale:
+    for snapshot_id in deleted + stale:
         store.delete(source.name, snapshot_id)
     if release is not None:
         release()
     return report
+
+
+def _locked_until(
+    store: SnapshotStore,
+    source: str,
+    snapshot: StoredSnapshot | None,
+    snapshot_id: str,
+    now: datetime,
+) -> datetime | None:
+    """Until when a lock keeps the location from being deleted, or None. A manifest still
+    locked (its retain-until came with the listing) answers at once: it is written last, so
+    its lock ends last; otherwise every object is asked, before anything is deleted."""
+    if snapshot is not None and snapshot.locked_until is not None and snapshot.locked_until > now:
+        return snapshot.locked_until
+    return store.locked_until(source, snapshot_id)
 
 
 def prune(
@@ -185,6 +227,13 @@ def prune(
             f"{source.name}: keeping {len(report.keep)}, {verb} {len(report.delete)} snapshots "
             f"({report.freed_bytes} bytes) and {len(report.leftovers)} leftovers"
         )
+        if report.locked:
+            ends = sorted(report.locked.values())
+            log(
+                f"{source.name}: {len(ends)} more kept whole while S3 Object Lock protects "
+                f"them (the first lock ends {format_utc(ends[0])}, the last "
+                f"{format_utc(ends[-1])}); a prune after that deletes them"
+            )
         reports.append(report)
     if staging_dir is not None and not dry_run:
         removed = [
@@ -203,9 +252,15 @@ def _subdirectories(directory: Path) -> list[Path]:
         return []
 
 
-def as_listing(reports: Sequence[SourcePrune]) -> dict[str, list[str]]:
-    """The contract's `{"keep": [...], "delete": [...]}` of `<source>/<snapshot_id>`."""
+def as_listing(reports: Sequence[SourcePrune]) -> dict[str, list[Any]]:
+    """The contract's `{"keep": [...], "delete": [...]}` of `<source>/<snapshot_id>`, and
+    `"locked"`: what the rules drop but S3 Object Lock protects, with its retain-until."""
     return {
         "keep": [f"{r.source}/{i}" for r in reports for i in r.keep],
         "delete": [f"{r.source}/{i}" for r in reports for i in r.delete + r.leftovers],
+        "locked": [
+            {"snapshot": f"{r.source}/{i}", "retain_until": format_utc(until)}
+            for r in reports
+            for i, until in r.locked.items()
+        ],
     }

@@ -31,6 +31,7 @@ def apply_retention(context: OpExecutionContext, runtime: ResourceParam[Runtime]
         metadata={
             "kept": sum(len(r.keep) for r in reports),
             "deleted": sum(len(r.delete) for r in reports),
+            "locked": sum(len(r.locked) for r in reports),
             "leftovers_removed": sum(len(r.leftovers) for r in reports),
             "unreadable_manifests": sum(len(r.unreadable) for r in reports),
             "bytes_freed": sum(r.freed_bytes for r in reports),

@@ -113,9 +113,11 @@ def warn_local_store(root: Path) -> None:
 def build_store(shared: BackupSettings) -> SnapshotStore:
     """S3 when a bucket and both keys are set, the local store otherwise."""
     if shared.s3_enabled:
-        from backup_pipelines.storage.s3 import S3Backend  # boto3 only when S3 is used
+        from backup_pipelines.storage.s3 import ObjectLock, S3Backend  # boto3 only for S3
 
         assert shared.s3_bucket and shared.s3_access_key and shared.s3_secret_key
+        days, mode = shared.s3_object_lock_days, shared.s3_object_lock_mode
+        prune = (shared.s3_prune_access_key, shared.s3_prune_secret_key)
         return SnapshotStore(
             S3Backend(
                 bucket=shared.s3_bucket,
@@ -124,6 +126,12 @@ def build_store(shared: BackupSettings) -> SnapshotStore:
                 endpoint_url=shared.s3_endpoint_url,
                 region=shared.s3_region,
                 prefix=shared.s3_prefix,
+                object_lock=ObjectLock(mode, days) if days else None,
+                prune_keys=(
+                    (prune[0].get_secret_value(), prune[1].get_secret_value())
+                    if prune[0] and prune[1]
+                    else None
+                ),
             )
         )
     from backup_pipelines.storage.local import LocalBackend

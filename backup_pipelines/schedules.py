@@ -96,7 +96,19 @@ def verification_schedule(job: "UnresolvedAssetJobDefinition", cron: str) -> Sch
     return every_time("verification_schedule", job, cron, description)
 
 
-def retention_schedule(job: JobDefinition) -> ScheduleDefinition:
-    """Retention once a day, after the nightly backups."""
-    description = "Prunes every source by BACKUP_RETENTION_* once a day."
-    return every_time("retention_schedule", job, RETENTION_CRON, description)
+def retention_schedule(job: JobDefinition, prunes_elsewhere: str | None) -> ScheduleDefinition:
+    """Retention once a day, after the nightly backups; it skips, saying why, on a backup
+    host that writes locked snapshots and holds no keys that may delete."""
+
+    @schedule(
+        name="retention_schedule",
+        job=job,
+        cron_schedule=RETENTION_CRON,
+        execution_timezone="UTC",
+        default_status=DefaultScheduleStatus.RUNNING,
+        description="Prunes every source by BACKUP_RETENTION_* once a day.",
+    )
+    def _schedule(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
+        return SkipReason(prunes_elsewhere) if prunes_elsewhere else RunRequest()
+
+    return _schedule

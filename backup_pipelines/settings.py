@@ -22,6 +22,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -58,22 +59,27 @@ def _non_negative_count(value: RetentionCount | None) -> RetentionCount | None:
     return value
 
 
+RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
+"""The retention rules that count snapshots, in the order restic applies them."""
+RETENTION_COUNTS = tuple(f"retention_{rule}" for rule in RULES)
+
+
 class RetentionOverrides(BaseModel):
     """A target's own retention rules (`retention:` in the targets file); a rule left out
     is the `BACKUP_RETENTION_*` one."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    last: RetentionCount | None = None
+    hourly: RetentionCount | None = None
     daily: RetentionCount | None = None
     weekly: RetentionCount | None = None
     monthly: RetentionCount | None = None
     yearly: RetentionCount | None = None
     days: int | None = Field(None, ge=0)
 
-    _counts = field_validator("daily", "weekly", "monthly", "yearly", mode="before")(
-        _retention_count
-    )
-    _non_negative = field_validator("daily", "weekly", "monthly", "yearly")(_non_negative_count)
+    _counts = field_validator(*RULES, mode="before")(_retention_count)
+    _non_negative = field_validator(*RULES)(_non_negative_count)
 
 
 ENVIRONMENT = SettingsConfigDict(env_ignore_empty=True, extra="ignore", frozen=True)
@@ -94,6 +100,12 @@ class BackupSettings(BaseSettings):
     s3_bucket: str | None = None
     s3_region: str = "us-east-1"
     s3_prefix: str = "backups"
+    s3_object_lock_days: int | None = Field(None, ge=1)
+    """Every object of a snapshot is written with S3 Object Lock retention for this long."""
+    s3_object_lock_mode: Literal["GOVERNANCE", "COMPLIANCE"] = "GOVERNANCE"
+    s3_prune_access_key: SecretStr | None = None
+    s3_prune_secret_key: SecretStr | None = None
+    """Keys used only to delete (prune), so the backup host's keys can lack delete rights."""
 
     rabbitmq_url: SecretStr = SecretStr("amqp://guest:guest@localhost:5672/%2F")
     """The broker that carries events and backup requests (often the one backed up)."""
@@ -101,6 +113,8 @@ class BackupSettings(BaseSettings):
     encryption_recipients: CommaList = []
     age_identity_file: Path | None = None
 
+    retention_last: RetentionCount = 0
+    retention_hourly: RetentionCount = 0
     retention_daily: RetentionCount = 7
     retention_weekly: RetentionCount = 4
     retention_monthly: RetentionCount = 12
@@ -117,17 +131,21 @@ class BackupSettings(BaseSettings):
     retry_delay_s: float = Field(30, ge=0)
 
     _split = field_validator("encryption_recipients", mode="before")(split_commas)
-    _retention = field_validator(
-        "retention_daily",
-        "retention_weekly",
-        "retention_monthly",
-        "retention_yearly",
-        mode="before",
-    )(_retention_count)
+    _retention = field_validator(*RETENTION_COUNTS, mode="before")(_retention_count)
+    _non_negative = field_validator(*RETENTION_COUNTS)(_non_negative_count)
 
-    _non_negative = field_validator(
-        "retention_daily", "retention_weekly", "retention_monthly", "retention_yearly"
-    )(_non_negative_count)
+    @field_validator("s3_object_lock_mode", mode="before")
+    @classmethod
+    def _upper_case(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _prune_keys_together(self) -> BackupSettings:
+        if (self.s3_prune_access_key is None) != (self.s3_prune_secret_key is None):
+            raise ValueError(
+                "BACKUP_S3_PRUNE_ACCESS_KEY and BACKUP_S3_PRUNE_SECRET_KEY are set together"
+            )
+        return self
 
     _cron = field_validator("verify_cron")(check_cron)
 
@@ -143,6 +161,18 @@ class BackupSettings(BaseSettings):
     def s3_enabled(self) -> bool:
         """S3 is used only when a bucket and both keys are set."""
         return bool(self.s3_bucket and self.s3_access_key and self.s3_secret_key)
+
+    @property
+    def prunes_elsewhere(self) -> str | None:
+        """Why this host does not prune: it writes locked snapshots and has no prune keys (a
+        backup host kept from deleting); None when it prunes."""
+        if self.s3_enabled and self.s3_object_lock_days and self.s3_prune_access_key is None:
+            return (
+                "this host writes locked snapshots (BACKUP_S3_OBJECT_LOCK_DAYS) without the "
+                "keys that may delete (BACKUP_S3_PRUNE_ACCESS_KEY, BACKUP_S3_PRUNE_SECRET_KEY): "
+                "retention runs where those are, as `backup-pipelines prune`"
+            )
+        return None
 
     @cached_property
     def staging_dir(self) -> Path:
@@ -219,7 +249,7 @@ def read_settings(model: type[Model]) -> Model:
     """
 
     def variable(loc: Location) -> str:
-        field = str(loc[0]) if loc else "?"
+        field = str(loc[0]) if loc else "configuration"
         return env_name(model, field) if field in model.model_fields else field
 
     try:

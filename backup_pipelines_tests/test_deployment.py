@@ -24,6 +24,7 @@ COMPOSE_FILE = REPO / "docker-compose.yml"
 ENV_EXAMPLE = REPO / ".env.example"
 
 DAGSTER_SERVICES = ("code-server", "verifier", "webserver", "daemon")
+BACKUP_SERVICES = (*DAGSTER_SERVICES, "pruner")
 STATEFUL = {  # service → the directory its data lives in
     "postgres": "/var/lib/postgresql/data",
     "dagster-postgres": "/var/lib/postgresql/data",
@@ -33,7 +34,7 @@ STATEFUL = {  # service → the directory its data lives in
     "minio": "/data",
 }
 ONE_SHOT = {"minio-bucket"}  # runs once and exits; no health to check
-REQUIRED_SERVICES = (*STATEFUL, *ONE_SHOT, *DAGSTER_SERVICES)
+REQUIRED_SERVICES = (*STATEFUL, *ONE_SHOT, *BACKUP_SERVICES)
 INSTANCE_ENV = {
     "BACKUP_DATABASE_URL",
     "DAGSTER_CODE_SERVER_HOST",
@@ -69,11 +70,22 @@ REQUIRED_ENV = {
         "BACKUP_RESTIC_PASSWORD",
         "BACKUP_RABBITMQ_URL",
     },
+    "pruner": {
+        "BACKUP_S3_ENDPOINT_URL",
+        "BACKUP_S3_BUCKET",
+        "BACKUP_S3_ACCESS_KEY",
+        "BACKUP_S3_SECRET_KEY",
+        "BACKUP_S3_PRUNE_ACCESS_KEY",
+        "BACKUP_S3_PRUNE_SECRET_KEY",
+        "BACKUP_RESTIC_PASSWORD",
+    },
     "webserver": INSTANCE_ENV,
     "daemon": INSTANCE_ENV,
 }
+PRUNE_KEYS = {"BACKUP_S3_PRUNE_ACCESS_KEY", "BACKUP_S3_PRUNE_SECRET_KEY"}
 KEPT_FROM = {  # service → variables it must not be given: the keys of another role
-    "code-server": {"BACKUP_AGE_IDENTITY_FILE"},
+    "code-server": {"BACKUP_AGE_IDENTITY_FILE", *PRUNE_KEYS},
+    "verifier": PRUNE_KEYS,
 }
 SECRETS = (
     "CRM_POSTGRES_PASSWORD",
@@ -85,6 +97,10 @@ SECRETS = (
     "BACKUP_RESTIC_PASSWORD",
     "VERIFIER_S3_ACCESS_KEY",
     "VERIFIER_S3_SECRET_KEY",
+    "MINIO_ROOT_USER",
+    "MINIO_ROOT_PASSWORD",
+    "PRUNER_S3_ACCESS_KEY",
+    "PRUNER_S3_SECRET_KEY",
 )
 
 
@@ -134,10 +150,12 @@ def deployment_problems(config: dict[str, Any]) -> list[str]:
                 problems.append(f"service {name} keeps {STATEFUL[name]} on no volume")
     keys = {
         name: services.get(name, {}).get("environment", {}).get("BACKUP_S3_ACCESS_KEY")
-        for name in ("code-server", "verifier")
+        for name in ("code-server", "verifier", "pruner")
     }
     if keys["verifier"] == keys["code-server"]:
         problems.append("service verifier has the backup host's S3 keys, not read-only ones")
+    if keys["pruner"] == keys["code-server"]:
+        problems.append("service pruner has the backup host's S3 keys, not the pruner's")
     webserver_check = services.get("webserver", {}).get("healthcheck", {}).get("test", [])
     if "/server_info" not in " ".join(webserver_check):
         problems.append("the webserver's health check does not ask /server_info")
@@ -164,7 +182,7 @@ def test_the_compose_stack_is_complete():
     assert deployment_problems(config) == []
 
 
-@pytest.mark.parametrize("service", ["code-server", "verifier"])
+@pytest.mark.parametrize("service", ["code-server", "verifier", "pruner"])
 def test_the_code_servers_environment_is_a_valid_configuration(monkeypatch, service):
     environment = compose_config(COMPOSE_FILE, ENV_EXAMPLE)["services"][service]
     for name, value in environment["environment"].items():
@@ -177,8 +195,12 @@ def test_the_code_servers_environment_is_a_valid_configuration(monkeypatch, serv
     if service == "code-server":
         assert settings.sources["documents"].root == Path("/documents")
         assert settings.shared.age_identity_file is None
-    else:
+        assert settings.shared.s3_object_lock_days and settings.shared.prunes_elsewhere
+    elif service == "verifier":
         assert settings.shared.age_identity_file == Path("/run/secrets/age-identity")
+    else:  # the pruner deletes with keys of its own
+        assert settings.shared.prunes_elsewhere is None
+        assert settings.shared.s3_prune_access_key is not None
 
 
 def test_keys_given_to_the_wrong_role_are_caught(tmp_path):

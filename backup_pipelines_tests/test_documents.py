@@ -5,6 +5,7 @@ import json
 import os
 import random
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -164,6 +165,7 @@ def test_pruning_documents_forgets_exactly_their_restic_snapshots(
         monkeypatch.setenv(f"BACKUP_RETENTION_{name}", "0")
     for n in range(3):
         (root / f"file-{n}.txt").write_text(str(n))
+        time.sleep(1 - time.time() % 1)  # ids are to the second: two in one second tie
         assert run_backup("documents").success
     runtime = runtime_from_env()
     [newest, *older] = runtime.store.list_snapshots("documents")

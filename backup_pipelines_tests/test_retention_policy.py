@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backup_pipelines.retention import UNLIMITED, Candidate, RetentionRules, decide
+from backup_pipelines.settings import RULES
 
 
 def at(text: str) -> datetime:
@@ -24,7 +25,10 @@ def kept(candidates: list[Candidate], rules: RetentionRules) -> list[str]:
     return [by_id[i].strftime("%m-%d %H") for i in decide(candidates, rules).keep]
 
 
-ONLY = {"daily": 0, "weekly": 0, "monthly": 0, "yearly": 0}
+ONLY = {"last": 0, "hourly": 0, "daily": 0, "weekly": 0, "monthly": 0, "yearly": 0}
+HOURLY_FOR_3_DAYS = snapshots(
+    *(f"2026-11-{d:02d}T{h:02d}:05" for d in range(1, 4) for h in range(24))
+)
 TEN_DAYS = snapshots(*(f"2026-11-{d:02d}T12:00" for d in range(1, 11)))
 
 
@@ -85,6 +89,27 @@ TEN_DAYS = snapshots(*(f"2026-11-{d:02d}T12:00" for d in range(1, 11)))
             RetentionRules(**{**ONLY, "yearly": UNLIMITED}),
             ["12-31 23", "05-01 00", "09-01 00", "03-01 00"],
         ),
+        # --keep-last 3: the three newest, whatever their times
+        (TEN_DAYS, RetentionRules(**{**ONLY, "last": 3}), ["11-10 12", "11-09 12", "11-08 12"]),
+        # --keep-hourly 2: the last of each of the two newest hours that have snapshots
+        (
+            snapshots(
+                "2026-11-01T10:00",
+                "2026-11-01T10:30",
+                "2026-11-01T11:00",
+                "2026-11-01T11:45",
+                "2026-11-01T12:15",
+            ),
+            RetentionRules(**{**ONLY, "hourly": 2}),
+            ["11-01 12", "11-01 11"],
+        ),
+        # an hourly schedule with --keep-hourly 24 --keep-daily 7: the last day's hours, then
+        # one a day (the day of the oldest kept hour counts once)
+        (
+            HOURLY_FOR_3_DAYS,
+            RetentionRules(**{**ONLY, "hourly": 24, "daily": 7}),
+            [f"11-03 {h:02d}" for h in range(23, -1, -1)] + ["11-02 23", "11-01 23", "11-01 00"],
+        ),
         # daily 2 + monthly 2: rules overlap; each snapshot is kept once
         (
             snapshots(
@@ -106,6 +131,8 @@ def test_hand_checked_cases(candidates, rules, expected):
 counts = st.one_of(st.integers(0, 6), st.just(UNLIMITED))
 rule_sets = st.builds(
     RetentionRules,
+    last=counts,
+    hourly=counts,
     daily=counts,
     weekly=counts,
     monthly=counts,
@@ -130,7 +157,7 @@ def test_policy_properties(candidates, rules):
     if candidates:
         newest = max(candidates, key=lambda c: (c.started_at, c.snapshot_id))
         assert newest.snapshot_id in decision.keep
-    for rule in ("daily", "weekly", "monthly", "yearly"):
+    for rule in RULES:
         if rules.count(rule) != UNLIMITED:
             used = sum(rule in reasons for reasons in decision.reasons.values())
             assert used <= rules.count(rule)

@@ -25,6 +25,7 @@ from backup_pipelines_tests.conftest import (
     S3_SECRET_KEY,
     commit_snapshot,
     flip_byte,
+    make_local_store,
     make_s3_store,
     object_key,
 )
@@ -169,6 +170,17 @@ def test_flipped_byte_is_found_by_verify_and_refused_by_restore(store, staging_d
     assert problems == ["crm.dump.zst: sha256 does not match the manifest"]
     with pytest.raises(IntegrityError, match="do not match the manifest"):
         read_plain(store, snapshot, "crm.dump")
+
+
+def test_a_committed_local_snapshot_is_read_only(tmp_path, staging_dir):
+    store = make_local_store(tmp_path / "artifacts")
+    snapshot = commit_snapshot(store, staging_dir, {"crm.dump": b"rows", "globals.sql": b"roles"})
+    directory = tmp_path / "artifacts" / "postgres" / snapshot.snapshot_id
+    files = sorted(directory.iterdir())
+    assert [path.name for path in files] == ["crm.dump.zst", "globals.sql.zst", MANIFEST_NAME]
+    assert all(path.stat().st_mode & 0o222 == 0 for path in files)
+    store.delete("postgres", snapshot.snapshot_id)  # retention still removes it
+    assert not directory.exists()
 
 
 def test_directory_without_manifest_is_invisible(store, staging_dir):

@@ -2,13 +2,15 @@
 
     .venv/bin/python bench/store_listing.py [--snapshots 3000] [--s3-snapshots 500] [--repeat 3]
 
-Fills a local store and a bucket of moto's S3 server with snapshots of one
-small artifact each (as hourly backups accumulate), then, each in its own
-process: `backup-pipelines snapshots --json`, `backup-pipelines prune
---dry-run --json`, and the floor every listing pays, reading every manifest
-once (`find -name manifest.json -exec cat` on disk; a bare boto3 loop that
-lists the keys and GETs each manifest in S3). Prints the median time and
-peak RSS of each.
+Fills a local store, a bucket of moto's S3 server, and a bucket with S3
+Object Lock whose every object is locked, with snapshots of one small
+artifact each (as hourly backups accumulate), then, each in its own process:
+`backup-pipelines snapshots --json`, `backup-pipelines prune --dry-run
+--json` (in the locked bucket it looks up the lock of every object it would
+delete), and the floor every listing pays, reading every manifest once
+(`find -name manifest.json -exec cat` on disk; a bare boto3 loop that lists
+the keys and GETs each manifest in S3). Prints the median time and peak RSS
+of each.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ def fill_local(root: Path, count: int) -> None:
         (directory / "manifest.json").write_bytes(manifest)
 
 
-def fill_s3(endpoint: str, bucket: str, count: int) -> None:
+def fill_s3(endpoint: str, bucket: str, count: int, locked: bool = False) -> None:
     client = boto3.client(
         "s3",
         endpoint_url=endpoint,
@@ -85,11 +87,15 @@ def fill_s3(endpoint: str, bucket: str, count: int) -> None:
         aws_access_key_id=KEYS["access"],
         aws_secret_access_key=KEYS["secret"],
     )
-    client.create_bucket(Bucket=bucket)
+    client.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=locked)
+    lock = {}
+    if locked:
+        until = datetime.now(UTC) + timedelta(days=1)
+        lock = {"ObjectLockMode": "GOVERNANCE", "ObjectLockRetainUntilDate": until}
     for snapshot_id, manifest in snapshots(count):
         prefix = f"backups/{SOURCE}/{snapshot_id}"
-        client.put_object(Bucket=bucket, Key=f"{prefix}/dump.rdb.zst", Body=ARTIFACT)
-        client.put_object(Bucket=bucket, Key=f"{prefix}/manifest.json", Body=manifest)
+        client.put_object(Bucket=bucket, Key=f"{prefix}/dump.rdb.zst", Body=ARTIFACT, **lock)
+        client.put_object(Bucket=bucket, Key=f"{prefix}/manifest.json", Body=manifest, **lock)
 
 
 def command_rows(env: dict[str, str], floor: list[str], repeat: int) -> list[tuple]:
@@ -154,9 +160,17 @@ def main() -> None:
                 f"moto's S3 server, {args.s3_snapshots} snapshots, median of {args.repeat}",
                 command_rows(env, floor, args.repeat),
             )
+            fill_s3(endpoint, "bench-locked", args.s3_snapshots, locked=True)
+            env["BACKUP_S3_BUCKET"] = "bench-locked"
+            floor = [sys.executable, "-c", BOTO_FLOOR, endpoint, "bench-locked", *KEYS.values()]
+            print_table(
+                f"moto's S3 server, Object Lock on every object, {args.s3_snapshots} snapshots, "
+                f"median of {args.repeat}",
+                command_rows(env, floor, args.repeat),
+            )
         finally:
             moto.terminate()
-            moto.wait(timeout=10)
+            moto.wait(timeout=60)
 
 
 if __name__ == "__main__":

@@ -57,6 +57,8 @@ class StoredSnapshot:
     manifest: Manifest
     location: str
     manifest_sha256: str
+    locked_until: datetime | None = None
+    """Until when S3 Object Lock protects its manifest (written last, so locked longest)."""
 
     @property
     def source(self) -> str:
@@ -97,7 +99,13 @@ class Survey:
     attempts: list[Attempt] = field(default_factory=list)
 
 
-def parse_manifest(raw: bytes, source: str, snapshot_id: str, location: str) -> StoredSnapshot:
+def parse_manifest(
+    raw: bytes,
+    source: str,
+    snapshot_id: str,
+    location: str,
+    locked_until: datetime | None = None,
+) -> StoredSnapshot:
     """The one gate between a manifest's bytes and a snapshot the system acts on."""
     where = f"{source}/{snapshot_id}"
     if len(raw) > MAX_MANIFEST_BYTES:
@@ -113,7 +121,7 @@ def parse_manifest(raw: bytes, source: str, snapshot_id: str, location: str) -> 
             f"{where}: manifest.json describes {shown(manifest.source)}/"
             f"{shown(manifest.snapshot_id)}, not the location it was read from"
         )
-    return StoredSnapshot(manifest, location, hashlib.sha256(raw).hexdigest())
+    return StoredSnapshot(manifest, location, hashlib.sha256(raw).hexdigest(), locked_until)
 
 
 def snapshot_prefix(source: str, snapshot_id: str) -> str:
@@ -156,16 +164,16 @@ class SnapshotStore:
                 self.backend.put_file(prefix + name, staged.path_of(entry))
             raw = staged.manifest(finished_at=utc_now()).to_bytes()
             self.backend.put_bytes(prefix + MANIFEST_NAME, raw)
-        except (StoreError, StorageFull) as exc:
+        except (StoreError, StorageFull, ConfigurationError) as exc:
             self._remove_failed(prefix)
             raise self._not_stored(staged, exc) from None
         location = self.backend.location(prefix)
         return parse_manifest(raw, staged.source, staged.snapshot_id, location)
 
     @staticmethod
-    def _not_stored(staged: StagedSnapshot, exc: StoreError | StorageFull) -> BackupError:
-        """The failure as this upload's (a full disk says so itself, naming the path)."""
-        if isinstance(exc, StorageFull):
+    def _not_stored(staged: StagedSnapshot, exc: BackupError) -> BackupError:
+        """The failure as this upload's (a full disk or a wrong setting says so itself)."""
+        if isinstance(exc, StorageFull | ConfigurationError):
             return exc
         return StoreError(f"could not store {staged.source} snapshot {staged.snapshot_id}: {exc}")
 
@@ -188,7 +196,8 @@ class SnapshotStore:
         fetched = self._fetch_manifest(source, snapshot_id)
         if fetched is None:
             return None
-        return parse_manifest(fetched.data, source, snapshot_id, self.location(source, snapshot_id))
+        location = self.location(source, snapshot_id)
+        return parse_manifest(fetched.data, source, snapshot_id, location, fetched.locked_until)
 
     def _fetch_manifest(self, source: str, snapshot_id: str) -> Fetched | None:
         prefix = snapshot_prefix(source, snapshot_id)
@@ -214,7 +223,11 @@ class SnapshotStore:
                 if fetched is None:
                     self._add_attempt(survey, source, snapshot_id)
                     continue
-                survey.snapshots.append(parse_manifest(fetched.data, source, snapshot_id, location))
+                survey.snapshots.append(
+                    parse_manifest(
+                        fetched.data, source, snapshot_id, location, fetched.locked_until
+                    )
+                )
             except UnreadableManifest as exc:
                 modified = fetched.modified if fetched else utc_now()
                 survey.unreadable.append(
@@ -263,6 +276,12 @@ class SnapshotStore:
         return self.backend.open(snapshot_prefix(source, snapshot_id) + check_artifact_name(name))
 
     # Deleting
+
+    def locked_until(self, source: str, snapshot_id: str) -> datetime | None:
+        """Until when S3 Object Lock keeps any object of the location from being deleted (None:
+        it may go now). Asked of every object, not the manifest alone: a snapshot is deleted
+        whole or not at all."""
+        return self.backend.retained_until(snapshot_prefix(source, snapshot_id))
 
     def delete(self, source: str, snapshot_id: str) -> None:
         """Remove a location, manifest first so it is never listed half-deleted."""

@@ -31,6 +31,8 @@ class Fetched:
 
     data: bytes
     modified: datetime
+    locked_until: datetime | None = None
+    """Until when S3 Object Lock keeps the object from being deleted (None: not locked)."""
 
 
 class Backend(ABC):
@@ -68,6 +70,11 @@ class Backend(ABC):
     def last_change(self, prefix: str) -> datetime | None:
         """When anything below `prefix` was last written (or an upload into it began);
         None when nothing is there."""
+
+    def retained_until(self, prefix: str) -> datetime | None:
+        """Until when a lock keeps anything below `prefix` from being deleted; None when
+        nothing there is locked (no lock on local disk)."""
+        return None
 
     @abstractmethod
     def delete(self, key: str) -> None:

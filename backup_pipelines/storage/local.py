@@ -3,7 +3,8 @@
 A file is put by hard-linking the staged file into place (no copy when
 staging is on the same filesystem, as it is by default) or by copying it to
 a temporary name and renaming it, and fsynced with its directory, so a
-crash leaves either nothing or a whole file. No path below the root is ever
+crash leaves either nothing or a whole file. Stored files are read-only: no
+tool that opens one by mistake writes into a snapshot. No path below the root is ever
 reached through a symbolic link: a link planted in the store cannot turn a
 read or a delete towards anything outside it.
 """
@@ -26,6 +27,7 @@ from backup_pipelines.storage import Backend, Fetched, NotFollowed, key_parts
 
 logger = logging.getLogger(__name__)
 
+WRITE_BITS = 0o222
 LINK_REFUSED = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP)
 """Why a hard link may fail where a copy works: another filesystem, or one without links."""
 
@@ -69,6 +71,7 @@ class LocalBackend(Backend):
                 partial = target.with_name(f".{target.name}.partial")
                 shutil.copyfile(path, partial)
                 os.rename(partial, target)
+            _read_only(target)
             fsync_path(target)
             fsync_path(target.parent)
         except OSError as exc:
@@ -83,6 +86,7 @@ class LocalBackend(Backend):
                 out.write(data)
                 out.flush()
                 os.fsync(out.fileno())
+            _read_only(partial)
             os.rename(partial, target)
             fsync_path(target.parent)
         except OSError as exc:
@@ -153,6 +157,10 @@ class LocalBackend(Backend):
             return
         except OSError as exc:
             raise self._failure("delete", directory, exc) from None
+
+
+def _read_only(path: Path) -> None:
+    os.chmod(path, os.stat(path).st_mode & ~WRITE_BITS & 0o7777)
 
 
 def _open_no_follow(path: Path) -> BinaryIO:

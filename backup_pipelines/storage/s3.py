@@ -5,6 +5,15 @@ whole: the part size grows with the file so the 10,000-part limit is never
 reached. An upload that fails is aborted by boto3's transfer manager; when
 the connection is gone for that too, the open upload stays listed under its
 prefix (`children`, `last_change`) until `delete_prefix` aborts it.
+
+Tamper-proof storage: with `object_lock`, every object is written with
+Object Lock retention (the upload's headers, then `PutObjectRetention`,
+which multipart uploads need on some stores); checksums are always sent, as
+S3 requires on a bucket with a default retention. Deletes use the prune
+keys when given, so the keys on a backup host can lack delete rights. In a
+versioned bucket (every bucket with Object Lock is one) a delete removes
+each version, so no delete marker hides data that stays behind, and
+`retained_until` says how long a lock still protects a prefix.
 """
 
 from __future__ import annotations
@@ -13,7 +22,9 @@ import io
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -23,7 +34,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from backup_pipelines.errors import StoreError
+from backup_pipelines.errors import BackupError, ConfigurationError, StoreError
 from backup_pipelines.redaction import redact
 from backup_pipelines.storage import Backend, Fetched, key_parts
 
@@ -31,10 +42,24 @@ MIB = 1 << 20
 MIN_PART_SIZE = 8 * MIB
 MAX_PARTS = 10_000
 PARTS_HEADROOM = 9_000
-DELETE_BATCH = 1_000
 UPLOAD_CONCURRENCY = 4
 S3_ERRORS = (BotoCoreError, ClientError, Boto3Error)
 MISSING = ("NoSuchKey", "404")
+NO_LOCK_CONFIGURATION = "ObjectLockConfigurationNotFoundError"
+LEGAL_HOLD = datetime.max.replace(tzinfo=UTC)
+"""What `retained_until` says of an object under legal hold: locked with no end."""
+
+
+@dataclass(frozen=True)
+class ObjectLock:
+    """The retention every object gets: a mode (GOVERNANCE or COMPLIANCE) and a period."""
+
+    mode: str
+    days: int
+
+    def retention(self) -> dict[str, Any]:
+        until = datetime.now(UTC) + timedelta(days=self.days)
+        return {"Mode": self.mode, "RetainUntilDate": until}
 
 
 def part_size_for(size: int) -> int:
@@ -53,28 +78,39 @@ class S3Backend(Backend):
         region: str = "us-east-1",
         prefix: str = "backups",
         max_attempts: int = 5,
+        object_lock: ObjectLock | None = None,
+        prune_keys: tuple[str, str] | None = None,
     ):
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.endpoint_url = endpoint_url
-        self._secrets = (access_key, secret_key)
-        self.client = boto3.session.Session().client(
-            "s3",
-            endpoint_url=endpoint_url,
-            region_name=region,
-            aws_access_key_id=access_key,
-            aws_secret_access_key=secret_key,
-            config=Config(
-                retries={"mode": "standard", "max_attempts": max_attempts},
-                connect_timeout=10,
-                read_timeout=120,
-                s3={"addressing_style": "path"},
-                # S3-compatible stores differ in which checksums they accept;
-                # integrity is proven by our own sha256 on every read instead.
-                request_checksum_calculation="when_required",
-                response_checksum_validation="when_required",
-            ),
+        self.object_lock = object_lock
+        self._secrets = (access_key, secret_key, *(prune_keys or ()))
+        config = Config(
+            retries={"mode": "standard", "max_attempts": max_attempts},
+            connect_timeout=10,
+            read_timeout=120,
+            s3={"addressing_style": "path"},
+            # Checksums are sent (S3 refuses uploads into a bucket with a default
+            # retention without one); what is read back is proven by our own sha256.
+            request_checksum_calculation="when_supported",
+            response_checksum_validation="when_required",
         )
+        session = boto3.session.Session()
+
+        def client(keys: tuple[str, str]) -> Any:
+            return session.client(
+                "s3",
+                endpoint_url=endpoint_url,
+                region_name=region,
+                aws_access_key_id=keys[0],
+                aws_secret_access_key=keys[1],
+                config=config,
+            )
+
+        self.client = client((access_key, secret_key))
+        self.deleter = client(prune_keys) if prune_keys else self.client
+        """The client every delete goes through: the prune keys' when given."""
 
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}/ at {self.endpoint_url or 'AWS'}"
@@ -90,6 +126,16 @@ class S3Backend(Backend):
         reason = redact(" ".join(str(exc).split()), self._secrets)
         return StoreError(f"S3 {action} of {key} failed at {self.describe()}: {reason}")
 
+    def upload_failure(self, name: str, exc: Exception) -> BackupError:
+        """A bucket without Object Lock refuses locked uploads: say what to fix, once."""
+        if self.object_lock and "objectlock" in str(exc).lower().replace(" ", ""):
+            return ConfigurationError(
+                f"BACKUP_S3_OBJECT_LOCK_DAYS is set, but the bucket {self.bucket} refuses "
+                "Object Lock retention: create the bucket with Object Lock enabled, or unset "
+                "BACKUP_S3_OBJECT_LOCK_DAYS"
+            )
+        return self.failure("upload", name, exc)
+
     def put_file(self, key: str, path: Path) -> None:
         name = self.key(key)
         part_size = part_size_for(path.stat().st_size)
@@ -98,17 +144,24 @@ class S3Backend(Backend):
             multipart_chunksize=part_size,
             max_concurrency=UPLOAD_CONCURRENCY,
         )
+        retention = self.object_lock.retention() if self.object_lock else None
+        extra = _lock_headers(retention)
         try:
-            self.client.upload_file(str(path), self.bucket, name, Config=transfer)
+            self.client.upload_file(str(path), self.bucket, name, ExtraArgs=extra, Config=transfer)
+            if retention:
+                self.client.put_object_retention(Bucket=self.bucket, Key=name, Retention=retention)
         except S3_ERRORS as exc:
-            raise self.failure("upload", name, exc) from None
+            raise self.upload_failure(name, exc) from None
 
     def put_bytes(self, key: str, data: bytes) -> None:
         name = self.key(key)
+        retention = self.object_lock.retention() if self.object_lock else None
         try:
-            self.client.put_object(Bucket=self.bucket, Key=name, Body=data)
+            self.client.put_object(
+                Bucket=self.bucket, Key=name, Body=data, **_lock_headers(retention)
+            )
         except S3_ERRORS as exc:
-            raise self.failure("upload", name, exc) from None
+            raise self.upload_failure(name, exc) from None
 
     def get(self, key: str, limit: int) -> Fetched | None:
         name = self.key(key)
@@ -125,7 +178,10 @@ class S3Backend(Backend):
             raise self.failure("read", name, exc) from None
         except S3_ERRORS as exc:
             raise self.failure("read", name, exc) from None
-        return Fetched(data, response["LastModified"].astimezone(UTC))
+        until = response.get("ObjectLockRetainUntilDate")
+        return Fetched(
+            data, response["LastModified"].astimezone(UTC), until and until.astimezone(UTC)
+        )
 
     @contextmanager
     def open(self, key: str) -> Iterator[BinaryIO]:
@@ -177,29 +233,97 @@ class S3Backend(Backend):
         times += [upload["Initiated"] for upload in self._uploads(under)]
         return max(times).astimezone(UTC) if times else None
 
+    @cached_property
+    def versioned(self) -> bool:
+        """Whether the bucket keeps versions (Object Lock needs it): deletes then remove each
+        version, where a plain delete would only hide the data behind a delete marker."""
+        try:
+            status = self.client.get_bucket_versioning(Bucket=self.bucket).get("Status")
+        except S3_ERRORS as exc:
+            raise self.failure("versioning lookup", self.bucket, exc) from None
+        return status in ("Enabled", "Suspended")
+
+    @cached_property
+    def lockable(self) -> bool:
+        """Whether the bucket has Object Lock at all (without it, nothing is ever locked)."""
+        try:
+            found = self.client.get_object_lock_configuration(Bucket=self.bucket)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == NO_LOCK_CONFIGURATION:
+                return False
+            raise self.failure("Object Lock lookup", self.bucket, exc) from None
+        except S3_ERRORS as exc:
+            raise self.failure("Object Lock lookup", self.bucket, exc) from None
+        return found.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+
+    def _stored(self, under: str) -> list[dict[str, str]]:
+        """Every stored thing below `under`, as a delete or a HEAD names it: each version and
+        delete marker in a versioned bucket, each object otherwise."""
+        if not self.versioned:
+            return [{"Key": item["Key"]} for item in self._objects(under)]
+        return [
+            {"Key": item["Key"], "VersionId": item["VersionId"]}
+            for page in self._pages("list_object_versions", under)
+            for item in page.get("Versions", []) + page.get("DeleteMarkers", [])
+        ]
+
+    def retained_until(self, prefix: str) -> datetime | None:
+        if not self.lockable:
+            return None
+        now, latest = datetime.now(UTC), None
+        for stored in self._stored(self.key(prefix) + "/"):
+            try:
+                head = self.client.head_object(Bucket=self.bucket, **stored)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in (*MISSING, "405"):
+                    continue  # a delete marker, or gone meanwhile: nothing to protect
+                raise self.failure("retention lookup", stored["Key"], exc) from None
+            except S3_ERRORS as exc:
+                raise self.failure("retention lookup", stored["Key"], exc) from None
+            if head.get("ObjectLockLegalHoldStatus") == "ON":
+                return LEGAL_HOLD  # held until someone lifts it: no date to wait for
+            until = head.get("ObjectLockRetainUntilDate")
+            if until and until > now and (latest is None or until > latest):
+                latest = until.astimezone(UTC)
+        return latest
+
     def delete(self, key: str) -> None:
         name = self.key(key)
-        try:
-            self.client.delete_object(Bucket=self.bucket, Key=name)
-        except S3_ERRORS as exc:
-            raise self.failure("delete", name, exc) from None
+        if self.versioned:  # each version; none there, nothing to do (not a delete marker)
+            self._delete([v for v in self._stored(name) if v["Key"] == name], name)
+        else:
+            self._delete([{"Key": name}], name)
 
     def delete_prefix(self, prefix: str) -> None:
         under = self.key(prefix) + "/"
-        keys = [item["Key"] for item in self._objects(under)]
-        uploads = list(self._uploads(under))
+        self._delete(self._stored(under), under)
         try:
-            for start in range(0, len(keys), DELETE_BATCH):
-                batch = [{"Key": key} for key in keys[start : start + DELETE_BATCH]]
-                self.client.delete_objects(
-                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
-                )
-            for upload in uploads:
-                self.client.abort_multipart_upload(
+            for upload in list(self._uploads(under)):
+                self.deleter.abort_multipart_upload(
                     Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
                 )
         except S3_ERRORS as exc:
             raise self.failure("delete", under, exc) from None
+
+    def _delete(self, stored: list[dict[str, str]], what: str) -> None:
+        """Delete one object (or version) at a time: a snapshot holds a handful, and each
+        request is then authorized on its own key, as `s3:DeleteObjectVersion` is granted.
+        The first object S3 refuses (locked, no permission) fails the call."""
+        for item in stored:
+            try:
+                self.deleter.delete_object(Bucket=self.bucket, **item)
+            except S3_ERRORS as exc:
+                raise self.failure("delete", item["Key"], exc) from None
+
+
+def _lock_headers(retention: dict[str, Any] | None) -> dict[str, Any]:
+    """An upload's Object Lock headers for `retention` (none without it)."""
+    if retention is None:
+        return {}
+    return {
+        "ObjectLockMode": retention["Mode"],
+        "ObjectLockRetainUntilDate": retention["RetainUntilDate"],
+    }
 
 
 class _BodyReader(io.RawIOBase):

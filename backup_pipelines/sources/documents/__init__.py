@@ -54,8 +54,9 @@ class Documents(Source[DocumentsSettings, DocumentsRestore]):
     address_settings = ("root",)
     watches_changes = True
 
-    def repository(self) -> ResticRepository:
-        """`<root>/<source>/restic` in the same store as every other snapshot."""
+    def repository(self, pruning: bool = False) -> ResticRepository:
+        """`<root>/<source>/restic` in the same store as every other snapshot; `pruning`
+        opens it with the prune keys when they are set (restic's prune deletes packs)."""
         if self.settings.restic_password is None:
             raise ConfigurationError(
                 f"{self.setting('restic_password')} is required for the {self.name} source"
@@ -64,14 +65,17 @@ class Documents(Source[DocumentsSettings, DocumentsRestore]):
         password = self.settings.restic_password.get_secret_value()
         if not shared.s3_enabled:
             return ResticRepository(str(shared.artifacts_dir / self.name / "restic"), password)
-        assert shared.s3_access_key and shared.s3_secret_key
+        keys = (shared.s3_access_key, shared.s3_secret_key)
+        if pruning and shared.s3_prune_access_key and shared.s3_prune_secret_key:
+            keys = (shared.s3_prune_access_key, shared.s3_prune_secret_key)
+        assert keys[0] and keys[1]
         endpoint = (shared.s3_endpoint_url or "https://s3.amazonaws.com").rstrip("/")
         prefix = "/".join(p for p in (shared.s3_prefix.strip("/"), self.name, "restic") if p)
         return ResticRepository(
             f"s3:{endpoint}/{shared.s3_bucket}/{prefix}",
             password,
-            shared.s3_access_key.get_secret_value(),
-            shared.s3_secret_key.get_secret_value(),
+            keys[0].get_secret_value(),
+            keys[1].get_secret_value(),
             shared.s3_region,
         )
 
@@ -115,7 +119,7 @@ class Documents(Source[DocumentsSettings, DocumentsRestore]):
                 f"{self.setting('restic_password')} is needed to prune {self.name} snapshots "
                 "(restic holds their data)"
             )
-        repository = self.repository()
+        repository = self.repository(pruning=True)
         return lambda: repository.forget(restic_ids)
 
 
