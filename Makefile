@@ -60,3 +60,4 @@ bench: install services
 	$(BIN)/python bench/redis_rdb.py
 	$(BIN)/python bench/documents.py
 	$(BIN)/python bench/store_listing.py
+	$(BIN)/python bench/metrics.py

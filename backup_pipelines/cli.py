@@ -16,6 +16,7 @@ import logging
 import sys
 from collections.abc import Mapping, Sequence
 from itertools import pairwise
+from pathlib import Path
 
 from backup_pipelines.drill import drill
 from backup_pipelines.errors import BackupError, ConfigurationError, SnapshotNotFound
@@ -104,6 +105,15 @@ def _parser(sources: Mapping[str, type[Source]] | None = None) -> argparse.Argum
         target = targets.add_parser(name, help=f"restore a {name} snapshot")
         add_snapshot_flag(target)
         add_restore_flags(target, kind.restore_options)
+
+    metrics = commands.add_parser(
+        "metrics", help="Prometheus metrics of every source, read from the store alone"
+    )
+    where = metrics.add_mutually_exclusive_group(required=True)
+    where.add_argument("--textfile", type=Path, metavar="PATH", help="write them to PATH once")
+    where.add_argument(
+        "--listen", metavar="HOST:PORT", help="serve /metrics on HOST:PORT until stopped"
+    )
 
     prune_ = commands.add_parser("prune", help="delete snapshots the retention rules drop")
     prune_.add_argument("--dry-run", action="store_true", help="say what would go; delete nothing")
@@ -250,12 +260,33 @@ def cmd_prune(args: argparse.Namespace, runtime: Runtime) -> int:
     return EXIT_OK
 
 
+def cmd_metrics(args: argparse.Namespace, runtime: Runtime) -> int:
+    from backup_pipelines.metrics import registry_for, serve, write_textfile
+
+    registry = registry_for(runtime)
+    if args.textfile:
+        write_textfile(registry, args.textfile)
+        return EXIT_OK
+    host, _, port = args.listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigurationError(f"--listen {args.listen!r} is not HOST:PORT")
+    logger.info("serving metrics on http://%s:%s/metrics", host, port)
+    try:
+        serve(registry, host.strip("[]"), int(port))
+    except OSError as exc:
+        raise ConfigurationError(f"cannot listen on {args.listen}: {exc.strerror}") from None
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
 COMMANDS = {
     "snapshots": cmd_snapshots,
     "verify": cmd_verify,
     "drill": cmd_drill,
     "restore": cmd_restore,
     "prune": cmd_prune,
+    "metrics": cmd_metrics,
 }
 
 

@@ -37,6 +37,7 @@ from backup_pipelines.retention_job import retention_job
 from backup_pipelines.runtime import Runtime, load_runtime
 from backup_pipelines.schedules import backup_schedule, retention_schedule
 from backup_pipelines.sensors import (
+    backup_overdue_sensor,
     backup_requests_sensor,
     backup_run_failure_sensor,
     change_sensor,
@@ -99,6 +100,7 @@ def build_definitions(runtime: Runtime) -> Definitions:
             backup_requests_sensor({**jobs, ALL_SOURCES: backup_all_job}),
             *(change_sensor(s.name, jobs[s.name]) for s in sources if s.watches_changes),
             backup_run_failure_sensor(sources_of_job),
+            backup_overdue_sensor(sources),
             notifications_outbox_sensor,
         ],
         resources=build_resources(runtime),

@@ -6,6 +6,8 @@ come here. The stored bytes are re-read against the manifest first; then the
 source's drill restores and compares. An encrypted snapshot needs the age
 identity, which lives where verification runs, not where backups do:
 without it this raises `IdentityMissing`, before anything is restored.
+Every drill's outcome is recorded in the store (`snapshot/verdicts.py`), so
+monitoring knows it without Dagster.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from backup_pipelines.runtime import Runtime
+from backup_pipelines.snapshot.manifest import utc_now
 from backup_pipelines.snapshot.reader import verify_snapshot
 from backup_pipelines.snapshot.store import StoredSnapshot
+from backup_pipelines.snapshot.verdicts import record_verdict
 from backup_pipelines.sources.source import DrillResult, Log
 
 
@@ -45,4 +49,5 @@ def drill(runtime: Runtime, source: str, snapshot_id: str, log: Log) -> Drilled:
     started = time.monotonic()
     problems = verify_snapshot(runtime.store, snapshot)
     result = DrillResult(problems) if problems else runtime.sources[source].drill(reader, log)
+    record_verdict(runtime.store, source, snapshot.snapshot_id, result.passed, utc_now())
     return Drilled(snapshot, result, round(time.monotonic() - started, 3))

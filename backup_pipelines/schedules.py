@@ -36,6 +36,11 @@ def _freshness_windows(cron: str) -> tuple[timedelta, timedelta]:
     return interval + FRESHNESS_GRACE, 2 * interval + FRESHNESS_GRACE
 
 
+def overdue_after(cron: str) -> timedelta:
+    """How long after its last snapshot a source's freshness fails (and it is overdue)."""
+    return _freshness_windows(cron)[1]
+
+
 def freshness_for(cron: str) -> FreshnessPolicy:
     warn, fail = _freshness_windows(cron)
     return FreshnessPolicy.time_window(warn_window=warn, fail_window=fail)

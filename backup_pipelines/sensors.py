@@ -1,5 +1,5 @@
 """Sensors: backups on request (the broker's `backup.requests`), on change (sources that watch
-their data), and events for failed runs and waiting events.
+their data), and events for failed runs, overdue backups and waiting events.
 
 All run by default, like the schedules.
 """
@@ -8,6 +8,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pika
@@ -31,10 +32,18 @@ from pika.exceptions import AMQPError
 from backup_pipelines.dagster_internals import RUN_KEY_TAG, SENSOR_NAME_TAG
 from backup_pipelines.errors import ConfigurationError
 from backup_pipelines.messaging import DEAD_LETTER_QUEUE, REQUESTS_QUEUE
-from backup_pipelines.naming import backup_step_key, change_sensor_name, source_of_asset
+from backup_pipelines.naming import (
+    backup_asset_key,
+    backup_step_key,
+    change_sensor_name,
+    source_of_asset,
+)
 from backup_pipelines.notifications import event_body
 from backup_pipelines.runtime import Runtime
+from backup_pipelines.schedules import overdue_after
+from backup_pipelines.snapshot.manifest import format_utc
 from backup_pipelines.snapshot.names import shown
+from backup_pipelines.sources.source import Source
 
 if TYPE_CHECKING:
     from backup_pipelines.dagster_internals import UnresolvedAssetJobDefinition
@@ -270,6 +279,42 @@ def backup_run_failure_sensor(sources_of_job: Mapping[str, Sequence[str]]) -> Se
         for source in sources:
             if backup_step_key(source) not in hooked:
                 notifications.publish(event_body("backup.failed", source, run.run_id, error=error))
+
+    return _sensor
+
+
+def backup_overdue_sensor(
+    sources: Sequence[Source], clock: Callable[[], float] = time.time
+) -> SensorDefinition:
+    """`backup.overdue` once per failure of a backup asset's freshness: in Dagster OSS a
+    failing freshness policy notifies nobody. The window is the policy's own (twice the
+    schedule's interval, plus a grace); the failure ends with the next snapshot."""
+    windows = {source.name: overdue_after(source.cron) for source in sources}
+
+    @sensor(
+        name="backup_overdue_sensor",
+        minimum_interval_seconds=60,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Publishes backup.overdue, once per failure, when a backup asset's freshness "
+        "fails (no snapshot within twice its schedule's interval, plus 30 min).",
+    )
+    def _sensor(context: SensorEvaluationContext, runtime: ResourceParam[Runtime]) -> SkipReason:
+        announced: dict[str, float] = json.loads(context.cursor) if context.cursor else {}
+        now, overdue = clock(), []
+        for name, window in windows.items():
+            last = context.instance.get_latest_materialization_event(backup_asset_key(name))
+            if last is None or now - last.timestamp <= window.total_seconds():
+                continue
+            overdue.append(name)
+            if announced.get(name) != last.timestamp:
+                since = format_utc(datetime.fromtimestamp(last.timestamp, UTC))
+                error = f"no snapshot since {since}: its freshness failed after {window}"
+                runtime.notifications.publish(
+                    event_body("backup.overdue", name, last.run_id, error=error)
+                )
+                announced[name] = last.timestamp
+        context.update_cursor(json.dumps(announced))
+        return SkipReason(f"overdue: {', '.join(overdue)}" if overdue else "no backup is overdue")
 
     return _sensor
 

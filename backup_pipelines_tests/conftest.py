@@ -62,6 +62,17 @@ def wait_for_http(url: str, timeout_s: float = 30) -> None:
     raise RuntimeError(f"{url} did not answer within {timeout_s} s")
 
 
+def wait_for_port(port: int, timeout_s: float = 30) -> None:
+    """Until something listens on 127.0.0.1:`port`, without sending it a request."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """moto's S3 in server mode, in its own process (it keeps objects in memory)."""

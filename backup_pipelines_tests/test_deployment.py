@@ -24,7 +24,7 @@ COMPOSE_FILE = REPO / "docker-compose.yml"
 ENV_EXAMPLE = REPO / ".env.example"
 
 DAGSTER_SERVICES = ("code-server", "verifier", "webserver", "daemon")
-BACKUP_SERVICES = (*DAGSTER_SERVICES, "pruner")
+BACKUP_SERVICES = (*DAGSTER_SERVICES, "pruner", "exporter")
 STATEFUL = {  # service → the directory its data lives in
     "postgres": "/var/lib/postgresql/data",
     "dagster-postgres": "/var/lib/postgresql/data",
@@ -79,6 +79,12 @@ REQUIRED_ENV = {
         "BACKUP_S3_PRUNE_SECRET_KEY",
         "BACKUP_RESTIC_PASSWORD",
     },
+    "exporter": {
+        "BACKUP_S3_ENDPOINT_URL",
+        "BACKUP_S3_BUCKET",
+        "BACKUP_S3_ACCESS_KEY",
+        "BACKUP_S3_SECRET_KEY",
+    },
     "webserver": INSTANCE_ENV,
     "daemon": INSTANCE_ENV,
 }
@@ -86,6 +92,7 @@ PRUNE_KEYS = {"BACKUP_S3_PRUNE_ACCESS_KEY", "BACKUP_S3_PRUNE_SECRET_KEY"}
 KEPT_FROM = {  # service → variables it must not be given: the keys of another role
     "code-server": {"BACKUP_AGE_IDENTITY_FILE", *PRUNE_KEYS},
     "verifier": PRUNE_KEYS,
+    "exporter": {"BACKUP_AGE_IDENTITY_FILE", *PRUNE_KEYS},
 }
 SECRETS = (
     "CRM_POSTGRES_PASSWORD",

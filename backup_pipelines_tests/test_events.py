@@ -7,6 +7,7 @@ import pika
 import pytest
 from dagster import (
     AssetKey,
+    AssetMaterialization,
     AssetSelection,
     DagsterEventType,
     DagsterInstance,
@@ -19,7 +20,7 @@ from dagster import (
 from backup_pipelines.definitions import build_definitions
 from backup_pipelines.messaging import EXCHANGE
 from backup_pipelines.notifications import OUTBOX_NAME, Outbox
-from backup_pipelines.sensors import notifications_outbox_sensor
+from backup_pipelines.sensors import backup_overdue_sensor, notifications_outbox_sensor
 from backup_pipelines_tests.conftest import (
     S3_ACCESS_KEY,
     S3_SECRET_KEY,
@@ -260,3 +261,27 @@ def test_a_failed_upload_is_reported_with_its_own_error(
     [(routing_key, _, failed)] = events.for_run(result.run_id, count=2)[1:]
     assert routing_key == "backup.failed"
     assert failed["error"].startswith("could not store rabbitmq snapshot "), failed["error"]
+
+
+def test_an_overdue_backup_is_announced_once_per_failure(backup_env, events):
+    instance = DagsterInstance.ephemeral()
+    runtime = runtime_from_env()
+    later = time.time() + 3 * 3600  # redis backs up hourly: its freshness fails after 2 h 30 min
+    sensor = backup_overdue_sensor(runtime.backed_up, clock=lambda: later)
+
+    def tick(cursor: str | None) -> str | None:
+        with build_sensor_context(
+            instance=instance, cursor=cursor, resources={"runtime": runtime}
+        ) as context:
+            sensor(context)
+            return context.cursor
+
+    instance.report_runless_asset_event(AssetMaterialization(AssetKey("redis_backup")))
+    cursor = tick(tick(None))  # two ticks of the same failure
+    [(routing_key, _, event)] = events.drain_for("")
+    assert routing_key == "backup.overdue" and event["source"] == "redis"
+    assert set(event) == CONTRACT_FIELDS and "no snapshot since" in event["error"]
+
+    instance.report_runless_asset_event(AssetMaterialization(AssetKey("redis_backup")))
+    tick(cursor)  # a new snapshot ended that failure; three hours on, it is a new one
+    assert [e["event"] for _, _, e in events.drain_for("")] == ["backup.overdue"]

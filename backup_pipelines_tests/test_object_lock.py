@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from backup_pipelines_tests.conftest import (
     free_port,
     run_backup,
     runtime_from_env,
+    wait_for_port,
 )
 from backup_pipelines_tests.redis_fixtures import redis_process
 from backup_pipelines_tests.test_documents import RESTIC_PASSWORD, tree_state
@@ -77,16 +77,6 @@ def iam_s3():
     finally:
         process.terminate()
         process.wait(timeout=10)
-
-
-def wait_for_port(port: int, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
 
 
 def _allow_all() -> dict:

@@ -248,6 +248,7 @@ def test_schedules_and_sensors_run_by_default(backup_env):
         "backup_requests_sensor",
         "documents_change_sensor",
         "backup_run_failure_sensor",
+        "backup_overdue_sensor",
         "notifications_outbox_sensor",
     }
     assert os.environ.get("BACKUP_DOCUMENTS_ROOT") is None

@@ -21,6 +21,8 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -98,6 +100,35 @@ def fill_s3(endpoint: str, bucket: str, count: int, locked: bool = False) -> Non
         client.put_object(Bucket=bucket, Key=f"{prefix}/manifest.json", Body=manifest, **lock)
 
 
+@contextmanager
+def moto_endpoint() -> Iterator[str]:
+    """moto's S3 server on a free loopback port, for the length of the block."""
+    port = free_port()
+    moto_server = str(Path(sys.executable).with_name("moto_server"))
+    moto = subprocess.Popen(
+        [moto_server, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        wait_for_http(endpoint)
+        yield endpoint
+    finally:
+        moto.terminate()
+        moto.wait(timeout=60)
+
+
+def s3_env(endpoint: str, bucket: str) -> dict[str, str]:
+    """The BACKUP_* variables of the bench's bucket."""
+    return {
+        "BACKUP_S3_ENDPOINT_URL": endpoint,
+        "BACKUP_S3_BUCKET": bucket,
+        "BACKUP_S3_ACCESS_KEY": KEYS["access"],
+        "BACKUP_S3_SECRET_KEY": KEYS["secret"],
+    }
+
+
 def command_rows(env: dict[str, str], floor: list[str], repeat: int) -> list[tuple]:
     cli = [sys.executable, "-m", "backup_pipelines.cli"]
 
@@ -133,28 +164,9 @@ def main() -> None:
             command_rows(env, floor, args.repeat),
         )
 
-        port = free_port()
-        moto = subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("moto_server")),
-                "-H",
-                "127.0.0.1",
-                "-p",
-                str(port),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            endpoint = f"http://127.0.0.1:{port}"
-            wait_for_http(endpoint)
+        with moto_endpoint() as endpoint:
             fill_s3(endpoint, "bench-listing", args.s3_snapshots)
-            env |= {
-                "BACKUP_S3_ENDPOINT_URL": endpoint,
-                "BACKUP_S3_BUCKET": "bench-listing",
-                "BACKUP_S3_ACCESS_KEY": KEYS["access"],
-                "BACKUP_S3_SECRET_KEY": KEYS["secret"],
-            }
+            env |= s3_env(endpoint, "bench-listing")
             floor = [sys.executable, "-c", BOTO_FLOOR, endpoint, "bench-listing", *KEYS.values()]
             print_table(
                 f"moto's S3 server, {args.s3_snapshots} snapshots, median of {args.repeat}",
@@ -168,9 +180,6 @@ def main() -> None:
                 f"median of {args.repeat}",
                 command_rows(env, floor, args.repeat),
             )
-        finally:
-            moto.terminate()
-            moto.wait(timeout=60)
 
 
 if __name__ == "__main__":

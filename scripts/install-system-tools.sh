@@ -3,7 +3,8 @@
 # they are missing. Backups shell out to the tools the operators already trust
 # (pg_dump, redis-cli, restic) instead of re-implementing their protocols.
 # `install-system-tools.sh test` adds what only the tests use: Chromium and its
-# driver for the browser test, docker-compose to validate docker-compose.yml.
+# driver for the browser test, docker-compose to validate docker-compose.yml,
+# promtool (Debian's prometheus package) to check and test the alert rules.
 set -euo pipefail
 
 declare -A package_of=(
@@ -17,6 +18,7 @@ declare -A package_of=(
 if [ "${1:-}" = "test" ]; then
   # Chromium only recommends fonts, and renders no text without one.
   package_of+=([chromium]=chromium [chromedriver]=chromium-driver [docker-compose]=docker-compose
+               [promtool]=prometheus
                [/usr/share/fonts/truetype/liberation]=fonts-liberation)
 fi
 missing=()

@@ -206,7 +206,7 @@ class SnapshotStore:
         except NotFollowed as exc:
             raise UnreadableManifest(f"{source}/{snapshot_id}: {exc}") from None
 
-    def _locations(self, source: str) -> list[str]:
+    def location_ids(self, source: str) -> list[str]:
         """Ids of every location under `source`, newest first; other names are not ours
         (a source may keep data of its own beside its snapshots, as restic's repository)."""
         names = self.backend.children(check_source(source) + "/")
@@ -215,7 +215,7 @@ class SnapshotStore:
     def survey(self, source: str) -> Survey:
         """Every location of `source`, each manifest read once."""
         survey = Survey()
-        for snapshot_id in self._locations(source):
+        for snapshot_id in self.location_ids(source):
             location = self.location(source, snapshot_id)
             fetched = None
             try:
@@ -252,7 +252,7 @@ class SnapshotStore:
         """
         check_source(source)
         if snapshot_id == LATEST:
-            for candidate in self._locations(source):
+            for candidate in self.location_ids(source):
                 with contextlib.suppress(UnreadableManifest):  # `survey` reports those
                     if snapshot := self.read_manifest(source, candidate):
                         return snapshot
