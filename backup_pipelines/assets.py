@@ -23,6 +23,7 @@ from dagster import (
     failure_hook,
 )
 
+from backup_pipelines.audit import Entry
 from backup_pipelines.dagster_internals import BACKFILL_ID_TAG, SCHEDULE_NAME_TAG, SENSOR_NAME_TAG
 from backup_pipelines.errors import PERMANENT_ERRORS, SourceUnavailable
 from backup_pipelines.naming import (
@@ -79,9 +80,14 @@ def announce_failure(source: str) -> HookDefinition:
 
     @failure_hook(name=failure_hook_name(source), required_resource_keys={"runtime"})
     def _announce(context: HookContext) -> None:
-        notifications = context.resources.runtime.notifications
-        error = notifications.short_error(context.op_exception)
-        notifications.publish(event_body("backup.failed", source, context.run_id, error=error))
+        runtime = context.resources.runtime
+        error = runtime.notifications.short_error(context.op_exception)
+        runtime.notifications.publish(
+            event_body("backup.failed", source, context.run_id, error=error)
+        )
+        failed = Entry()
+        failed.failed(error)
+        runtime.audit.append("backup", failed, via="dagster", source=source, run_id=context.run_id)
 
     return _announce
 

@@ -18,6 +18,7 @@ from dagster import (
     asset_check,
 )
 
+from backup_pipelines.audit import Entry
 from backup_pipelines.naming import backup_asset_key
 from backup_pipelines.notifications import verification_event
 from backup_pipelines.runtime import Runtime
@@ -50,6 +51,12 @@ def integrity_check(source: Source) -> AssetChecksDefinition:
     ) -> AssetCheckResult:
         snapshot = snapshot_under_check(context, runtime, name)
         problems = verify_snapshot(runtime.store, snapshot)
+        checked = Entry(snapshots=[f"{name}/{snapshot.snapshot_id}"], detail="integrity")
+        if problems:
+            checked.failed("; ".join(problems))
+        runtime.audit.append(
+            "verify", checked, via="dagster", source=name, run_id=context.run.run_id
+        )
         if problems:
             runtime.notifications.publish(
                 verification_event(

@@ -15,9 +15,11 @@ import json
 import logging
 import sys
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
 
+from backup_pipelines.audit import Entry
 from backup_pipelines.drill import drill
 from backup_pipelines.errors import BackupError, ConfigurationError, SnapshotNotFound
 from backup_pipelines.redaction import redact, secret_parts
@@ -52,6 +54,8 @@ def add_restore_flags(parser: argparse.ArgumentParser, options: type[RestoreOpti
         )
 
 
+SNAPSHOT_SHOWN = 80
+"""Of a snapshot argument as typed, what an audit record keeps (an id has 25 characters)."""
 SNAPSHOT_HELP = (
     "a snapshot id (YYYYMMDDTHHMMSSZ-xxxxxxxx, see `snapshots`), or latest (the default)"
 )
@@ -115,6 +119,15 @@ def _parser(sources: Mapping[str, type[Source]] | None = None) -> argparse.Argum
         "--listen", metavar="HOST:PORT", help="serve /metrics on HOST:PORT until stopped"
     )
 
+    audit = commands.add_parser(
+        "audit", help="every backup, restore, verify, drill and prune, newest first"
+    )
+    audit.add_argument("--source", choices=groups, help=group_help)
+    audit.add_argument(
+        "--since", type=since_time, metavar="T", help="only from T on (ISO-8601; UTC if no zone)"
+    )
+    audit.add_argument("--json", action="store_true", help="print the records as JSON")
+
     prune_ = commands.add_parser("prune", help="delete snapshots the retention rules drop")
     prune_.add_argument("--dry-run", action="store_true", help="say what would go; delete nothing")
     prune_.add_argument(
@@ -177,28 +190,31 @@ def selected(runtime: Runtime, word: str | None) -> list[str]:
     return [s.name for s in sources if word is None or word in (s.name, s.kind)]
 
 
-def cmd_verify(args: argparse.Namespace, runtime: Runtime) -> int:
+def cmd_verify(args: argparse.Namespace, runtime: Runtime, noted: Entry) -> int:
     if args.source in runtime.sources:
-        return verify_one(runtime, args.source, args.snapshot, args.deep)
+        return verify_one(runtime, args.source, args.snapshot, args.deep, noted)
     if args.snapshot != LATEST:
         raise ConfigurationError("--snapshot names one snapshot: give its source too")
     outcomes = []
     for source in selected(runtime, args.source):
         try:
-            outcomes.append(verify_one(runtime, source, LATEST, args.deep))
+            outcomes.append(verify_one(runtime, source, LATEST, args.deep, noted))
         except SnapshotNotFound as exc:
             print(f"{source}: {exc}", file=sys.stderr)
     return max(outcomes, default=EXIT_OK)
 
 
-def verify_one(runtime: Runtime, source: str, snapshot_id: str, deep: bool) -> int:
+def verify_one(runtime: Runtime, source: str, snapshot_id: str, deep: bool, noted: Entry) -> int:
     report_unreadable_for_latest(runtime, source, snapshot_id)
     snapshot = runtime.store.find(source, snapshot_id)
+    where = f"{snapshot.source}/{snapshot.snapshot_id}"
+    noted.snapshots.append(where)
+    noted.detail = "deep" if deep else None
     problems = verify_snapshot(runtime.store, snapshot)
     if deep and not problems:
         problems = runtime.sources[source].deep_verify(runtime.reader(snapshot, "verify"))
-    where = f"{snapshot.source}/{snapshot.snapshot_id}"
     if problems:
+        noted.failed(f"{where}: {'; '.join(problems)}")
         for problem in problems:
             print(f"{where}: {problem}", file=sys.stderr)
         return EXIT_FAILURE
@@ -210,10 +226,11 @@ def verify_one(runtime: Runtime, source: str, snapshot_id: str, deep: bool) -> i
     return EXIT_OK
 
 
-def cmd_drill(args: argparse.Namespace, runtime: Runtime) -> int:
+def cmd_drill(args: argparse.Namespace, runtime: Runtime, noted: Entry) -> int:
     report_unreadable_for_latest(runtime, args.source, args.snapshot)
     drilled = drill(runtime, args.source, args.snapshot, logger.info)
     where = f"{drilled.snapshot.source}/{drilled.snapshot.snapshot_id}"
+    noted.snapshots.append(where)
     if args.json:
         print(json.dumps(drilled.report(), indent=2, default=str))
     for warning in drilled.result.warnings:
@@ -221,23 +238,29 @@ def cmd_drill(args: argparse.Namespace, runtime: Runtime) -> int:
     for problem in drilled.result.problems:
         print(f"{where}: {problem}", file=sys.stderr)
     if not drilled.result.passed:
+        noted.failed("; ".join(drilled.result.problems))
         return EXIT_FAILURE
     if not args.json:
         print(f"{where}: drilled in {drilled.duration_s:.1f} s, restores equal to its manifest")
     return EXIT_OK
 
 
-def cmd_restore(args: argparse.Namespace, runtime: Runtime) -> int:
+def cmd_restore(args: argparse.Namespace, runtime: Runtime, noted: Entry) -> int:
     model = runtime.sources[args.source].restore_options
     flags = {name: model.flag(name) for name in model.model_fields}
     given = {name: getattr(args, name) for name in flags if getattr(args, name) is not None}
     options = model.parse(given, spelled=lambda name: flags.get(name, name))
+    noted.target = options.destination()
+    noted.snapshots.append(f"{args.source}/{args.snapshot[:SNAPSHOT_SHOWN]}")
     report_unreadable_for_latest(runtime, args.source, args.snapshot)
-    print(restore(runtime, args.source, args.snapshot, options, logger.info).summary)
+    restored = restore(runtime, args.source, args.snapshot, options, logger.info)
+    noted.snapshots[-1] = f"{args.source}/{restored.snapshot.snapshot_id}"
+    print(restored.summary)
     return EXIT_OK
 
 
-def cmd_prune(args: argparse.Namespace, runtime: Runtime) -> int:
+def cmd_prune(args: argparse.Namespace, runtime: Runtime, noted: Entry) -> int:
+    noted.detail = "dry run" if args.dry_run else None
     reports = prune(
         runtime.store,
         runtime.sources,
@@ -249,6 +272,7 @@ def cmd_prune(args: argparse.Namespace, runtime: Runtime) -> int:
         warn=logger.warning,
     )
     listing = as_listing(reports)
+    noted.snapshots = listing["delete"]
     if args.json:
         print(json.dumps(listing, indent=2))
     else:
@@ -280,14 +304,46 @@ def cmd_metrics(args: argparse.Namespace, runtime: Runtime) -> int:
     return EXIT_OK
 
 
-COMMANDS = {
-    "snapshots": cmd_snapshots,
-    "verify": cmd_verify,
-    "drill": cmd_drill,
-    "restore": cmd_restore,
-    "prune": cmd_prune,
-    "metrics": cmd_metrics,
-}
+def cmd_audit(args: argparse.Namespace, runtime: Runtime) -> int:
+    records = runtime.audit.records(source=args.source, since=args.since)
+    if args.json:
+        print(json.dumps([record.model_dump(mode="json") for record in records], indent=2))
+        return EXIT_OK
+    for record in records:
+        where = ", ".join(record.snapshots[:3]) + (" …" if len(record.snapshots) > 3 else "")
+        into = f" into {record.target}" if record.target else ""
+        print(
+            f"{record.model_dump(mode='json')['at']}  {record.operation:<8} {record.outcome:<9} "
+            f"{record.source or '-':<12} {where or '-'}{into}  by {record.user}@{record.host} "
+            f"via {record.via}" + (f": {record.error}" if record.error else "")
+        )
+    return EXIT_OK
+
+
+def since_time(text: str) -> datetime:
+    """`--since`: an ISO-8601 date or time; without a zone, UTC."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO-8601 date or time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+READING = {"snapshots": cmd_snapshots, "metrics": cmd_metrics, "audit": cmd_audit}
+"""Commands that only read: their output is the record."""
+AUDITED = {"verify": cmd_verify, "drill": cmd_drill, "restore": cmd_restore, "prune": cmd_prune}
+"""Commands that read or change backups or their targets: each leaves one audit record."""
+
+
+def run(args: argparse.Namespace, runtime: Runtime) -> int:
+    if args.command in READING:
+        return READING[args.command](args, runtime)
+    source = getattr(args, "source", None)
+    with runtime.audit.operation(args.command, via="command", source=source) as noted:
+        code = AUDITED[args.command](args, runtime, noted)
+        if code != EXIT_OK and noted.outcome == "succeeded":
+            noted.failed(f"exit code {code}")
+    return code
 
 
 def command_line_secrets(argv: Sequence[str]) -> list[str]:
@@ -326,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(settings, ConfigurationError):
             raise settings
         secrets += settings.secret_values()
-        return COMMANDS[args.command](args, Runtime(settings))
+        return run(args, Runtime(settings))
     except ConfigurationError as exc:
         print(f"error: {_said(exc, args, settings, secrets)}", file=sys.stderr)
         return EXIT_USAGE

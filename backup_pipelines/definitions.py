@@ -23,6 +23,7 @@ from dagster import (
 )
 
 from backup_pipelines.assets import backup_asset, crm_system, transient_retries
+from backup_pipelines.audit_trail import audit_trail
 from backup_pipelines.checks import integrity_check
 from backup_pipelines.io_managers import SnapshotIOManager
 from backup_pipelines.naming import (
@@ -89,6 +90,7 @@ def build_definitions(runtime: Runtime) -> Definitions:
         assets=[
             *(crm_system(source) for source in sources),
             *(backup_asset(source, retries) for source in sources),
+            audit_trail,
         ],
         asset_checks=[integrity_check(source) for source in sources],
         jobs=[backup_all_job, *jobs.values(), restore_job(runtime.settings.kinds), retention_job],

@@ -20,6 +20,7 @@ from dagster import (
     ResourceDependency,
 )
 
+from backup_pipelines.audit import AuditLog, Entry
 from backup_pipelines.errors import PERMANENT_ERRORS
 from backup_pipelines.naming import source_of_asset
 from backup_pipelines.notifications import NotificationPublisher, event_body
@@ -28,6 +29,9 @@ from backup_pipelines.snapshot.staging import StagedSnapshot
 from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
 from backup_pipelines.snapshot.streams import human_bytes
 from backup_pipelines.sources.registry import kind_class
+
+GROWTH_SLACK = 1 << 20
+"""Growth below this never warns (a manifest, a restic index)."""
 
 
 def as_metadata(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -74,13 +78,46 @@ class SnapshotIOManager(ConfigurableIOManager):
         finally:
             obj.discard()
         duration_s = time.monotonic() - obj.monotonic_start
+        stored_entry = Entry(snapshots=[f"{obj.source}/{stored.snapshot_id}"])
+        AuditLog(self.store).append(
+            "backup", stored_entry, via="dagster", source=obj.source, run_id=obj.run_id
+        )
         context.add_output_metadata(snapshot_metadata(stored, duration_s))
+        context.add_output_metadata(self.usage(context, obj.source, stored))
         self.notifications.publish(
             event_body(
                 "backup.completed", obj.source, obj.run_id, snapshot=stored, duration_s=duration_s
             )
         )
         context.log.info(f"{obj.source} snapshot {stored.snapshot_id} stored at {stored.location}")
+
+    def usage(self, context: OutputContext, source: str, stored: StoredSnapshot) -> dict:
+        """The bytes the source's store holds (Dagster plots them), and a warning when they
+        grew by more than twice this snapshot since the last one: leftovers, or a repository
+        growing faster than the data it holds."""
+        store_bytes = self.store.usage(source)
+        metadata: dict[str, Any] = {"store_bytes": store_bytes, "store": human_bytes(store_bytes)}
+        instance = context.step_context.instance
+        previous = instance.get_latest_materialization_event(context.asset_key)
+        before = (
+            previous.asset_materialization.metadata.get("store_bytes")
+            if previous and previous.asset_materialization
+            else None
+        )
+        # A source keeping data beside its snapshots (restic's repository) says what it added.
+        added = stored.manifest.size_bytes + int(stored.manifest.stats.get("data_added") or 0)
+        if before is not None:
+            grew = store_bytes - int(before.value)
+            metadata["store_growth_bytes"] = grew
+            if grew > 2 * added + GROWTH_SLACK:
+                warning = (
+                    f"the {source} store grew by {human_bytes(grew)} for a snapshot that added "
+                    f"{human_bytes(added)}: faster than its data; look for leftovers "
+                    "(`backup-pipelines prune --dry-run`)"
+                )
+                context.log.warning(warning)
+                metadata["store_growth_warning"] = warning
+        return metadata
 
     def load_input(self, context: InputContext) -> StoredSnapshot:
         assert context.upstream_output is not None

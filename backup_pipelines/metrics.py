@@ -2,8 +2,8 @@
 is down: `backup-pipelines metrics --textfile PATH | --listen HOST:PORT`.
 
 Everything comes from what the store holds: each source's manifests (count,
-newest finished, its size and duration, oldest started) and the record of
-its last drill (`snapshot/verdicts.py`). Snapshots never change once
+newest finished, its size and duration, oldest started), the bytes under
+its folder, and the record of its last drill (`snapshot/verdicts.py`). Snapshots never change once
 committed, so the collector reads each manifest once and, at later scrapes,
 only lists the locations and reads the new ones: a scrape every 30 s costs
 one listing per source. The schedule's interval is exported beside the
@@ -36,6 +36,7 @@ PER_SOURCE = {
     "backup_snapshot_last_duration_seconds": "finished_at - started_at of the newest snapshot.",
     "backup_snapshot_oldest_timestamp_seconds": "started_at of the oldest snapshot.",
     "backup_schedule_interval_seconds": "The longest gap between two runs of the source's cron.",
+    "backup_store_bytes": "Bytes stored for the source: snapshots, attempts, its own data.",
     "backup_verification_last_success_timestamp_seconds": "When a drill last proved a snapshot.",
     "backup_verification_last_passed": "1 when the last drill passed, 0 when it failed.",
 }
@@ -91,6 +92,7 @@ class StoreCollector(Collector):
         snapshots = self.snapshots(source)
         values = {
             "backup_snapshots": float(len(snapshots)),
+            "backup_store_bytes": float(self.runtime.store.usage(source)),
             "backup_schedule_interval_seconds": cron_interval(cron).total_seconds(),
         }
         if snapshots:

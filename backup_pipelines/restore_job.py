@@ -104,15 +104,22 @@ def restore_job(sources: Mapping[str, type[Source]]) -> JobDefinition:
     ) -> None:
         source = config.source.value
         model = sources[source].restore_options
-        try:
-            options = model.parse(
-                options_of(config, source, sources[source]), spelled=lambda field: f"'{field}'"
-            )
-            context.log.info(f"restoring {source} {config.snapshot} into {options.destination()}")
-            restored = restore(runtime, source, config.snapshot, options, context.log.info)
-        except BackupError as exc:
-            message = runtime.sources[source].in_own_terms(str(exc))
-            raise Failure(description=message, allow_retries=False) from None
+        audited = runtime.audit.operation(
+            "restore", via="dagster", source=source, run_id=context.run_id
+        )
+        with audited as noted:
+            noted.snapshots.append(f"{source}/{config.snapshot}")
+            try:
+                options = model.parse(
+                    options_of(config, source, sources[source]), spelled=lambda field: f"'{field}'"
+                )
+                noted.target = options.destination()
+                context.log.info(f"restoring {source} {config.snapshot} into {noted.target}")
+                restored = restore(runtime, source, config.snapshot, options, context.log.info)
+            except BackupError as exc:
+                message = runtime.sources[source].in_own_terms(str(exc))
+                raise Failure(description=message, allow_retries=False) from None
+            noted.snapshots[-1] = f"{source}/{restored.snapshot.snapshot_id}"
         context.log.info(restored.summary)
         body = event_body("backup.restored", source, context.run_id, snapshot=restored.snapshot)
         body["location"] = options.destination()

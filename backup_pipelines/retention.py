@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from backup_pipelines.audit import AuditLog
 from backup_pipelines.settings import BackupSettings, RetentionCount
 from backup_pipelines.snapshot.files import LEFTOVER_AGE, remove_stale
 from backup_pipelines.snapshot.manifest import format_utc
@@ -235,6 +236,8 @@ def prune(
                 f"{format_utc(ends[-1])}); a prune after that deletes them"
             )
         reports.append(report)
+    if not dry_run:
+        prune_audit(store, reports, log)
     if staging_dir is not None and not dry_run:
         removed = [
             path for area in _subdirectories(staging_dir) for path in remove_stale(area, now)
@@ -242,6 +245,20 @@ def prune(
         if removed:
             log(f"removed {len(removed)} day-old leftovers from the staging area {staging_dir}")
     return reports
+
+
+def prune_audit(
+    store: SnapshotStore, reports: Sequence[SourcePrune], log: Callable[[str], None]
+) -> None:
+    """Audit records older than the oldest snapshot left go: every record outlives the
+    snapshots it names. With no snapshot left at all, every record stays."""
+    left = [i for r in reports for i in (*r.keep, *r.locked)]
+    if not left:
+        return
+    oldest = min(left)[:8]  # ids start with the snapshot's UTC day
+    removed = AuditLog(store).prune(before=datetime.strptime(oldest, "%Y%m%d").date())
+    if removed:
+        log(f"removed audit records of {len(removed)} days before the oldest snapshot ({oldest})")
 
 
 def _subdirectories(directory: Path) -> list[Path]:

@@ -3,7 +3,7 @@
 from dagster import Nothing, OpExecutionContext, Out, Output, ResourceParam, job, op
 
 from backup_pipelines.notifications import event_body
-from backup_pipelines.retention import RetentionRules, prune
+from backup_pipelines.retention import RetentionRules, as_listing, prune
 from backup_pipelines.runtime import Runtime
 from backup_pipelines.snapshot.manifest import utc_now
 
@@ -11,16 +11,18 @@ from backup_pipelines.snapshot.manifest import utc_now
 @op(out=Out(Nothing))
 def apply_retention(context: OpExecutionContext, runtime: ResourceParam[Runtime]):
     """Delete what the rules drop and day-old interrupted attempts; say so as `backup.pruned`."""
-    reports = prune(
-        runtime.store,
-        runtime.sources,
-        RetentionRules.from_settings(runtime.shared),
-        dry_run=False,
-        now=utc_now(),
-        staging_dir=runtime.staging.directory,
-        log=context.log.info,
-        warn=context.log.warning,
-    )
+    with runtime.audit.operation("prune", via="dagster", run_id=context.run_id) as noted:
+        reports = prune(
+            runtime.store,
+            runtime.sources,
+            RetentionRules.from_settings(runtime.shared),
+            dry_run=False,
+            now=utc_now(),
+            staging_dir=runtime.staging.directory,
+            log=context.log.info,
+            warn=context.log.warning,
+        )
+        noted.snapshots = as_listing(reports)["delete"]
     for report in reports:
         if report.delete or report.leftovers:
             body = event_body("backup.pruned", report.source, context.run_id)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from pyrage import x25519
 
+from backup_pipelines.audit import AuditLog
 from backup_pipelines.settings import (
     BackupSettings,
     InvalidSettings,
@@ -161,6 +162,10 @@ class Runtime:
     @cached_property
     def store(self) -> SnapshotStore:
         return build_store(self.shared)
+
+    @cached_property
+    def audit(self) -> AuditLog:
+        return AuditLog(self.store, self.settings.secret_values())
 
     @cached_property
     def notifications(self) -> NotificationPublisher:

@@ -29,6 +29,7 @@ from dagster import (
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import AMQPError
 
+from backup_pipelines.audit import Entry
 from backup_pipelines.dagster_internals import RUN_KEY_TAG, SENSOR_NAME_TAG
 from backup_pipelines.errors import ConfigurationError
 from backup_pipelines.messaging import DEAD_LETTER_QUEUE, REQUESTS_QUEUE
@@ -279,6 +280,11 @@ def backup_run_failure_sensor(sources_of_job: Mapping[str, Sequence[str]]) -> Se
         for source in sources:
             if backup_step_key(source) not in hooked:
                 notifications.publish(event_body("backup.failed", source, run.run_id, error=error))
+                failed = Entry()
+                failed.failed(error)
+                runtime.audit.append(
+                    "backup", failed, via="dagster", source=source, run_id=run.run_id
+                )
 
     return _sensor
 

@@ -29,6 +29,7 @@ from dagster import (
     in_process_executor,
 )
 
+from backup_pipelines.audit import Entry
 from backup_pipelines.drill import drill
 from backup_pipelines.errors import BackupError, SnapshotNotFound
 from backup_pipelines.io_managers import as_metadata
@@ -66,36 +67,50 @@ def verification_asset(source: Source, verify_cron: str) -> AssetsDefinition:
     def _verification(
         context: AssetExecutionContext, runtime: ResourceParam[Runtime]
     ) -> Iterator[MaterializeResult]:
-        try:
-            drilled = drill(runtime, name, LATEST, context.log.info)
-        except (IdentityMissing, SnapshotNotFound) as skip:
-            context.log.warning(f"{name} is not verified: {skip}")
-            return
-        except BackupError as exc:
-            error = runtime.notifications.short_error(exc)
-            runtime.notifications.publish(
-                event_body("backup.verification_failed", name, context.run.run_id, error=error)
-            )
-            message = runtime.sources[name].in_own_terms(str(exc))
-            raise Failure(description=message, allow_retries=False) from None
-        result, report = drilled.result, as_metadata(drilled.report())
-        event = "backup.verified" if result.passed else "backup.verification_failed"
-        runtime.notifications.publish(
-            verification_event(event, drilled.snapshot, context.run.run_id, result.problems)
-        )
-        for warning in result.warnings:
-            context.log.warning(f"{name}: {warning}")
-        if not result.passed:
-            problems = "; ".join(result.problems)[:PROBLEMS_SHOWN]
-            raise Failure(
-                description=f"{name}/{drilled.snapshot.snapshot_id} does not restore equal to "
-                f"its manifest: {problems}",
-                metadata=report,
-                allow_retries=False,
-            )
-        yield MaterializeResult(metadata=report)
+        with runtime.audit.operation(
+            "drill", via="dagster", source=name, run_id=context.run.run_id
+        ) as noted:
+            yield from _drilled(context, runtime, name, noted)
 
     return _verification
+
+
+def _drilled(
+    context: AssetExecutionContext, runtime: Runtime, name: str, noted: Entry
+) -> Iterator[MaterializeResult]:
+    """Drill the latest snapshot, record what it proved, announce it; fail when it does not
+    restore equal to its manifest."""
+    try:
+        drilled = drill(runtime, name, LATEST, context.log.info)
+        noted.snapshots.append(f"{name}/{drilled.snapshot.snapshot_id}")
+    except (IdentityMissing, SnapshotNotFound) as skip:
+        context.log.warning(f"{name} is not verified: {skip}")
+        noted.skipped(str(skip))
+        return
+    except BackupError as exc:
+        error = runtime.notifications.short_error(exc)
+        runtime.notifications.publish(
+            event_body("backup.verification_failed", name, context.run.run_id, error=error)
+        )
+        message = runtime.sources[name].in_own_terms(str(exc))
+        raise Failure(description=message, allow_retries=False) from None
+    result, report = drilled.result, as_metadata(drilled.report())
+    event = "backup.verified" if result.passed else "backup.verification_failed"
+    runtime.notifications.publish(
+        verification_event(event, drilled.snapshot, context.run.run_id, result.problems)
+    )
+    for warning in result.warnings:
+        context.log.warning(f"{name}: {warning}")
+    if not result.passed:
+        problems = "; ".join(result.problems)[:PROBLEMS_SHOWN]
+        noted.failed(problems)
+        raise Failure(
+            description=f"{name}/{drilled.snapshot.snapshot_id} does not restore equal to "
+            f"its manifest: {problems}",
+            metadata=report,
+            allow_retries=False,
+        )
+    yield MaterializeResult(metadata=report)
 
 
 def build_verification(runtime: Runtime) -> Definitions:

@@ -28,6 +28,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from backup_pipelines.audit import AUDIT
 from backup_pipelines.cli import main
 from backup_pipelines.retention import RetentionRules, prune
 from backup_pipelines.snapshot.manifest import MANIFEST_NAME, new_snapshot_id
@@ -361,7 +362,8 @@ def test_a_tampered_manifest_never_reaches_outside_its_snapshot_local(
             calls,
             world,
             {
-                "write": [artifacts / ".staging", world / "restored"],
+                # the commands' audit records, at keys no manifest chooses
+                "write": [artifacts / ".staging", artifacts / AUDIT, world / "restored"],
                 "delete": [artifacts / ".staging", world / "restored", location],
             },
         )
@@ -421,15 +423,18 @@ def test_a_tampered_manifest_never_reaches_outside_its_snapshot_s3(
             calls,
             world,
             {
-                "write": [artifacts / ".staging", world / "restored"],
+                # the commands' audit records, at keys no manifest chooses
+                "write": [artifacts / ".staging", artifacts / AUDIT, world / "restored"],
                 "delete": [artifacts / ".staging", world / "restored"],
             },
         )
     for operation, params in requests:
-        assert operation not in ("PutObject", "CreateMultipartUpload", "CopyObject"), operation
+        assert operation not in ("CreateMultipartUpload", "CopyObject"), operation
         for key in _keys_of(params):
             segments = key.split("/")
             assert segments[0] == "backups" and ".." not in segments, (operation, key)
+            if operation == "PutObject":  # only the commands' own audit records
+                assert key.startswith(f"backups/{AUDIT}/"), (operation, key)
             if operation in ("GetObject", "HeadObject"):
                 assert key.startswith(f"backups/{SOURCE}/"), (operation, key)
             if operation in ("DeleteObject", "DeleteObjects", "AbortMultipartUpload"):

@@ -275,6 +275,10 @@ class SnapshotStore:
         """The stored bytes of one artifact, as a readable stream."""
         return self.backend.open(snapshot_prefix(source, snapshot_id) + check_artifact_name(name))
 
+    def usage(self, source: str) -> int:
+        """Every byte stored under the source's folder: snapshots, attempts, its own data."""
+        return self.backend.usage(check_source(source) + "/")
+
     # Deleting
 
     def locked_until(self, source: str, snapshot_id: str) -> datetime | None:

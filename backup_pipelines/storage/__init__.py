@@ -67,6 +67,14 @@ class Backend(ABC):
         """The names directly below `prefix` (a `…/` key) that hold anything."""
 
     @abstractmethod
+    def files(self, prefix: str) -> list[str]:
+        """The names of the objects directly below `prefix` (a `…/` key)."""
+
+    @abstractmethod
+    def usage(self, prefix: str) -> int:
+        """The bytes stored below `prefix`, everything included (what the store bills)."""
+
+    @abstractmethod
     def last_change(self, prefix: str) -> datetime | None:
         """When anything below `prefix` was last written (or an upload into it began);
         None when nothing is there."""

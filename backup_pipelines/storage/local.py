@@ -11,6 +11,7 @@ read or a delete towards anything outside it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -90,7 +91,8 @@ class LocalBackend(Backend):
             os.rename(partial, target)
             fsync_path(target.parent)
         except OSError as exc:
-            partial.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # its folder may be what failed
+                partial.unlink()
             raise self._failure("write", target, exc) from None
 
     def get(self, key: str, limit: int) -> Fetched | None:
@@ -119,21 +121,36 @@ class LocalBackend(Backend):
         with stream:
             yield stream
 
-    def children(self, prefix: str) -> list[str]:
+    def _entries(self, prefix: str) -> list[os.DirEntry]:
         directory = self._unlinked(prefix)
         try:
-            entries = list(os.scandir(directory))
+            return list(os.scandir(directory))
         except FileNotFoundError:
             return []
         except OSError as exc:
             raise self._failure("list", directory, exc) from None
+
+    def children(self, prefix: str) -> list[str]:
         names = []
-        for entry in entries:
+        for entry in self._entries(prefix):
             if entry.is_symlink():
                 logger.warning("ignoring %s: a symbolic link", entry.path)
             elif entry.is_dir(follow_symlinks=False):
                 names.append(entry.name)
         return names
+
+    def files(self, prefix: str) -> list[str]:
+        entries = self._entries(prefix)
+        return sorted(entry.name for entry in entries if entry.is_file(follow_symlinks=False))
+
+    def usage(self, prefix: str) -> int:
+        directory = self._unlinked(prefix)
+        total = 0
+        for folder, _, names in os.walk(directory):  # never follows a symbolic link
+            for name in names:
+                with contextlib.suppress(FileNotFoundError):
+                    total += os.lstat(os.path.join(folder, name)).st_size
+        return total
 
     def last_change(self, prefix: str) -> datetime | None:
         path = self._unlinked(prefix)

@@ -227,6 +227,19 @@ class S3Backend(Backend):
         names.discard("")
         return sorted(names)
 
+    def files(self, prefix: str) -> list[str]:
+        under = self.key(prefix) + "/"
+        return sorted(
+            item["Key"][len(under) :]
+            for page in self._pages("list_objects_v2", under, Delimiter="/")
+            for item in page.get("Contents", [])
+        )
+
+    def usage(self, prefix: str) -> int:
+        """Current objects only: versions a lock keeps after a delete are the bucket's own
+        (its lifecycle rules expire them)."""
+        return sum(item["Size"] for item in self._objects(self.key(prefix) + "/"))
+
     def last_change(self, prefix: str) -> datetime | None:
         under = self.key(prefix) + "/"
         times = [item["LastModified"] for item in self._objects(under)]
