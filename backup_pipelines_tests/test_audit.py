@@ -133,7 +133,7 @@ def test_each_command_leaves_exactly_one_record(store_env, monkeypatch, tmp_path
     assert not any(secret in raw_records() for secret in SECRETS)
 
 
-def test_each_dagster_operation_leaves_exactly_one_record(backup_env, monkeypatch, tmp_path):
+def test_each_dagster_operation_leaves_exactly_one_record(store_env, monkeypatch, tmp_path):
     instance = DagsterInstance.ephemeral()
     with redis_process(tmp_path / "redis", REDIS_PASSWORD) as server:
         monkeypatch.setenv("BACKUP_REDIS_HOST", "127.0.0.1")
