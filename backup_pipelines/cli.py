@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
 
-from backup_pipelines.audit import Entry
+from backup_pipelines.audit import AuditLog, Entry
 from backup_pipelines.drill import drill
 from backup_pipelines.errors import BackupError, ConfigurationError, SnapshotNotFound
 from backup_pipelines.redaction import redact, secret_parts
@@ -335,11 +335,14 @@ AUDITED = {"verify": cmd_verify, "drill": cmd_drill, "restore": cmd_restore, "pr
 """Commands that read or change backups or their targets: each leaves one audit record."""
 
 
-def run(args: argparse.Namespace, runtime: Runtime) -> int:
+def run(args: argparse.Namespace, runtime: Runtime, secrets: Sequence[str]) -> int:
+    """The command, and for one that touches backups its audit record, in which `secrets`
+    (the configured ones and those typed on the command line) are masked."""
     if args.command in READING:
         return READING[args.command](args, runtime)
     source = getattr(args, "source", None)
-    with runtime.audit.operation(args.command, via="command", source=source) as noted:
+    audit = AuditLog(runtime.store, secrets)
+    with audit.operation(args.command, via="command", source=source) as noted:
         code = AUDITED[args.command](args, runtime, noted)
         if code != EXIT_OK and noted.outcome == "succeeded":
             noted.failed(f"exit code {code}")
@@ -382,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(settings, ConfigurationError):
             raise settings
         secrets += settings.secret_values()
-        return run(args, Runtime(settings))
+        return run(args, Runtime(settings), secrets)
     except ConfigurationError as exc:
         print(f"error: {_said(exc, args, settings, secrets)}", file=sys.stderr)
         return EXIT_USAGE

@@ -81,24 +81,16 @@ def backup_schedule(source: Source, job: "UnresolvedAssetJobDefinition") -> Sche
     return _schedule
 
 
-def every_time(
-    name: str, job: "JobDefinition | UnresolvedAssetJobDefinition", cron: str, description: str
-) -> ScheduleDefinition:
-    """A schedule that runs its job at every tick (UTC, running by default)."""
+def verification_schedule(job: "UnresolvedAssetJobDefinition", cron: str) -> ScheduleDefinition:
+    """Every source's latest snapshot drilled, once a day by default, after the backups."""
     return ScheduleDefinition(
-        name=name,
+        name="verification_schedule",
         job=job,
         cron_schedule=cron,
         execution_timezone="UTC",
         default_status=DefaultScheduleStatus.RUNNING,
-        description=description,
+        description=f"Drills every source's latest snapshot on BACKUP_VERIFY_CRON ({cron}, UTC).",
     )
-
-
-def verification_schedule(job: "UnresolvedAssetJobDefinition", cron: str) -> ScheduleDefinition:
-    """Every source's latest snapshot drilled, once a day by default, after the backups."""
-    description = f"Drills every source's latest snapshot on BACKUP_VERIFY_CRON ({cron}, UTC)."
-    return every_time("verification_schedule", job, cron, description)
 
 
 def retention_schedule(job: JobDefinition, prunes_elsewhere: str | None) -> ScheduleDefinition:

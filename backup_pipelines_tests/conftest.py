@@ -26,6 +26,7 @@ from backup_pipelines.naming import (
     backup_step_key,
     verification_asset_key,
 )
+from backup_pipelines.processes import free_loopback_port as free_port
 from backup_pipelines.runtime import Runtime, load_runtime
 from backup_pipelines.snapshot.manifest import MANIFEST_NAME
 from backup_pipelines.snapshot.staging import stage
@@ -43,12 +44,6 @@ from backup_pipelines_tests.postgres_fixtures import (
 S3_ACCESS_KEY = "test-access-key"
 S3_SECRET_KEY = "test-secret-key-never-shown"
 RUN_ID = "5f0e9a1c-7d2b-4c11-9e8a-0b1c2d3e4f50"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_http(url: str, timeout_s: float = 30) -> None:

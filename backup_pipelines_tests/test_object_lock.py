@@ -151,7 +151,7 @@ def locked_store(iam_s3, backup_env, monkeypatch) -> LockedStore:
 
 
 def as_pruner(store: LockedStore, monkeypatch) -> None:
-    """The pruning host: reads with the verifier's keys, deletes with the pruner's."""
+    """The pruning host: the pruner's keys read, and delete as its prune keys."""
     monkeypatch.setenv("BACKUP_S3_ACCESS_KEY", store.pruner[0])
     monkeypatch.setenv("BACKUP_S3_SECRET_KEY", store.pruner[1])
     monkeypatch.setenv("BACKUP_S3_PRUNE_ACCESS_KEY", store.pruner[0])

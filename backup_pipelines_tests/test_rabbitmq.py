@@ -157,6 +157,17 @@ def test_unreachable_management_api_is_a_clear_retryable_error(staging_dir):
     assert list((staging_dir / "rabbitmq").iterdir()) == []
 
 
+def commit_definitions(definitions: object) -> None:
+    """A rabbitmq snapshot holding exactly `definitions` (as a tampering hand would leave it)."""
+    runtime = runtime_from_env()
+    commit_snapshot(
+        runtime.store,
+        runtime.staging.directory,
+        {"definitions.json": json.dumps(definitions).encode()},
+        source="rabbitmq",
+    )
+
+
 def test_the_drill_finds_objects_that_an_import_would_lose(backup_env, capsys):
     sections = {
         section: []
@@ -174,13 +185,7 @@ def test_the_drill_finds_objects_that_an_import_would_lose(backup_env, capsys):
              "destination_type": "queue"},
         ],
     }  # fmt: skip
-    runtime = runtime_from_env()
-    commit_snapshot(
-        runtime.store,
-        runtime.staging.directory,
-        {"definitions.json": json.dumps(definitions).encode()},
-        source="rabbitmq",
-    )
+    commit_definitions(definitions)
     assert main(["drill", "rabbitmq"]) == 1
     problems = capsys.readouterr().err
     assert "a binding in 'crm' names the exchange 'crm.gone', not defined" in problems
@@ -210,13 +215,7 @@ def test_deep_verify_finds_definitions_that_do_not_parse(backup_env, capsys):
 def test_a_drill_of_definitions_whose_items_are_not_objects_says_so(backup_env, capsys):
     """A tampered export (a string where a queue should be) is a finding, not a traceback."""
     definitions = {section: [] for section in SECTIONS} | {"vhosts": ["crm"], "queues": [7]}
-    runtime = runtime_from_env()
-    commit_snapshot(
-        runtime.store,
-        runtime.staging.directory,
-        {"definitions.json": json.dumps(definitions).encode()},
-        source="rabbitmq",
-    )
+    commit_definitions(definitions)
     assert main(["drill", "rabbitmq"]) == 1
     problems = capsys.readouterr().err
     assert "definitions.json's 'vhosts' holds an item that is not a JSON object" in problems
