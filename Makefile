@@ -1,5 +1,7 @@
 SHELL := /bin/bash
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# The system interpreter first: PostgreSQL runs `wal-push` from this venv as its own OS user,
+# which cannot reach an interpreter under root's home (pyenv).
+PYTHON ?= $(shell command -v /usr/bin/python3.11 || command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home

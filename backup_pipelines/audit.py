@@ -38,7 +38,7 @@ MAX_RECORD_BYTES = 64 << 10
 ERROR_LIMIT = 500
 DAY = "%Y%m%d"
 
-Operation = Literal["backup", "restore", "verify", "drill", "prune"]
+Operation = Literal["backup", "restore", "verify", "drill", "prune", "wal-push", "wal-fetch"]
 Via = Literal["command", "dagster"]
 Outcome = Literal["succeeded", "failed", "skipped"]
 

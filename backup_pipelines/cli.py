@@ -32,6 +32,8 @@ from backup_pipelines.snapshot.store import LATEST, StoredSnapshot, Unreadable
 from backup_pipelines.snapshot.streams import human_bytes
 from backup_pipelines.sources.registry import SOURCES
 from backup_pipelines.sources.source import SECRET_OPTION, RestoreOptions, Source
+from backup_pipelines.wal_commands import WAL_COMMANDS, add_wal_commands
+from backup_pipelines.wal_commands import run as run_wal_command
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 logger = logging.getLogger("backup_pipelines.cli")
@@ -127,6 +129,8 @@ def _parser(sources: Mapping[str, type[Source]] | None = None) -> argparse.Argum
         "--since", type=since_time, metavar="T", help="only from T on (ISO-8601; UTC if no zone)"
     )
     audit.add_argument("--json", action="store_true", help="print the records as JSON")
+
+    add_wal_commands(commands)
 
     prune_ = commands.add_parser("prune", help="delete snapshots the retention rules drop")
     prune_.add_argument("--dry-run", action="store_true", help="say what would go; delete nothing")
@@ -340,6 +344,8 @@ def run(args: argparse.Namespace, runtime: Runtime, secrets: Sequence[str]) -> i
     (the configured ones and those typed on the command line) are masked."""
     if args.command in READING:
         return READING[args.command](args, runtime)
+    if args.command in WAL_COMMANDS:  # `command.py` sends them to their module directly
+        return run_wal_command(args)
     source = getattr(args, "source", None)
     audit = AuditLog(runtime.store, secrets)
     with audit.operation(args.command, via="command", source=source) as noted:
@@ -380,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = exc  # said after parsing, so `--help` and usage errors still answer
     args = _parser(settings.kinds if isinstance(settings, Settings) else None).parse_args(argv)
     if getattr(args, "json", False):  # JSON for a program to read: no advice around it
-        logging.getLogger("backup_pipelines.runtime").setLevel(logging.ERROR)
+        logging.getLogger("backup_pipelines.storage.configured").setLevel(logging.ERROR)
     try:
         if isinstance(settings, ConfigurationError):
             raise settings

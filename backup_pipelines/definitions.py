@@ -45,6 +45,8 @@ from backup_pipelines.sensors import (
     notifications_outbox_sensor,
 )
 from backup_pipelines.sources.source import Source
+from backup_pipelines.wal_archive import archiving
+from backup_pipelines.wal_monitoring import wal_archive_asset, wal_archive_sensor
 
 
 def build_resources(runtime: Runtime) -> dict[str, object]:
@@ -90,6 +92,7 @@ def build_definitions(runtime: Runtime) -> Definitions:
         assets=[
             *(crm_system(source) for source in sources),
             *(backup_asset(source, retries) for source in sources),
+            *(wal_archive_asset(source) for source in archiving(sources)),
             audit_trail,
         ],
         asset_checks=[integrity_check(source) for source in sources],
@@ -103,6 +106,7 @@ def build_definitions(runtime: Runtime) -> Definitions:
             *(change_sensor(s.name, jobs[s.name]) for s in sources if s.watches_changes),
             backup_run_failure_sensor(sources_of_job),
             backup_overdue_sensor(sources),
+            *([wal_archive_sensor(archiving(sources))] if archiving(sources) else []),
             notifications_outbox_sensor,
         ],
         resources=build_resources(runtime),

@@ -28,6 +28,7 @@ from backup_pipelines.errors import UnreadableManifest
 from backup_pipelines.runtime import Runtime
 from backup_pipelines.snapshot.store import StoredSnapshot
 from backup_pipelines.snapshot.verdicts import read_verdict
+from backup_pipelines.wal_archive import archiving
 
 PER_SOURCE = {
     "backup_snapshots": "Complete snapshots in the store.",
@@ -39,6 +40,10 @@ PER_SOURCE = {
     "backup_store_bytes": "Bytes stored for the source: snapshots, attempts, its own data.",
     "backup_verification_last_success_timestamp_seconds": "When a drill last proved a snapshot.",
     "backup_verification_last_passed": "1 when the last drill passed, 0 when it failed.",
+    "backup_wal_last_archived_timestamp_seconds": "When the newest WAL file was archived "
+    "(base backup sources: their WAL archive).",
+    "backup_wal_max_age_seconds": "How old the newest archived WAL file may grow before "
+    "archiving counts as stalled (BACKUP_POSTGRES_WAL_MAX_AGE_S).",
 }
 VERIFY_INTERVAL = "backup_verification_interval_seconds"
 SCRAPE_DURATION = "backup_metrics_collect_duration_seconds"
@@ -105,6 +110,11 @@ class StoreCollector(Collector):
                 ).total_seconds(),
                 "backup_snapshot_oldest_timestamp_seconds": oldest.started_at.timestamp(),
             }
+        for archiving_source in archiving([self.runtime.sources[source]]):
+            values["backup_wal_max_age_seconds"] = float(archiving_source.max_archive_age_s)
+            last = archiving_source.archive(self.runtime.store).last_archived()
+            if last is not None:
+                values["backup_wal_last_archived_timestamp_seconds"] = last.timestamp()
         verdict = read_verdict(self.runtime.store, source)
         if verdict is not None:
             values["backup_verification_last_passed"] = 1.0 if verdict.passed else 0.0

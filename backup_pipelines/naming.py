@@ -50,6 +50,12 @@ def crm_asset_key(source: str) -> AssetKey:
     return AssetKey([CRM_GROUP, kind, *([target] if target else [])])
 
 
+def wal_asset_key(archive: str) -> AssetKey:
+    """The WAL archive beside base backups: `postgres_wal`, or `postgres_wal/<target>`."""
+    kind, target = split_source(archive)
+    return AssetKey([kind, *([target] if target else [])])
+
+
 def backup_job_name(source: str) -> str:
     return f"{_word(source)}_backup_job"
 

@@ -24,7 +24,8 @@ class Restored:
 def restore(
     runtime: Runtime, source_name: str, snapshot_id: str, options: RestoreOptions, log: Log
 ) -> Restored:
-    snapshot = runtime.store.find(source_name, snapshot_id)
+    source = runtime.sources[source_name]
+    snapshot = source.snapshot_to_restore(runtime.store, snapshot_id, options)
     reader = runtime.reader(snapshot, "restore")
-    summary = runtime.sources[source_name].restore(reader, options, log)
+    summary = source.restore(reader, options, log)
     return Restored(snapshot, summary)

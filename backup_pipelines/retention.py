@@ -178,7 +178,7 @@ def prune_source(
     report.freed_bytes = sum(snapshots[i].manifest.size_bytes for i in deleted)
     still_there = decision.keep + [i for i in locked if i in snapshots]
     release = source.forgetting(
-        [snapshots[i] for i in deleted], [snapshots[i] for i in still_there]
+        store, [snapshots[i] for i in deleted], [snapshots[i] for i in still_there]
     )
     if dry_run:
         return report

@@ -87,6 +87,12 @@ def read_targets(
                     "and _, starting with a letter)"
                 )
                 continue
+            if f"{kind}_{name}" in KINDS:
+                problems.append(
+                    f"{kind}.{name}: its names would be those of the kind {kind}_{name} (its "
+                    "job, schedule and asset): choose another target name"
+                )
+                continue
             source = _target(kind_class(kind), name, file, shared, environ, fields, problems)
             if source is not None:
                 declared[kind].append(source)

@@ -236,6 +236,7 @@ def test_every_schedule_and_sensor_runs_in_the_daemon(stack):
         "documents_change_sensor": "RUNNING",
         "backup_run_failure_sensor": "RUNNING",
         "backup_overdue_sensor": "RUNNING",
+        "postgres_wal_sensor": "RUNNING",
         "notifications_outbox_sensor": "RUNNING",
     }
     ticked = {s["name"] for s in sensors if s["sensorState"]["ticks"]}

@@ -101,7 +101,7 @@ def test_requests_launch_backups_and_malformed_ones_are_set_aside(backup_env, re
         (b"not json at all", "not JSON"),
         (
             b'{"source": "mysql"}',
-            "'source' must be one of postgres, redis, rabbitmq, consul, "
+            "'source' must be one of postgres, postgres_base, redis, rabbitmq, consul, "
             "documents, all, not 'mysql'",
         ),
     ]
@@ -249,12 +249,17 @@ def test_schedules_and_sensors_run_by_default(backup_env):
         "documents_change_sensor",
         "backup_run_failure_sensor",
         "backup_overdue_sensor",
+        "postgres_wal_sensor",
         "notifications_outbox_sensor",
     }
     assert os.environ.get("BACKUP_DOCUMENTS_ROOT") is None
     with build_schedule_context() as context:
         skipped = schedules["documents_backup_schedule"].evaluate_tick(context)
     assert "set BACKUP_DOCUMENTS_ROOT" in str(skipped.skip_message)
+    assert schedules["postgres_base_backup_schedule"].cron_schedule == "30 1 * * *"
+    with build_schedule_context() as context:  # the local server does not archive its WAL
+        skipped = schedules["postgres_base_backup_schedule"].evaluate_tick(context)
+    assert "archive_mode = on" in str(skipped.skip_message)
     with build_schedule_context() as context:
         [request] = schedules["redis_backup_schedule"].evaluate_tick(context).run_requests
     assert request.tags["backup/trigger"] == "schedule"

@@ -302,9 +302,14 @@ def test_a_disabled_target_is_not_backed_up_but_stays_restorable(
 
 
 MALFORMED = {
+    "target named like a kind": (
+        "postgres:\n  base: {backup_dsn: 'postgresql://postgres@127.0.0.1/postgres'}\n",
+        "postgres.base: its names would be those of the kind postgres_base",
+    ),
     "unknown kind": (
         "mysql:\n  crm: {dsn: x}\n",
-        "'mysql' is not a kind (the kinds: postgres, redis, rabbitmq, consul, documents)",
+        "'mysql' is not a kind (the kinds: postgres, postgres_base, redis, rabbitmq, consul, "
+        "documents)",
     ),
     "missing field": ("redis:\n  cache: {port: 6379}\n", "redis.cache.host: is required"),
     "unknown field": (

@@ -25,7 +25,12 @@ from backup_pipelines.snapshot.files import disk_full
 from backup_pipelines.snapshot.names import check_artifact_name
 from backup_pipelines.snapshot.staging import stored_name
 from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
-from backup_pipelines.snapshot.streams import CHUNK_SIZE, CountingWriter, HashingReader
+from backup_pipelines.snapshot.streams import (
+    CHUNK_SIZE,
+    CountingWriter,
+    HashingReader,
+    HashingWriter,
+)
 
 
 def verify_snapshot(store: SnapshotStore, snapshot: StoredSnapshot) -> list[str]:
@@ -73,33 +78,64 @@ def restore_artifact(
         ) from None
     where = f"{snapshot.source}/{snapshot.snapshot_id}/{entry.name}"
     with store.open_file(snapshot.source, snapshot.snapshot_id, entry.name) as stored:
-        reader = HashingReader(stored)
-        plain = CountingWriter(destination)
-        decompressor = zstandard.ZstdDecompressor().stream_writer(plain, closefd=False)
-        try:
-            if encrypted:
-                pyrage.decrypt_io(reader, decompressor, list(identities))
-            else:
-                shutil.copyfileobj(reader, decompressor, CHUNK_SIZE)
-            decompressor.flush()
-            decode_error = None
-        except Exception as exc:
-            # pyrage reports a failing read or write as its own error: raise the real one
-            if failed := reader.error or plain.error:
-                raise failed from None
-            decode_error = exc
-        reader.drain()
-    if reader.size != entry.size or reader.hexdigest() != entry.sha256:
+        decoded = decode(stored, destination, identities if encrypted else None)
+    if decoded.stored.size != entry.size or decoded.stored.hexdigest() != entry.sha256:
         raise IntegrityError(f"{where}: stored bytes do not match the manifest (size or sha256)")
-    if isinstance(decode_error, pyrage.DecryptError):
-        raise IntegrityError(
-            f"{where}: cannot decrypt with the identity in BACKUP_AGE_IDENTITY_FILE "
-            "(is it the key the snapshot was encrypted to?)"
-        )
-    if decode_error is not None:
-        kind = "age and zstd" if encrypted else "zstd"
-        raise IntegrityError(f"{where}: not a valid {kind} stream ({decode_error})")
-    return plain.size
+    decoded.check(where)
+    return decoded.plain.size
+
+
+@dataclass
+class Decoded:
+    """What `decode` read and wrote: the stored bytes' and the plain bytes' counts (and
+    hashes), and why the stream did not decode, if it did not."""
+
+    stored: HashingReader
+    plain: CountingWriter | HashingWriter
+    encrypted: bool
+    error: Exception | None
+
+    def check(self, where: str) -> None:
+        """`IntegrityError` naming `where` unless the stream decoded."""
+        if isinstance(self.error, pyrage.DecryptError):
+            raise IntegrityError(
+                f"{where}: cannot decrypt with the identity in BACKUP_AGE_IDENTITY_FILE "
+                "(is it the key it was encrypted to?)"
+            )
+        if self.error is not None:
+            kind = "age and zstd" if self.encrypted else "zstd"
+            raise IntegrityError(f"{where}: not a valid {kind} stream ({self.error})")
+
+
+def decode(
+    stored: BinaryIO,
+    destination: BinaryIO,
+    identities: Sequence[x25519.Identity] | None,
+    *,
+    hash_plain: bool = False,
+) -> Decoded:
+    """Stored bytes → age (with `identities`; None: in the clear) → zstd → `destination`,
+    hashing the stored bytes (and the plain ones with `hash_plain`: a pass restores of
+    large artifacts do without) and reading `stored` to its end. A failing read or write raises as
+    itself; a stream that does not decode is kept in `Decoded.error` for the caller, who
+    first compares the stored bytes with what it expected."""
+    reader = HashingReader(stored)
+    plain = HashingWriter(destination) if hash_plain else CountingWriter(destination)
+    decompressor = zstandard.ZstdDecompressor().stream_writer(plain, closefd=False)
+    try:
+        if identities is not None:
+            pyrage.decrypt_io(reader, decompressor, list(identities))
+        else:
+            shutil.copyfileobj(reader, decompressor, CHUNK_SIZE)
+        decompressor.flush()
+        error = None
+    except Exception as exc:
+        # pyrage reports a failing read or write as its own error: raise the real one
+        if failed := reader.error or plain.error:
+            raise failed from None
+        error = exc
+    reader.drain()
+    return Decoded(reader, plain, identities is not None, error)
 
 
 @contextmanager

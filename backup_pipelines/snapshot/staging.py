@@ -48,6 +48,28 @@ logger = logging.getLogger(__name__)
 ZSTD_LEVEL = 3
 
 
+def encode(
+    source: BinaryIO, out: BinaryIO, recipients: Sequence[x25519.Recipient] = ()
+) -> HashingWriter:
+    """`source` → zstd → age (to `recipients`, when there are any) → `out`, in bounded
+    memory; the writer returned has the stored bytes' size and sha256. A failing read or
+    write raises as itself: `source` and the writer keep it in `error`, which pyrage would
+    report as a failure of its own."""
+    sink = HashingWriter(out)
+    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1)
+    with compressor.stream_reader(source, read_size=CHUNK_SIZE) as compressed:
+        try:
+            if recipients:
+                pyrage.encrypt_io(compressed, sink, list(recipients))
+            else:
+                copy_stream(compressed, sink)
+        except Exception:
+            if failed := getattr(source, "error", None) or sink.error:
+                raise failed from None
+            raise
+    return sink
+
+
 def stored_name(name: str, encrypted: bool) -> str:
     """The name an artifact is stored under: compressed, then (maybe) encrypted."""
     return f"{name}.zst.age" if encrypted else f"{name}.zst"
@@ -111,6 +133,7 @@ class StagedSnapshot:
         expect_prefix: bytes = b"",
         secrets: Sequence[str | None] = (),
         to_file: bool = False,
+        watch: Callable[[bytes], None] | None = None,
     ) -> FileEntry:
         """Store what a command writes to stdout; `ToolFailed` unless it exits 0.
 
@@ -122,13 +145,16 @@ class StagedSnapshot:
         for tools that seek back into their output: `pg_dump -Fc` then fills in
         the offsets of its table of contents, which lets `pg_restore -j` go
         straight to each table's data instead of scanning for it.
+
+        `watch` sees every plain chunk as it passes (to read what the stream says
+        of itself, as a base backup's label and manifest) without a second read.
         """
         if to_file:
             return self._add_command_file(
                 name, argv, label, expect_prefix, env=env, secrets=secrets
             )
         with running(argv, label=label, env=env, secrets=secrets) as process:
-            entry, metered = self._write(name, process.stdout, label=label)
+            entry, metered = self._write(name, process.stdout, label=label, watch=watch)
         self._accept(entry, metered, label=label, expect_prefix=expect_prefix)
         return entry
 
@@ -161,29 +187,22 @@ class StagedSnapshot:
                 if self.progress:
                     self.progress(f"{label}: {human_bytes(path.stat().st_size)} written so far")
 
-    def _write(self, name: str, source: BinaryIO, *, label: str) -> tuple[FileEntry, MeteredReader]:
+    def _write(
+        self,
+        name: str,
+        source: BinaryIO,
+        *,
+        label: str,
+        watch: Callable[[bytes], None] | None = None,
+    ) -> tuple[FileEntry, MeteredReader]:
         target_name = stored_name(name, bool(self.recipients))
         if any(entry.name == target_name for entry in self.files):
             raise ValueError(f"artifact {name!r} is already part of this snapshot")
-        metered = MeteredReader(source, label, self.progress)
-        compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1)
+        metered = MeteredReader(source, label, self.progress, watch)
         path = self.directory / check_artifact_name(target_name)
         try:
             with path.open("xb") as out:
-                sink = HashingWriter(out)
-                with compressor.stream_reader(metered, read_size=CHUNK_SIZE) as compressed:
-                    try:
-                        if self.recipients:
-                            pyrage.encrypt_io(compressed, sink, list(self.recipients))
-                        else:
-                            copy_stream(compressed, sink)
-                    except Exception:
-                        # pyrage reports errors of either side as its own: raise the real one
-                        if metered.error is not None:
-                            raise metered.error from None
-                        if sink.error is not None:
-                            raise sink.error from None
-                        raise
+                sink = encode(metered, out, self.recipients)
         except OSError as exc:
             raise disk_full(exc, path) or exc from None
         return FileEntry(name=target_name, size=sink.size, sha256=sink.hexdigest()), metered

@@ -66,10 +66,12 @@ class MeteredReader(io.RawIOBase):
         inner: BinaryIO,
         label: str,
         progress: Callable[[str], None] | None = None,
+        watch: Callable[[bytes], None] | None = None,
     ):
         self._inner = inner
         self._label = label
         self._progress = progress
+        self._watch = watch
         self._next_report = time.monotonic() + PROGRESS_EVERY_S
         self.total = 0
         self.head = b""
@@ -87,6 +89,8 @@ class MeteredReader(io.RawIOBase):
         if len(self.head) < self.HEAD_SIZE:
             self.head += bytes(buffer[: min(size, self.HEAD_SIZE - len(self.head))])
         self.total += size
+        if self._watch and size:
+            self._watch(bytes(buffer[:size]))
         if self._progress and time.monotonic() >= self._next_report:
             self._progress(f"{self._label}: {human_bytes(self.total)} read so far")
             self._next_report = time.monotonic() + PROGRESS_EVERY_S

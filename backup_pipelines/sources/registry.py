@@ -10,11 +10,12 @@ from __future__ import annotations
 from backup_pipelines.sources.consul import Consul
 from backup_pipelines.sources.documents import Documents
 from backup_pipelines.sources.postgres import Postgres
+from backup_pipelines.sources.postgres.base import PostgresBase
 from backup_pipelines.sources.rabbitmq import RabbitMQ
 from backup_pipelines.sources.redis import Redis
 from backup_pipelines.sources.source import Source
 
-SOURCES: tuple[type[Source], ...] = (Postgres, Redis, RabbitMQ, Consul, Documents)
+SOURCES: tuple[type[Source], ...] = (Postgres, PostgresBase, Redis, RabbitMQ, Consul, Documents)
 KINDS: tuple[str, ...] = tuple(source.kind for source in SOURCES)
 
 

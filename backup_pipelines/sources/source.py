@@ -5,8 +5,9 @@ dump, deep-verify, drill and restore, and which restore options it takes.
 Everything else is generated from the registry (`registry.py`): the Dagster
 assets (backups and their verifications), checks, jobs, schedules, freshness
 and pools, `restore_job`'s config and the `backup-pipelines` command's flags.
-A source never knows where snapshots are stored, and imports nothing from
-Dagster.
+A source imports nothing from Dagster, and commits nothing itself: the
+store is handed to it only where it keeps data of its own beside its
+snapshots (restic's repository, PostgreSQL's WAL archive).
 
 A registered `Source` class is a kind; an instance is one system
 of that kind, bound to its settings: the one the `BACKUP_<KIND>_*` variables
@@ -37,7 +38,7 @@ from backup_pipelines.settings import (
 )
 from backup_pipelines.snapshot.reader import SnapshotReader
 from backup_pipelines.snapshot.staging import StagedSnapshot
-from backup_pipelines.snapshot.store import StoredSnapshot
+from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
 
 Log = Callable[[str], None]
 
@@ -243,10 +244,20 @@ class Source(ABC, Generic[SettingsT, OptionsT]):
         """A cheap value that changes whenever the data does (`watches_changes` sources)."""
         raise NotImplementedError
 
+    def snapshot_to_restore(
+        self, store: SnapshotStore, snapshot_id: str, options: OptionsT
+    ) -> StoredSnapshot:
+        """The snapshot a restore with `options` uses: `snapshot_id`, or the newest."""
+        return store.find(self.name, snapshot_id)
+
     def forgetting(
-        self, deleted: Sequence[StoredSnapshot], kept: Sequence[StoredSnapshot]
+        self,
+        store: SnapshotStore,
+        deleted: Sequence[StoredSnapshot],
+        kept: Sequence[StoredSnapshot],
     ) -> Callable[[], None] | None:
-        """What retention must release outside the store once `deleted` are gone.
+        """What retention must release outside the snapshots (restic's, the WAL archive's)
+        once `deleted` are gone.
 
         Called before anything is deleted, so it can refuse (a missing
         password); the callable it returns runs after the manifests are gone.

@@ -12,7 +12,7 @@ from backup_pipelines.errors import ConfigurationError
 from backup_pipelines.settings import SourceSettings
 from backup_pipelines.snapshot.reader import SnapshotReader
 from backup_pipelines.snapshot.staging import StagedSnapshot
-from backup_pipelines.snapshot.store import StoredSnapshot
+from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
 from backup_pipelines.sources.documents.backup import backup_documents, tree_fingerprint
 from backup_pipelines.sources.documents.drill import drill_tree
 from backup_pipelines.sources.documents.restic import ResticRepository, is_restic_id
@@ -108,7 +108,10 @@ class Documents(Source[DocumentsSettings, DocumentsRestore]):
         return drill_tree(reader, self.repository(), RESTIC_READ_DATA_SUBSET, log)
 
     def forgetting(
-        self, deleted: Sequence[StoredSnapshot], kept: Sequence[StoredSnapshot]
+        self,
+        store: SnapshotStore,
+        deleted: Sequence[StoredSnapshot],
+        kept: Sequence[StoredSnapshot],
     ) -> Callable[[], None] | None:
         """restic forgets exactly the snapshots only deleted documents snapshots point at."""
         restic_ids = restic_ids_to_forget(deleted, kept)

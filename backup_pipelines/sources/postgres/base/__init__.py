@@ -1,0 +1,268 @@
+"""PostgreSQL point-in-time recovery: physical base backups of the cluster, restored with the
+WAL archive (`wal_archive.py`) to any moment since the oldest kept one.
+
+The logical `postgres` source (dumps) restores single databases anywhere;
+this one restores the whole cluster to the second, as far as the archive
+reaches. Base backups are snapshots like any other (manifest last,
+verified, drilled, pruned by the retention rules); the WAL between them
+lives beside them in `<root>/postgres_wal/` and is pruned with them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from backup_pipelines.errors import (
+    BackupError,
+    ConfigurationError,
+    IntegrityError,
+    SnapshotNotFound,
+)
+from backup_pipelines.settings import SourceSettings
+from backup_pipelines.snapshot.manifest import format_utc
+from backup_pipelines.snapshot.reader import SnapshotReader
+from backup_pipelines.snapshot.staging import StagedSnapshot
+from backup_pipelines.snapshot.store import LATEST, SnapshotStore, StoredSnapshot
+from backup_pipelines.sources.postgres.base.basebackup import (
+    SETUP_HINT,
+    WalRange,
+    archiving_settings,
+    base_backup,
+    segments_behind,
+)
+from backup_pipelines.sources.postgres.base.drill import drill_base, verify_base
+from backup_pipelines.sources.postgres.base.recovery import (
+    configure_recovery,
+    hand_to_server_user,
+    recovery_settings,
+    refuse_occupied,
+    replacing,
+    start_command,
+    unpack_base,
+)
+from backup_pipelines.sources.postgres.cluster import Cluster
+from backup_pipelines.sources.postgres.scratch import major_version
+from backup_pipelines.sources.source import DrillResult, Log, RestoreOptions, Source, cli
+from backup_pipelines.storage.configured import build_store
+from backup_pipelines.wal_archive import WalArchive, archive_of, segment_position
+
+logger = logging.getLogger(__name__)
+
+
+class PostgresBaseSettings(SourceSettings):
+    model_config = SettingsConfigDict(env_prefix="BACKUP_POSTGRES_BASE_")
+
+    backup_dsn: SecretStr = Field(
+        SecretStr("postgresql://postgres@localhost:5432/postgres"),
+        validation_alias=AliasChoices("BACKUP_POSTGRES_BACKUP_DSN"),
+    )
+    """The cluster to back up, as the `postgres` source's (a role with REPLICATION)."""
+    cron: str = "30 1 * * *"
+    wal_max_age_s: int = Field(
+        900, ge=60, validation_alias=AliasChoices("BACKUP_POSTGRES_WAL_MAX_AGE_S")
+    )
+    """How old the newest archived WAL file may grow before archiving counts as stalled."""
+
+
+class PostgresBaseRestore(RestoreOptions):
+    target: Path = Field(
+        description="the data directory to prepare (new or empty; --force replaces it)",
+        json_schema_extra=cli("--target-dir", "DIR"),
+    )
+    target_time: datetime | None = Field(
+        None,
+        description="recover to this moment (ISO-8601, UTC when no zone is given); default: "
+        "the end of the archive",
+        json_schema_extra=cli(metavar="T"),
+    )
+    keep_archiving: bool = Field(
+        False,
+        description="keep the backed-up server's archiving in the restored one (for the "
+        "restore that becomes the primary; by default it is off, so a trial restore pushes "
+        "no new timeline into the archive)",
+    )
+
+    @field_validator("target_time")
+    @classmethod
+    def _utc_when_naive(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+def ends_at(snapshot: StoredSnapshot) -> datetime:
+    """When the base backup was consistent at the latest: recovery cannot stop before."""
+    stop = snapshot.manifest.stats.get("stop_time")
+    try:
+        return datetime.fromisoformat(stop) if stop else snapshot.manifest.finished_at
+    except (TypeError, ValueError):
+        return snapshot.manifest.finished_at
+
+
+class PostgresBase(Source[PostgresBaseSettings, PostgresBaseRestore]):
+    kind = "postgres_base"
+    dagster_kind = "postgres"
+    description = (
+        "A physical base backup of the cluster (pg_basebackup, tar) that, with the WAL "
+        "archive, restores the cluster to any moment since."
+    )
+    system = "The CRM's PostgreSQL cluster, with its WAL archived continuously."
+    address_settings = ("backup_dsn",)
+    archives_wal = True
+    """Monitoring watches its WAL archive (`wal_archive.ArchivingSource`)."""
+
+    @classmethod
+    def plotted(cls, stats: Mapping[str, Any]) -> dict[str, int | float]:
+        return {"cluster_bytes": stats.get("cluster_bytes", 0)}
+
+    def cluster(self) -> Cluster:
+        return Cluster(self.settings.backup_dsn.get_secret_value())
+
+    def not_configured(self) -> str | None:
+        """A server that does not archive its WAL has no point-in-time recovery to back up
+        (its schedule skips, saying what to set); an unreachable one fails the run as any."""
+        try:
+            found = archiving_settings(self.cluster())
+        except BackupError:
+            return None
+        if found["archive_mode"] == "off":
+            return f"PostgreSQL at {self.cluster().where} does not archive its WAL: {SETUP_HINT}"
+        return None
+
+    @property
+    def archive_name(self) -> str:
+        """The WAL archive this source recovers from (`postgres_wal[.<target>]`)."""
+        return archive_of(self.name)
+
+    def archive(self, store: SnapshotStore) -> WalArchive:
+        return WalArchive(store, self.archive_name)
+
+    @property
+    def max_archive_age_s(self) -> int:
+        return self.settings.wal_max_age_s
+
+    def segments_behind(self, newest: str | None) -> int | None:
+        return segments_behind(self.cluster(), newest)
+
+    def dump(self, staged: StagedSnapshot, log: Log) -> None:
+        """The archive is the store's this host writes to (it only lists, never reads)."""
+        base_backup(staged, self.cluster(), self.archive(build_store(self.shared)), log)
+
+    def deep_verify(self, reader: SnapshotReader) -> list[str]:
+        return verify_base(reader, self.archive(reader.store))
+
+    def snapshot_to_restore(
+        self, store: SnapshotStore, snapshot_id: str, options: PostgresBaseRestore
+    ) -> StoredSnapshot:
+        """With a target time, `latest` is the newest base backup consistent before it."""
+        moment = options.target_time
+        if moment is None:
+            return store.find(self.name, snapshot_id)
+        if snapshot_id != LATEST:
+            snapshot = store.find(self.name, snapshot_id)
+            if ends_at(snapshot) > moment:
+                raise ConfigurationError(
+                    f"{self.name} snapshot {snapshot_id} is consistent only from "
+                    f"{format_utc(ends_at(snapshot))}, after --target-time: choose an older "
+                    "one, or leave --snapshot out"
+                )
+            return snapshot
+        snapshots = store.list_snapshots(self.name)
+        for snapshot in snapshots:
+            if ends_at(snapshot) <= moment:
+                return snapshot
+        oldest = f"; the oldest is consistent from {format_utc(ends_at(snapshots[-1]))}"
+        raise SnapshotNotFound(
+            f"no {self.name} base backup in {store.describe()} is consistent before "
+            f"{format_utc(moment)}{oldest if snapshots else ''}"
+        )
+
+    def restore(self, reader: SnapshotReader, options: PostgresBaseRestore, log: Log) -> str:
+        archive = self.archive(reader.store)
+        refuse_occupied(options.target, options.force)
+        check_reachable(reader.snapshot, archive, options.target_time)
+        with replacing(options.target) as fresh:
+            log(f"unpacking {reader.where} into {options.target}")
+            unpack_base(reader, fresh)
+            settings = recovery_settings(
+                archive.source, options.target_time, options.keep_archiving
+            )
+            configure_recovery(fresh, settings, f"backup-pipelines restore of {reader.where}")
+            hand_to_server_user(fresh)
+        stats = reader.snapshot.manifest.stats
+        until = format_utc(options.target_time) if options.target_time else "the archive's end"
+        starting = start_command(options.target, major_version(stats.get("server_version")))
+        summary = (
+            f"restored {reader.where} into {options.target}: when started, it recovers from "
+            f"{archive.describe()} to {until} and promotes. Start it with this command's "
+            f"BACKUP_* environment (wal-fetch reads the store with it):\n  {starting}"
+        )
+        if options.keep_archiving:
+            return summary
+        return summary + (
+            "\nIts WAL archiving is off (--keep-archiving keeps it): once it serves as the "
+            "primary, turn archiving back on."
+        )
+
+    def drill(self, reader: SnapshotReader, log: Log) -> DrillResult:
+        """The base backup restored into a throwaway cluster that recovers through the whole
+        archive; its rows compared with those counted when the backup began."""
+        try:
+            return drill_base(reader, self.archive(reader.store), log)
+        except ConfigurationError:
+            raise
+        except BackupError as exc:
+            return DrillResult([str(exc)])
+
+    def forgetting(
+        self,
+        store: SnapshotStore,
+        deleted: Sequence[StoredSnapshot],
+        kept: Sequence[StoredSnapshot],
+    ) -> Callable[[], None] | None:
+        """WAL before the oldest kept base backup's start goes with the base backups."""
+        try:
+            starts = [WalRange.of(snapshot).start for snapshot in kept]
+        except IntegrityError:
+            return None  # a kept base backup whose start is unknown: every WAL file stays
+        if not starts:
+            return None  # no base backup: the WAL is all there is
+        oldest = min(starts, key=segment_position)
+        archive = self.archive(store)
+        going, locked = archive.prune_before(oldest, dry_run=True)
+        logger.info(
+            "%s: %d WAL file(s) before %s, where the oldest kept base backup starts, go with "
+            "them%s",
+            archive.source,
+            len(going),
+            oldest,
+            f" ({len(locked)} more once S3 Object Lock lets them)" if locked else "",
+        )
+
+        def prune_wal() -> None:
+            archive.prune_before(oldest, dry_run=False)
+
+        return prune_wal if going else None
+
+
+def check_reachable(snapshot: StoredSnapshot, archive: WalArchive, moment: datetime | None) -> None:
+    """The archive holds what the base backup needs, and reaches `moment`."""
+    missing = WalRange.of(snapshot).missing_from(archive)
+    if missing:
+        raise BackupError(
+            f"{archive.describe()} lacks WAL this base backup needs ({', '.join(missing[:3])})"
+        )
+    last = archive.last_archived()
+    if moment is not None and (last is None or last < moment):
+        raise ConfigurationError(
+            f"--target-time {format_utc(moment)} is after the end of {archive.describe()} "
+            f"(its newest WAL file was stored {format_utc(last) if last else 'never'}): "
+            "recovery could not reach it; leave --target-time out to recover to the end"
+        )

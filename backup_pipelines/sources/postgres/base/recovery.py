@@ -1,0 +1,205 @@
+"""Preparing a data directory from a base backup: the tar unpacked, and PostgreSQL told to
+recover from the WAL archive (through `wal-fetch`) to a moment or the archive's end, then
+promote.
+
+The tar is unpacked as it is read (no local copy of it), into a new
+directory beside the target, which takes the target's place only once the
+stored bytes proved equal to the manifest: a damaged snapshot never
+replaces anything. Only files, folders and links that stay inside the
+directory are unpacked, so a stored tar cannot write elsewhere or create
+devices.
+
+The restored server is not started here: the command prints how. Its
+`restore_command` is this installation's `wal-fetch`, reading the store
+with the environment the server starts with (the BACKUP_* variables, and
+the age identity for an encrypted archive). Archiving is switched off in
+the restored cluster unless asked to keep it: a trial restore beside the
+live server must not push a new timeline into the archive that later
+recoveries would follow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shlex
+import shutil
+import sys
+import tarfile
+import tempfile
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from backup_pipelines.errors import BackupError, ConfigurationError
+from backup_pipelines.snapshot.names import shown
+from backup_pipelines.snapshot.reader import SnapshotReader
+from backup_pipelines.sources.postgres.base.basebackup import BASE_ARTIFACT
+from backup_pipelines.sources.postgres.scratch import SERVER_USER, server_bin_dir
+
+RECOVERY_SIGNAL = "recovery.signal"
+AUTO_CONF = "postgresql.auto.conf"
+LEFT_BY_THE_SERVER = ("postmaster.pid", "postmaster.opts")
+SAFE_EXTRACTION = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+"""tarfile's own guard where this Python has it (3.11.4 on); `_checked` in any case."""
+"""Files a running (or crashed) server leaves in its directory: never restored."""
+
+
+def wal_fetch_command(archive: str) -> str:
+    """`restore_command`: this installation's `backup-pipelines wal-fetch`, by absolute path
+    (the server's PATH may not have it)."""
+    installed = Path(sys.executable).with_name("backup-pipelines")
+    program = str(installed) if installed.exists() else shutil.which("backup-pipelines")
+    target = archive.partition(".")[2]
+    flags = f" --target {target}" if target else ""
+    return f'{shlex.quote(program or "backup-pipelines")} wal-fetch{flags} %f "%p"'
+
+
+def conf_value(value: str) -> str:
+    """A postgresql.conf string: single-quoted, quotes doubled."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def refuse_occupied(target: Path, force: bool) -> None:
+    """A directory a server runs in is never touched; another not empty only with `force`."""
+    if (target / "postmaster.pid").exists():
+        raise ConfigurationError(
+            f"{target} holds postmaster.pid: stop the server running there first (or remove "
+            "the file if none is)"
+        )
+    if target.exists() and not target.is_dir():
+        raise ConfigurationError(f"{target} is not a directory")
+    if target.is_dir() and any(target.iterdir()) and not force:
+        raise ConfigurationError(f"{target} is not empty: pass --force to replace it")
+
+
+def unpack_base(reader: SnapshotReader, directory: Path) -> None:
+    """Unpack the snapshot's `base.tar` into `directory` as it streams from the store; raises
+    (leaving `directory` for the caller to remove) unless every stored byte proved sound."""
+    read_end, write_end = os.pipe()
+    failures: list[BaseException] = []
+
+    def produce() -> None:
+        with os.fdopen(write_end, "wb") as stream:
+            try:
+                reader.restore_artifact(BASE_ARTIFACT, stream)
+            except BrokenPipeError:
+                pass  # the unpacking side stopped first and says why
+            except BaseException as exc:
+                failures.append(exc)
+
+    producer = threading.Thread(target=produce, name="base-backup-reader", daemon=True)
+    producer.start()
+    try:
+        with os.fdopen(read_end, "rb") as stream:
+            _unpack(stream, directory)
+            while stream.read(1 << 20):  # the tar's trailing blocks: the sha256 covers them
+                pass
+    finally:
+        producer.join()
+    if failures:
+        raise failures[0]
+
+
+def _unpack(stream: BinaryIO, directory: Path) -> None:
+    try:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                if member.name in LEFT_BY_THE_SERVER:
+                    continue
+                tar.extract(_checked(member), directory, **SAFE_EXTRACTION)
+    except tarfile.TarError as exc:
+        raise BackupError(f"{BASE_ARTIFACT} is not a valid tar ({exc})") from None
+    except OSError as exc:
+        raise BackupError(f"cannot unpack into {directory}: {exc.strerror or exc}") from None
+
+
+def _checked(member: tarfile.TarInfo) -> tarfile.TarInfo:
+    """A member that stays inside the directory: a file, a folder, or a link within it."""
+    path = PurePosixPath(member.name)
+    escapes = path.is_absolute() or ".." in path.parts
+    if member.issym() or member.islnk():
+        target = PurePosixPath(member.linkname)
+        base = path.parent if member.issym() else PurePosixPath()
+        escapes |= target.is_absolute() or ".." in (base / target).parts
+    elif not (member.isfile() or member.isdir()):
+        escapes = True
+    if escapes:
+        raise BackupError(
+            f"{BASE_ARTIFACT} holds {shown(member.name)}, which would land outside the data "
+            "directory or is not a file (a tablespace is not restored this way)"
+        )
+    return member
+
+
+def recovery_settings(
+    archive: str, target_time: datetime | None, keep_archiving: bool
+) -> dict[str, str]:
+    settings = {"restore_command": conf_value(wal_fetch_command(archive))}
+    if target_time is not None:
+        moment = target_time.astimezone(UTC).isoformat(sep=" ")
+        settings["recovery_target_time"] = conf_value(moment)
+    settings["recovery_target_action"] = "'promote'"
+    if not keep_archiving:
+        settings["archive_mode"] = "'off'"
+    return settings
+
+
+def configure_recovery(directory: Path, settings: dict[str, str], why: str) -> None:
+    """`recovery.signal`, and `settings` appended to postgresql.auto.conf (read last, so they
+    win over what the backed-up server's configuration said)."""
+    (directory / RECOVERY_SIGNAL).touch()
+    (directory / "standby.signal").unlink(missing_ok=True)
+    with (directory / AUTO_CONF).open("a") as conf:
+        conf.write(f"\n# {why}\n")
+        conf.writelines(f"{name} = {value}\n" for name, value in settings.items())
+
+
+def hand_to_server_user(directory: Path) -> None:
+    """The data directory as the server wants it: its OS user's (when we are root), 0700."""
+    directory.chmod(0o700)
+    if os.geteuid() != 0:
+        return
+    owner = pwd.getpwnam(SERVER_USER)
+    for folder, folders, files in os.walk(directory):
+        os.chown(folder, owner.pw_uid, owner.pw_gid)
+        for name in files:
+            os.chown(os.path.join(folder, name), owner.pw_uid, owner.pw_gid, follow_symlinks=False)
+        for name in folders:
+            path = os.path.join(folder, name)
+            if os.path.islink(path):
+                os.chown(path, owner.pw_uid, owner.pw_gid, follow_symlinks=False)
+
+
+def start_command(directory: Path, major: int | None) -> str:
+    """How the operator starts the prepared directory: pg_ctl of the backup's major version,
+    as the server's OS user when we are root, keeping the environment for wal-fetch."""
+    try:
+        pg_ctl = str(server_bin_dir(major) / "pg_ctl")
+    except ConfigurationError:
+        pg_ctl = "pg_ctl"
+    where = shlex.quote(str(directory.absolute()))
+    command = f"{pg_ctl} -D {where} -l {where}/recovery.log start"
+    if os.geteuid() == 0:
+        return f"runuser -u {SERVER_USER} --preserve-environment -- {command}"
+    return command
+
+
+@contextlib.contextmanager
+def replacing(target: Path) -> Iterator[Path]:
+    """A new directory beside `target`, moved into its place when the block succeeds (what
+    was there removed), and removed when it fails."""
+    target = target.absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fresh = Path(tempfile.mkdtemp(prefix=f".{target.name}.restoring-", dir=target.parent))
+    try:
+        yield fresh
+    except BaseException:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
+    if target.exists():
+        shutil.rmtree(target)
+    fresh.rename(target)

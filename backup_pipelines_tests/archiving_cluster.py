@@ -1,0 +1,163 @@
+"""A throwaway PostgreSQL cluster that archives its WAL with this project's `wal-push`, and the
+servers that `restore postgres_base` prepares, started as an operator would start them.
+
+PostgreSQL refuses to run as root, so every server runs as the `postgres` OS
+user, in a directory under the system's temporary directory that user owns
+(pytest's own temporary directories are root's alone). The servers inherit
+the test's environment, so `archive_command` and `restore_command` read
+the same BACKUP_* settings (store, keys) as the test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+
+from backup_pipelines.processes import free_loopback_port
+from backup_pipelines.sources.postgres.scratch import SERVER_USER, server_bin_dir
+
+BIN = server_bin_dir(None)
+COMMAND = Path(sys.executable).with_name("backup-pipelines")
+ARCHIVING = {
+    "listen_addresses": "'127.0.0.1'",
+    "wal_level": "replica",
+    "archive_mode": "on",
+    "archive_command": f"'{COMMAND} wal-push %p'",
+    "fsync": "off",
+}
+
+
+def pg_ctl(data: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """pg_ctl as the server's OS user, with this process's environment."""
+    return subprocess.run(
+        [str(BIN / "pg_ctl"), "-D", str(data), *args],
+        user=SERVER_USER,
+        cwd="/",
+        capture_output=True,
+        text=True,
+        check=check,
+    )
+
+
+def owned_directory(prefix: str) -> Path:
+    """A new directory the server's OS user owns."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    shutil.chown(path, SERVER_USER)
+    return path
+
+
+class Server:
+    """One running server: a data directory on a loopback port, reached over TCP (trust)."""
+
+    def __init__(self, data: Path, port: int, log: Path):
+        self.data, self.port, self.log = data, port, log
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def connect(self, dbname: str = "postgres") -> psycopg.Connection:
+        return psycopg.connect(
+            f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}", autocommit=True
+        )
+
+    def query(self, statement: str, dbname: str = "postgres") -> list[tuple]:
+        with self.connect(dbname) as connection:
+            cursor = connection.execute(statement)
+            return cursor.fetchall() if cursor.description else []
+
+    def switch_wal(self, timeout_s: float = 60) -> str:
+        """Close the current WAL segment and wait until the server says it is archived."""
+        [(segment,)] = self.query("SELECT pg_walfile_name(pg_switch_wal())")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            [(archived, failed)] = self.query(
+                "SELECT last_archived_wal, last_failed_wal FROM pg_stat_archiver"
+            )
+            if archived and archived[:24] >= segment and archived[:8] == segment[:8]:
+                return segment
+            time.sleep(0.1)
+        raise AssertionError(f"{segment} was not archived (last failed: {failed}): {self.tail()}")
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self) -> None:
+        pg_ctl(self.data, "-m", "fast", "-w", "stop", check=False)
+
+
+@contextmanager
+def archiving_cluster(**overrides: str) -> Iterator[Server]:
+    """A new cluster (trust on loopback) archiving every WAL file through `wal-push`;
+    `overrides` are postgresql.conf settings of its own (a bench's `archive_command`)."""
+    home = owned_directory("pitr-cluster-")
+    data, port = home / "data", free_loopback_port()
+    try:
+        subprocess.run(
+            [str(BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E",
+             "UTF8", "--locale=C"],
+            user=SERVER_USER, cwd="/", capture_output=True, check=True,
+        )  # fmt: skip
+        settings = {**ARCHIVING, "port": str(port), "unix_socket_directories": f"'{home}'"}
+        settings |= overrides
+        with (data / "postgresql.conf").open("a") as conf:
+            conf.writelines(f"{name} = {value}\n" for name, value in settings.items())
+        server = Server(data, port, home / "server.log")
+        pg_ctl(data, "-l", str(server.log), "-w", "start")
+        try:
+            yield server
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def start_restored(data: Path, timeout_s: float = 120) -> Server:
+    """Start a directory `restore postgres_base` prepared, on a port of its own, and wait
+    until it has recovered and promoted; `RecoveryFailed` with its log when it stops."""
+    port, log = free_loopback_port(), data.parent / f"{data.name}.log"
+    options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={data.parent}"
+    started = pg_ctl(data, "-l", str(log), "-o", options, "-W", "start", check=False)
+    assert started.returncode == 0, started.stderr + started.stdout
+    server = Server(data, port, log)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            if server.query("SELECT pg_is_in_recovery()") == [(False,)]:
+                return server
+        except psycopg.Error:
+            pass
+        if not (data / "postmaster.pid").exists():
+            raise RecoveryFailed(server.tail())
+    server.stop()
+    raise AssertionError(f"{data} did not promote within {timeout_s} s: {server.tail()}")
+
+
+class RecoveryFailed(AssertionError):
+    """The restored server stopped during recovery; the message is its log."""
+
+
+def restore_dir(prefix: str = "pitr-restore-") -> Path:
+    """Where a restore prepares a data directory: inside a directory the server user owns."""
+    return owned_directory(prefix) / "data"
+
+
+def remove_restore(data: Path) -> None:
+    shutil.rmtree(data.parent, ignore_errors=True)
+
+
+def readable_by_server(path: Path) -> Path:
+    """`path` made readable by the server's OS user (an identity file, for wal-fetch)."""
+    shutil.chown(path, SERVER_USER)
+    os.chmod(path, 0o600)
+    return path

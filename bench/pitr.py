@@ -1,0 +1,220 @@
+"""Point-in-time recovery: `wal-push` per WAL segment, the base backup and its restore, side by
+side with the plain tools, and the recovery point archiving achieves.
+
+    .venv/bin/python bench/pitr.py [--megabytes 200] [--segments 20] [--repeat 3]
+
+Makes a throwaway cluster (as the `postgres` OS user) whose archive_command
+copies each WAL file aside and pushes it with `wal-push`, and fills it with
+`bench/postgres.py`'s CRM-like database (realistic entropy: its WAL is real
+WAL of real-looking rows). Then, each in its own process:
+
+- per 16 MiB segment: `wal-push` into a local store and into moto's S3
+  server (what archive_command costs PostgreSQL), next to `cp` and
+  `zstd -3` of the same segment;
+- the base backup: `postgres_base_backup`'s snapshot time (its `duration_s`)
+  next to `pg_basebackup -Ft -X none` to a directory, and piped through
+  `zstd -T0 -3`;
+- its restore: `backup-pipelines restore postgres_base` next to `tar -x` of
+  the plain tar;
+- the recovery point: with `archive_timeout = 10`, the time from a commit
+  until the WAL file holding it is archived (at most archive_timeout plus
+  one push: with the README's `archive_timeout = 60`, about a minute).
+
+Prints medians, the ratio to the plain tool, output sizes and peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import boto3
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure import materialize_asset, median_of, timed  # noqa: E402
+from postgres import FILL, ROWS_PER_MB, SCHEMA  # noqa: E402
+from store_listing import KEYS, moto_endpoint, s3_env  # noqa: E402
+
+from backup_pipelines_tests.archiving_cluster import (  # noqa: E402
+    COMMAND,
+    archiving_cluster,
+    owned_directory,
+)
+
+SEGMENT = 16 << 20
+
+
+def fill(dsn: str, megabytes: int) -> None:
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        connection.execute("CREATE DATABASE crm")
+    rows = {table: per_mb * megabytes for table, per_mb in ROWS_PER_MB.items()}
+    with psycopg.connect(dsn.rsplit("/", 1)[0] + "/crm", autocommit=True) as connection:
+        connection.execute(SCHEMA)
+        connection.execute(FILL.format(**rows))
+
+
+def per_segment(label: str, argv_for, segments: list[Path], env=None) -> tuple:
+    """Median seconds and peak RSS of one process per segment, as archive_command runs."""
+    runs = [timed(argv_for(segment), env=env) for segment in segments]
+    return label, statistics.median(r[0] for r in runs), max(r[1] for r in runs)
+
+
+def push_rows(segments: list[Path], scratch: Path) -> list[tuple]:
+    local = {**os.environ, "BACKUP_ARTIFACTS_DIR": str(scratch / "push-store")}
+    copies = scratch / "copies"
+    copies.mkdir()
+    rows = [
+        per_segment("cp", lambda s: ["cp", str(s), str(copies / s.name)], segments),
+        per_segment(
+            "zstd -3",
+            lambda s: ["zstd", "-q", "-f", "-3", str(s), "-o", str(copies / f"{s.name}.zst")],
+            segments,
+        ),
+        per_segment(
+            "wal-push (local store)",
+            lambda s: [str(COMMAND), "wal-push", str(s)],
+            segments,
+            env=local,
+        ),
+    ]
+    with moto_endpoint() as endpoint:
+        boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=KEYS["access"],
+            aws_secret_access_key=KEYS["secret"],
+        ).create_bucket(Bucket="wal")
+        remote = {**os.environ, **s3_env(endpoint, "wal")}
+        rows.append(
+            per_segment(
+                "wal-push (moto S3)",
+                lambda s: [str(COMMAND), "wal-push", str(s)],
+                segments,
+                env=remote,
+            )
+        )
+    return rows
+
+
+def recovery_point(dsn: str, repeat: int) -> float:
+    """Median seconds from a commit until its WAL file is archived, archive_timeout = 10."""
+    lags = []
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        connection.execute("ALTER SYSTEM SET archive_timeout = 10")
+        connection.execute("SELECT pg_reload_conf()")
+        connection.execute("CREATE TABLE heartbeat (at timestamptz)")
+        for _ in range(repeat):
+            time.sleep(11)  # start from a fresh segment
+            connection.execute("INSERT INTO heartbeat VALUES (now())")
+            committed = time.monotonic()
+            [(wal,)] = connection.execute(
+                "SELECT pg_walfile_name(pg_current_wal_insert_lsn())"
+            ).fetchall()
+            while True:
+                [(archived,)] = connection.execute(
+                    "SELECT last_archived_wal FROM pg_stat_archiver"
+                ).fetchall()
+                if archived and archived[:24] >= wal:
+                    break
+                time.sleep(0.05)
+            lags.append(time.monotonic() - committed)
+    return statistics.median(lags)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--megabytes", type=int, default=200)
+    parser.add_argument("--segments", type=int, default=20)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    home, raw = owned_directory("bench-pitr-store-"), owned_directory("bench-pitr-wal-")
+    store = home / "artifacts"
+    store.mkdir()
+    shutil.chown(store, "postgres")
+    os.environ.update(BACKUP_ARTIFACTS_DIR=str(store), DAGSTER_HOME=str(home))
+    push = f"cp %p {raw}/%f && {COMMAND} wal-push %p"
+    scratch = Path(tempfile.mkdtemp(prefix="bench-pitr-"))
+    try:
+        with archiving_cluster(archive_command=f"'{push}'", max_wal_size="'4GB'") as server:
+            os.environ["BACKUP_POSTGRES_BACKUP_DSN"] = server.dsn
+            print(f"filling a CRM-like database of about {args.megabytes} MB")
+            fill(server.dsn, args.megabytes)
+            server.switch_wal()
+            segments = sorted(p for p in raw.iterdir() if len(p.name) == 24)[-args.segments :]
+            pushes = push_rows(segments, scratch)
+            plain_dir, piped = scratch / "plain", scratch / "piped.tar.zst"
+            basebackup = ["pg_basebackup", "-d", server.dsn, "-Ft", "-X", "none", "-c", "fast"]
+
+            def plain_run() -> tuple[float, int, int]:
+                shutil.rmtree(plain_dir, ignore_errors=True)
+                seconds, peak, _ = timed([*basebackup, "-D", str(plain_dir)])
+                return seconds, (plain_dir / "base.tar").stat().st_size, peak
+
+            def piped_run() -> tuple[float, int, int]:
+                line = f"{' '.join(basebackup)} -D - | zstd -q -T0 -3 -o {piped} -f"
+                seconds, peak, _ = timed(["sh", "-c", line])
+                return seconds, piped.stat().st_size, peak
+
+            def restore_run() -> tuple[float, int, int]:
+                target = scratch / "restored"
+                shutil.rmtree(target, ignore_errors=True)
+                argv = [str(COMMAND), "restore", "postgres_base", "--target-dir", str(target)]
+                seconds, peak, _ = timed(argv)
+                return seconds, 0, peak
+
+            def untar_run() -> tuple[float, int, int]:
+                target = scratch / "untarred"
+                shutil.rmtree(target, ignore_errors=True)
+                target.mkdir()
+                seconds, peak, _ = timed(
+                    ["tar", "-xf", str(plain_dir / "base.tar"), "-C", str(target)]
+                )
+                return seconds, 0, peak
+
+            base = [
+                ("pg_basebackup -Ft (plain)", *median_of(args.repeat, plain_run)),
+                ("pg_basebackup | zstd -T0 -3", *median_of(args.repeat, piped_run)),
+                (
+                    "postgres_base_backup (duration_s)",
+                    *median_of(
+                        args.repeat, lambda: materialize_asset("postgres_base_backup", os.environ)
+                    ),
+                ),
+                ("tar -x of the plain tar", *median_of(args.repeat, untar_run)),
+                ("restore postgres_base", *median_of(args.repeat, restore_run)),
+            ]
+            lag = recovery_point(server.dsn, args.repeat)
+            cluster_mib = (plain_dir / "base.tar").stat().st_size / 2**20
+    finally:
+        for path in (scratch, home, raw):
+            shutil.rmtree(path, ignore_errors=True)
+
+    print(
+        f"\nper WAL segment (16 MiB, {len(segments)} real segments), median, {os.cpu_count()} cores"
+    )
+    print(f"{'':<32} {'ms':>8} {'MiB/s':>8} {'peak RSS MiB':>13}")
+    for label, seconds, peak in pushes:
+        print(
+            f"{label:<32} {seconds * 1000:>8.0f} {SEGMENT / 2**20 / seconds:>8.0f} "
+            f"{peak / 1024:>13.1f}"
+        )
+    print(f"\nbase backup of a {cluster_mib:.0f} MiB cluster, median of {args.repeat}")
+    print(f"{'':<36} {'seconds':>8} {'output MiB':>11} {'peak RSS MiB':>13}")
+    for label, seconds, output, peak in base:
+        shown = f"{output / 2**20:>11.1f}" if output else f"{'':>11}"
+        print(f"{label:<36} {seconds:>8.2f} {shown} {peak / 1024:>13.1f}")
+    print(f"\nrecovery point: a commit's WAL archived {lag:.1f} s later (archive_timeout = 10)")
+
+
+if __name__ == "__main__":
+    main()
