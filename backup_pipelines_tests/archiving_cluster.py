@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 
 import psycopg
@@ -45,6 +46,19 @@ def pg_ctl(data: Path, *args: str, check: bool = True) -> subprocess.CompletedPr
         capture_output=True,
         text=True,
         check=check,
+    )
+
+
+@cache
+def check_server_user_runs_the_command() -> None:
+    """archive_command runs as the server's OS user: it must reach this checkout's venv and
+    the interpreter behind it (the README's permissions), or every test here would hang."""
+    tried = subprocess.run(
+        [str(COMMAND), "wal-push", "--help"], user=SERVER_USER, cwd="/", capture_output=True
+    )
+    assert tried.returncode == 0, (
+        f"the {SERVER_USER} OS user cannot run {COMMAND} ({tried.stderr.decode().strip()}): "
+        "make the checkout, its .venv and the interpreter it links to readable by that user"
     )
 
 
@@ -99,6 +113,7 @@ class Server:
 def archiving_cluster(**overrides: str) -> Iterator[Server]:
     """A new cluster (trust on loopback) archiving every WAL file through `wal-push`;
     `overrides` are postgresql.conf settings of its own (a bench's `archive_command`)."""
+    check_server_user_runs_the_command()
     home = owned_directory("pitr-cluster-")
     data, port = home / "data", free_loopback_port()
     try:
