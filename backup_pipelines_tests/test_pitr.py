@@ -150,9 +150,18 @@ def test_recovery_reaches_exactly_a_moment_the_end_and_a_later_timeline(pitr, ca
         remove_restore(directory)
 
 
-def test_damaged_or_missing_wal_stops_recovery_with_a_clear_message(local_pitr):
+def test_damaged_or_missing_wal_stops_recovery_with_a_clear_message(local_pitr, capsys):
     local_pitr.query("CREATE TABLE orders (id int PRIMARY KEY, note text)")
     base_backup()
+    for moment, code, said in (
+        ("2099-01-01T00:00:00Z", 2, "is after the end of the WAL archive"),
+        ("2001-01-01T00:00:00", 1, "is consistent before 2001-01-01T00:00:00Z"),
+    ):
+        unreachable = restore_dir()
+        argv = ["--target-dir", str(unreachable), "--target-time", moment]
+        assert main(["restore", "postgres_base", *argv]) == code
+        assert said in capsys.readouterr().err and not unreachable.exists()
+        remove_restore(unreachable)
     stats = store_from_env().find("postgres_base").manifest.stats
     insert(local_pitr, 1, 50, "first ")
     damaged = local_pitr.switch_wal()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,10 @@ from backup_pipelines.storage.configured import build_store
 from backup_pipelines.wal_archive import WalArchive, archive_of, segment_position
 
 logger = logging.getLogger(__name__)
+
+STORE_CLOCK_SLACK = timedelta(minutes=5)
+"""How far the store's clock (S3 keeps whole seconds, its own clock) may trail ours before a
+target time after the newest archived WAL file is refused as unreachable."""
 
 
 class PostgresBaseSettings(SourceSettings):
@@ -253,14 +257,15 @@ class PostgresBase(Source[PostgresBaseSettings, PostgresBaseRestore]):
 
 
 def check_reachable(snapshot: StoredSnapshot, archive: WalArchive, moment: datetime | None) -> None:
-    """The archive holds what the base backup needs, and reaches `moment`."""
+    """The archive holds what the base backup needs, and reaches `moment` (give or take the
+    store's clock: PostgreSQL itself refuses to start a recovery that ends short of it)."""
     missing = WalRange.of(snapshot).missing_from(archive)
     if missing:
         raise BackupError(
             f"{archive.describe()} lacks WAL this base backup needs ({', '.join(missing[:3])})"
         )
     last = archive.last_archived()
-    if moment is not None and (last is None or last < moment):
+    if moment is not None and (last is None or last + STORE_CLOCK_SLACK < moment):
         raise ConfigurationError(
             f"--target-time {format_utc(moment)} is after the end of {archive.describe()} "
             f"(its newest WAL file was stored {format_utc(last) if last else 'never'}): "

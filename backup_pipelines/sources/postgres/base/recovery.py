@@ -98,8 +98,12 @@ def unpack_base(reader: SnapshotReader, directory: Path) -> None:
             _unpack(stream, directory)
             while stream.read(1 << 20):  # the tar's trailing blocks: the sha256 covers them
                 pass
-    finally:
+    except BackupError:
         producer.join()
+        if failures:  # a tar cut short by a failing read: the read's error is the cause
+            raise failures[0] from None
+        raise
+    producer.join()
     if failures:
         raise failures[0]
 
