@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from dagster import (
     AssetMaterialization,
@@ -120,7 +120,6 @@ def _observe(
         )
         runtime.notifications.publish(event_body("backup.failed", source.name, "", error=error))
     seen["stalled"] = stalled
-    since = datetime.fromtimestamp(last.timestamp(), UTC)
-    return f"{archive.source}: newest {newest} at {format_utc(since)}" + (
+    return f"{archive.source}: newest {newest} at {format_utc(last)}" + (
         " (stalled)" if stalled else ""
     )

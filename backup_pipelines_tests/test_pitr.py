@@ -353,6 +353,14 @@ def test_the_base_backup_is_verified_drilled_and_its_archive_watched(local_pitr,
     events.connection.close()
 
 
+def test_a_target_time_without_any_base_backup_says_so(backup_env, capsys):
+    target = restore_dir()
+    argv = ["--target-dir", str(target), "--target-time", "2026-01-01T00:00:00Z"]
+    assert main(["restore", "postgres_base", *argv]) == 1
+    assert "no postgres_base base backup in" in capsys.readouterr().err
+    remove_restore(target)
+
+
 def test_a_cluster_that_does_not_archive_is_refused_naming_what_to_set(backup_env, monkeypatch):
     monkeypatch.setenv(
         "BACKUP_POSTGRES_BACKUP_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -182,10 +182,14 @@ class PostgresBase(Source[PostgresBaseSettings, PostgresBaseRestore]):
         for snapshot in snapshots:
             if ends_at(snapshot) <= moment:
                 return snapshot
-        oldest = f"; the oldest is consistent from {format_utc(ends_at(snapshots[-1]))}"
+        oldest = (
+            f"; the oldest is consistent from {format_utc(ends_at(snapshots[-1]))}"
+            if snapshots
+            else ""
+        )
         raise SnapshotNotFound(
             f"no {self.name} base backup in {store.describe()} is consistent before "
-            f"{format_utc(moment)}{oldest if snapshots else ''}"
+            f"{format_utc(moment)}{oldest}"
         )
 
     def restore(self, reader: SnapshotReader, options: PostgresBaseRestore, log: Log) -> str:
