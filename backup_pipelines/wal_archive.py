@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from pyrage import x25519
 
@@ -94,11 +94,14 @@ def folder_of(name: str) -> str:
     return HISTORY_FOLDER if name.endswith(".history") else name[:16]
 
 
-def archive_of(base_source: str) -> str:
-    """The archive a base backup source recovers from: `postgres_wal` (`postgres_wal.<target>`
-    for a target of the targets file)."""
-    _, target = split_source(base_source)
+def archive_named(target: str | None) -> str:
+    """`postgres_wal`, or `postgres_wal.<target>` for a target of the targets file."""
     return f"{ARCHIVE_KIND}.{target}" if target else ARCHIVE_KIND
+
+
+def archive_of(base_source: str) -> str:
+    """The archive a base backup source recovers from."""
+    return archive_named(split_source(base_source)[1])
 
 
 def segment_position(segment: str) -> tuple[int, int]:
@@ -182,37 +185,31 @@ class WalArchive:
         """Store the WAL file at `path`; True once stored, False when an identical copy was
         there already. `WalConflict` when the archive holds other content under its name."""
         name = check_wal_name(path.name)
-        digest = _sha256_of(path)
         held = self.find(name)
-        if held is not None:
-            if held.sha256 == digest:
+        if held is not None:  # a retry after a crash: only the content is read
+            if held.sha256 == _sha256_of(path):
                 return False
             raise WalConflict(
                 f"{self.describe()} already holds a different {name}: refusing to overwrite "
                 "it (is a second cluster archiving into the same place?)"
             )
-        archived = ArchivedFile(name, digest, bool(recipients))
-        self._put(path, archived, recipients, scratch)
+        self._put(path, name, recipients, scratch)
         return True
 
     def _put(
-        self,
-        path: Path,
-        archived: ArchivedFile,
-        recipients: Sequence[x25519.Recipient],
-        scratch: Path,
+        self, path: Path, name: str, recipients: Sequence[x25519.Recipient], scratch: Path
     ) -> None:
+        """Compress (and encrypt) in one read, hashing the content for the stored name."""
         try:
             scratch.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=scratch, prefix=f".{archived.name}-") as out:
-                with path.open("rb") as source:
+            with tempfile.NamedTemporaryFile(dir=scratch, prefix=f".{name}-") as out:
+                with _open_wal(path) as source:
                     plain = HashingReader(source)
                     encode(plain, out, recipients)  # type: ignore[arg-type]
                 out.flush()
                 os.fsync(out.fileno())
-                if plain.hexdigest() != archived.sha256:
-                    raise BackupError(f"{path} changed while it was being archived")
-                key = self._prefix(folder_of(archived.name)) + archived.stored_name
+                archived = ArchivedFile(name, plain.hexdigest(), bool(recipients))
+                key = self._prefix(folder_of(name)) + archived.stored_name
                 self.store.backend.put_file(key, Path(out.name))
         except OSError as exc:
             raise disk_full(exc, scratch) or BackupError(
@@ -338,14 +335,19 @@ class WalArchive:
         return removed, locked
 
 
+def _open_wal(path: Path) -> BinaryIO:
+    try:
+        return path.open("rb")
+    except FileNotFoundError:
+        raise ConfigurationError(f"there is no WAL file {path}") from None
+
+
 def _sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     try:
-        with path.open("rb") as stream:
+        with _open_wal(path) as stream:
             while chunk := stream.read(CHUNK_SIZE):
                 digest.update(chunk)
-    except FileNotFoundError:
-        raise ConfigurationError(f"there is no WAL file {path}") from None
     except OSError as exc:
         raise BackupError(f"cannot read {path}: {exc.strerror or exc}") from None
     return digest.hexdigest()

@@ -35,7 +35,7 @@ from backup_pipelines.settings import BackupSettings, read_settings, secret_valu
 from backup_pipelines.snapshot.encryption import load_identities, parse_recipients
 from backup_pipelines.snapshot.names import TARGET_NAME
 from backup_pipelines.storage.configured import build_store
-from backup_pipelines.wal_archive import ARCHIVE_KIND, WalArchive
+from backup_pipelines.wal_archive import WalArchive, archive_named
 
 WAL_COMMANDS = ("wal-push", "wal-fetch")
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -73,8 +73,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def archive_for(shared: BackupSettings, target: str | None) -> WalArchive:
-    source = f"{ARCHIVE_KIND}.{target}" if target else ARCHIVE_KIND
-    return WalArchive(build_store(shared), source)
+    return WalArchive(build_store(shared), archive_named(target))
 
 
 def wal_push(args: argparse.Namespace, shared: BackupSettings) -> int:
@@ -123,7 +122,7 @@ def _audit_failure(
     operation: Operation = args.command
     entry = Entry(snapshots=[getattr(args, "name", None) or args.path.name])
     entry.failed(said)
-    source = f"{ARCHIVE_KIND}.{args.target}" if args.target else ARCHIVE_KIND
+    source = archive_named(args.target)
     AuditLog(build_store(shared), secrets).append(operation, entry, via="command", source=source)
 
 

@@ -162,6 +162,14 @@ class RecoveryFailed(AssertionError):
     """The restored server stopped during recovery; the message is its log."""
 
 
+def server_writable(path: Path) -> Path:
+    """A local store's root the server's OS user may write into (its `postgres_wal/`), as
+    the README asks of a local store."""
+    path.mkdir()
+    shutil.chown(path, SERVER_USER)
+    return path
+
+
 def restore_dir(prefix: str = "pitr-restore-") -> Path:
     """Where a restore prepares a data directory: inside a directory the server user owns."""
     return owned_directory(prefix) / "data"

@@ -17,7 +17,6 @@ import pytest
 from dagster import AssetKey, DagsterInstance, build_sensor_context
 
 from backup_pipelines.cli import main
-from backup_pipelines.sources.postgres.scratch import SERVER_USER
 from backup_pipelines.wal_archive import WalArchive, segment_position
 from backup_pipelines.wal_commands import EXIT_STOP_RECOVERY
 from backup_pipelines.wal_monitoring import wal_archive_sensor
@@ -30,6 +29,7 @@ from backup_pipelines_tests.archiving_cluster import (
     readable_by_server,
     remove_restore,
     restore_dir,
+    server_writable,
     start_restored,
 )
 from backup_pipelines_tests.conftest import (
@@ -81,14 +81,6 @@ def pitr(request, backup_env, monkeypatch) -> Iterator[Server]:
 def local_pitr(backup_env, monkeypatch) -> Iterator[Server]:
     with pitr_cluster(monkeypatch) as server:
         yield server
-
-
-def server_writable(path: Path) -> Path:
-    """A local store's root the server's OS user may write into (its `postgres_wal/`), as
-    the README asks of a local store."""
-    path.mkdir()
-    shutil.chown(path, SERVER_USER)
-    return path
 
 
 def base_backup() -> dict:

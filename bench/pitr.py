@@ -48,6 +48,7 @@ from backup_pipelines_tests.archiving_cluster import (  # noqa: E402
     COMMAND,
     archiving_cluster,
     owned_directory,
+    server_writable,
 )
 
 SEGMENT = 16 << 20
@@ -138,9 +139,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     home, raw = owned_directory("bench-pitr-store-"), owned_directory("bench-pitr-wal-")
-    store = home / "artifacts"
-    store.mkdir()
-    shutil.chown(store, "postgres")
+    store = server_writable(home / "artifacts")
     os.environ.update(BACKUP_ARTIFACTS_DIR=str(store), DAGSTER_HOME=str(home))
     push = f"cp %p {raw}/%f && {COMMAND} wal-push %p"
     scratch = Path(tempfile.mkdtemp(prefix="bench-pitr-"))

@@ -133,7 +133,7 @@ class StagedSnapshot:
         expect_prefix: bytes = b"",
         secrets: Sequence[str | None] = (),
         to_file: bool = False,
-        watch: Callable[[bytes], None] | None = None,
+        watch: Callable[[memoryview], None] | None = None,
     ) -> FileEntry:
         """Store what a command writes to stdout; `ToolFailed` unless it exits 0.
 
@@ -193,7 +193,7 @@ class StagedSnapshot:
         source: BinaryIO,
         *,
         label: str,
-        watch: Callable[[bytes], None] | None = None,
+        watch: Callable[[memoryview], None] | None = None,
     ) -> tuple[FileEntry, MeteredReader]:
         target_name = stored_name(name, bool(self.recipients))
         if any(entry.name == target_name for entry in self.files):

@@ -66,7 +66,7 @@ class MeteredReader(io.RawIOBase):
         inner: BinaryIO,
         label: str,
         progress: Callable[[str], None] | None = None,
-        watch: Callable[[bytes], None] | None = None,
+        watch: Callable[[memoryview], None] | None = None,
     ):
         self._inner = inner
         self._label = label
@@ -90,7 +90,7 @@ class MeteredReader(io.RawIOBase):
             self.head += bytes(buffer[: min(size, self.HEAD_SIZE - len(self.head))])
         self.total += size
         if self._watch and size:
-            self._watch(bytes(buffer[:size]))
+            self._watch(memoryview(buffer)[:size])  # valid only during the call
         if self._progress and time.monotonic() >= self._next_report:
             self._progress(f"{self._label}: {human_bytes(self.total)} read so far")
             self._next_report = time.monotonic() + PROGRESS_EVERY_S

@@ -61,10 +61,10 @@ class StreamEnds:
         self.head = b""
         self.tail = bytearray()
 
-    def __call__(self, chunk: bytes) -> None:
+    def __call__(self, chunk: memoryview) -> None:
         if len(self.head) < HEAD_BYTES:
-            self.head += chunk[: HEAD_BYTES - len(self.head)]
-        self.tail += chunk
+            self.head += bytes(chunk[: HEAD_BYTES - len(self.head)])
+        self.tail += chunk[-TAIL_BYTES:]
         del self.tail[:-TAIL_BYTES]
 
     def backup_label(self) -> str:

@@ -35,7 +35,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from backup_pipelines.errors import BackupError, ConfigurationError
-from backup_pipelines.snapshot.names import shown
+from backup_pipelines.snapshot.names import shown, split_source
 from backup_pipelines.snapshot.reader import SnapshotReader
 from backup_pipelines.sources.postgres.base.basebackup import BASE_ARTIFACT
 from backup_pipelines.sources.postgres.scratch import SERVER_USER, server_bin_dir
@@ -53,7 +53,7 @@ def wal_fetch_command(archive: str) -> str:
     (the server's PATH may not have it)."""
     installed = Path(sys.executable).with_name("backup-pipelines")
     program = str(installed) if installed.exists() else shutil.which("backup-pipelines")
-    target = archive.partition(".")[2]
+    target = split_source(archive)[1]
     flags = f" --target {target}" if target else ""
     return f'{shlex.quote(program or "backup-pipelines")} wal-fetch{flags} %f "%p"'
 
