@@ -11,8 +11,9 @@ They answer in the exit codes PostgreSQL acts on:
 - `wal-fetch`: 0 with the file written; 1 when the archive does not hold it,
   which PostgreSQL reads as the end of the archive; 255 for anything else
   (an unreachable store, a missing identity, a damaged file, a hole in the
-  archive), which makes PostgreSQL stop recovery (an exit status above 125
-  does) instead of ending it early and promoting without the rest of the data.
+  archive, a restore_command spelled wrong), which makes PostgreSQL stop
+  recovery (an exit status above 125 does) instead of ending it early and
+  promoting without the rest of the data.
 
 Only failures leave an audit record: a record per WAL file would drown the trail.
 """
@@ -41,6 +42,8 @@ WAL_COMMANDS = ("wal-push", "wal-fetch")
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 EXIT_NOT_HELD = 1
 EXIT_STOP_RECOVERY = 255
+NAME_SHOWN = 64
+"""Of a WAL name as given, what an audit record keeps (a real one has at most 40 characters)."""
 
 
 def target_name(text: str) -> str:
@@ -120,7 +123,8 @@ def _audit_failure(
     shared: BackupSettings, args: argparse.Namespace, said: str, secrets: Sequence[str]
 ) -> None:
     operation: Operation = args.command
-    entry = Entry(snapshots=[getattr(args, "name", None) or args.path.name])
+    asked = getattr(args, "name", None) or args.path.name
+    entry = Entry(snapshots=[asked[:NAME_SHOWN]])  # as typed: it may not be a WAL name
     entry.failed(said)
     source = archive_named(args.target)
     AuditLog(build_store(shared), secrets).append(operation, entry, via="command", source=source)
@@ -129,5 +133,12 @@ def _audit_failure(
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     logging.getLogger("backup_pipelines.storage.configured").setLevel(logging.ERROR)
-    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as stopped:
+        # A restore_command spelled wrong must not read as "the archive ends here".
+        if stopped.code and argv[:1] == ["wal-fetch"]:
+            return EXIT_STOP_RECOVERY
+        raise
     return run(args)

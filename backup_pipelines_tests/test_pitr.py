@@ -231,6 +231,8 @@ def test_wal_push_and_fetch_keep_postgresql_s_rules(backup_env, tmp_path):
     assert hole.returncode == EXIT_STOP_RECOVERY and "rather than skip it" in hole.stderr
     outside = wal_command("wal-fetch", "../../etc/passwd", str(tmp_path / "x"))
     assert outside.returncode == EXIT_STOP_RECOVERY
+    misspelled = wal_command("wal-fetch", "000000010000000000000001")  # restore_command without %p
+    assert misspelled.returncode == EXIT_STOP_RECOVERY
 
     audit = subprocess.run([str(COMMAND), "audit", "--json"], capture_output=True, text=True)
     records = json.loads(audit.stdout)
