@@ -1,120 +1,17 @@
 """The code location `backup_pipelines.definitions`: its one `Definitions`, `defs`.
 
-Everything is generated from the runtime's sources: per source (a kind's one
-source, or each enabled target of the targets file) a backup asset (with
-its upstream `crm/...` node, freshness and pool), its checks, job and
-schedule; per kind with targets a job backing all of them up; then
-`backup_all_job`, `restore_job`, `retention_job`, the sensors, and the
-resources: the runtime built by the composition root, and the IO manager
-over its store. `defs` is built when Dagster loads the location (not at
-import), so a wrong `BACKUP_*` value or targets file stops the location from
+The Dagster side of the project lives in `dagster_defs/` (the backups'
+location is `dagster_defs/backup_location.py`), over the core it only
+adapts. `defs` is built when Dagster loads the location (not at import),
+so a wrong `BACKUP_*` value or targets file stops the location from
 loading with a message naming the variable or the file's key, rather than
 failing the first backup at night; a reload reads them again.
 """
 
-from collections.abc import Sequence
+from dagster import Definitions, definitions
 
-from dagster import (
-    AssetSelection,
-    Definitions,
-    define_asset_job,
-    definitions,
-    in_process_executor,
-)
-
-from backup_pipelines.assets import backup_asset, crm_system, transient_retries
-from backup_pipelines.audit_trail import audit_trail
-from backup_pipelines.checks import integrity_check
-from backup_pipelines.io_managers import SnapshotIOManager
-from backup_pipelines.naming import (
-    ALL_SOURCES,
-    BACKUP_ALL_JOB,
-    BACKUPS_GROUP,
-    backup_asset_key,
-    backup_job_name,
-)
-from backup_pipelines.restore_job import restore_job
-from backup_pipelines.retention_job import retention_job
-from backup_pipelines.runtime import Runtime, load_runtime
-from backup_pipelines.schedules import backup_schedule, retention_schedule
-from backup_pipelines.sensors import (
-    backup_overdue_sensor,
-    backup_requests_sensor,
-    backup_run_failure_sensor,
-    change_sensor,
-    notifications_outbox_sensor,
-)
-from backup_pipelines.sources.source import Source
-from backup_pipelines.wal_archive import archiving
-from backup_pipelines.wal_monitoring import wal_archive_asset, wal_archive_sensor
-
-
-def build_resources(runtime: Runtime) -> dict[str, object]:
-    """The runtime every asset, check, op and sensor takes, and the IO manager over its store."""
-    return {
-        "runtime": runtime,
-        "io_manager": SnapshotIOManager(store=runtime.store, notifications=runtime.notifications),
-    }
-
-
-def backup_jobs(sources: Sequence[Source]) -> dict[str, list[str]]:
-    """What a backup job may be asked for (by the requests sensor), and the sources it backs
-    up: each source's own job, and a job per kind covering all of that kind's targets."""
-    jobs = {source.name: [source.name] for source in sources}
-    for source in sources:
-        if source.target is not None:
-            jobs.setdefault(source.kind, []).append(source.name)
-    return jobs
-
-
-def build_definitions(runtime: Runtime) -> Definitions:
-    """Everything Dagster loads, wired from the runtime (tests build their own the same way)."""
-    sources = runtime.backed_up
-    retries = transient_retries(runtime.shared.retry_delay_s)
-    covered = backup_jobs(sources)
-    jobs = {
-        asked: define_asset_job(
-            backup_job_name(asked),
-            selection=AssetSelection.assets(*(backup_asset_key(name) for name in names)),
-            description=f"A snapshot of {', '.join(names)}.",
-        )
-        for asked, names in covered.items()
-    }
-    backup_all_job = define_asset_job(
-        BACKUP_ALL_JOB,
-        selection=AssetSelection.groups(BACKUPS_GROUP),
-        description="A snapshot of every source, one after the other.",
-    )
-    sources_of_job = {BACKUP_ALL_JOB: [s.name for s in sources]} | {
-        jobs[asked].name: names for asked, names in covered.items()
-    }
-    return Definitions(
-        assets=[
-            *(crm_system(source) for source in sources),
-            *(backup_asset(source, retries) for source in sources),
-            *(wal_archive_asset(source) for source in archiving(sources)),
-            audit_trail,
-        ],
-        asset_checks=[integrity_check(source) for source in sources],
-        jobs=[backup_all_job, *jobs.values(), restore_job(runtime.settings.kinds), retention_job],
-        schedules=[
-            *(backup_schedule(source, jobs[source.name]) for source in sources),
-            retention_schedule(retention_job, runtime.shared.prunes_elsewhere),
-        ],
-        sensors=[
-            backup_requests_sensor({**jobs, ALL_SOURCES: backup_all_job}),
-            *(change_sensor(s.name, jobs[s.name]) for s in sources if s.watches_changes),
-            backup_run_failure_sensor(sources_of_job),
-            backup_overdue_sensor(sources),
-            *([wal_archive_sensor(archiving(sources))] if archiving(sources) else []),
-            notifications_outbox_sensor,
-        ],
-        resources=build_resources(runtime),
-        # Every job, and the UI's Materialize, runs its steps in the run's own process: a
-        # subprocess per step costs seconds and buys nothing for steps that mostly wait on a
-        # dump tool.
-        executor=in_process_executor,
-    )
+from backup_pipelines.dagster_defs.backup_location import build_definitions
+from backup_pipelines.runtime import load_runtime
 
 
 @definitions

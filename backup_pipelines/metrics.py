@@ -3,12 +3,13 @@ is down: `backup-pipelines metrics --textfile PATH | --listen HOST:PORT`.
 
 Everything comes from what the store holds: each source's manifests (count,
 newest finished, its size and duration, oldest started), the bytes under
-its folder, and the record of its last drill (`snapshot/verdicts.py`). Snapshots never change once
-committed, so the collector reads each manifest once and, at later scrapes,
-only lists the locations and reads the new ones: a scrape every 30 s costs
-one listing per source. The schedule's interval is exported beside the
-times, so one alert rule (`deploy/prometheus/`) knows when each source is
-overdue without repeating its cron.
+its folder, and the record of its last drill (`records/verdicts.py`).
+Snapshots never change once committed, so the collector reads each manifest
+once and, at later scrapes, only lists the locations and reads the new
+ones: a scrape every 30 s costs one listing per source. The schedule's
+interval is exported beside the times, so one alert rule
+(`deploy/prometheus/`) knows when each source is overdue without repeating
+its cron.
 """
 
 from __future__ import annotations
@@ -27,8 +28,7 @@ from backup_pipelines.cron import cron_interval
 from backup_pipelines.errors import UnreadableManifest
 from backup_pipelines.runtime import Runtime
 from backup_pipelines.snapshot.store import StoredSnapshot
-from backup_pipelines.snapshot.verdicts import read_verdict
-from backup_pipelines.wal_archive import archiving
+from backup_pipelines.sources.registry import archiving
 
 PER_SOURCE = {
     "backup_snapshots": "Complete snapshots in the store.",
@@ -110,12 +110,12 @@ class StoreCollector(Collector):
                 ).total_seconds(),
                 "backup_snapshot_oldest_timestamp_seconds": oldest.started_at.timestamp(),
             }
-        for archiving_source in archiving([self.runtime.sources[source]]):
-            values["backup_wal_max_age_seconds"] = float(archiving_source.max_archive_age_s)
-            last = archiving_source.archive(self.runtime.store).last_archived()
+        for _, archive in archiving([self.runtime.sources[source]]):
+            values["backup_wal_max_age_seconds"] = float(archive.max_age_s)
+            last = archive.reach(self.runtime.store).archived_at
             if last is not None:
                 values["backup_wal_last_archived_timestamp_seconds"] = last.timestamp()
-        verdict = read_verdict(self.runtime.store, source)
+        verdict = self.runtime.verdicts.read(source)
         if verdict is not None:
             values["backup_verification_last_passed"] = 1.0 if verdict.passed else 0.0
             if verdict.last_success_at is not None:

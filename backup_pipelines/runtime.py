@@ -3,20 +3,18 @@
 The `backup-pipelines` command and the Dagster definitions both start here:
 `load_settings()` reads every `BACKUP_*` variable (the shared ones and each
 registered kind's) and the targets file when there is one, and `Runtime`
-makes the store, the sources bound to their settings, the staging area and
-the event publisher. Nothing below this module reads the environment, and
-nothing is read at import.
+adds the sources, bound to their settings, to the services the shared
+settings build (`services.py`: the store, staging, the audit trail, the
+events). Nothing below this module reads the environment, and nothing is
+read at import.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property
-from typing import TYPE_CHECKING
 
-from pyrage import x25519
-
-from backup_pipelines.audit import AuditLog
+from backup_pipelines.services import Services
 from backup_pipelines.settings import (
     BackupSettings,
     InvalidSettings,
@@ -24,17 +22,9 @@ from backup_pipelines.settings import (
     read_settings,
     secret_values,
 )
-from backup_pipelines.snapshot.encryption import identities_for, parse_recipients
-from backup_pipelines.snapshot.reader import SnapshotReader
-from backup_pipelines.snapshot.staging import Staging
-from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
 from backup_pipelines.sources.registry import SOURCES
 from backup_pipelines.sources.source import Source
-from backup_pipelines.storage.configured import build_store
-from backup_pipelines.targets import InvalidTargets, read_targets
-
-if TYPE_CHECKING:
-    from backup_pipelines.notifications import NotificationPublisher
+from backup_pipelines.sources.targets import InvalidTargets, read_targets
 
 
 @dataclass(frozen=True)
@@ -98,51 +88,20 @@ def load_settings() -> Settings:
     return Settings(shared, tuple(sources))
 
 
-class Runtime:
-    """The store, the sources, the staging area and the events, built from `settings`."""
+class Runtime(Services):
+    """The services, and the sources bound to their settings, built from `settings`;
+    `typed_secrets` (what an operator typed on the command line) are masked with the
+    configured ones."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, typed_secrets: Sequence[str] = ()):
+        super().__init__(settings.shared, [*settings.secret_values(), *typed_secrets])
         self.settings = settings
-        shared = settings.shared
         self.sources: dict[str, Source] = {source.name: source for source in settings.declared}
-        self.staging = Staging(shared.staging_dir, parse_recipients(shared.encryption_recipients))
-
-    @property
-    def shared(self) -> BackupSettings:
-        return self.settings.shared
 
     @property
     def backed_up(self) -> list[Source]:
         """The sources Dagster backs up: all but the targets the targets file disables."""
         return [source for source in self.sources.values() if source.enabled]
-
-    @cached_property
-    def store(self) -> SnapshotStore:
-        return build_store(self.shared)
-
-    @cached_property
-    def audit(self) -> AuditLog:
-        return AuditLog(self.store, self.settings.secret_values())
-
-    @cached_property
-    def notifications(self) -> NotificationPublisher:
-        from backup_pipelines.notifications import OUTBOX_NAME, NotificationPublisher
-
-        return NotificationPublisher(
-            self.shared.rabbitmq_url.get_secret_value(),
-            self.shared.artifacts_dir / OUTBOX_NAME,
-            self.settings.secret_values(),
-        )
-
-    def identities(self, snapshot: StoredSnapshot) -> list[x25519.Identity]:
-        """The age identities that read `snapshot`: none when it is in the clear."""
-        return identities_for(snapshot.manifest.encryption, self.shared.age_identity_file)
-
-    def reader(self, snapshot: StoredSnapshot, purpose: str) -> SnapshotReader:
-        """`snapshot` ready to read, with scratch space under staging for `purpose`."""
-        return SnapshotReader(
-            self.store, snapshot, self.staging.work_dir(purpose), self.identities(snapshot)
-        )
 
 
 def load_runtime() -> Runtime:

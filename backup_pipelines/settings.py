@@ -4,8 +4,8 @@ here, each source's own settings (`SourceSettings`) in its package.
 Values are validated at start-up: a bad port or an unknown retention word
 stops the process with a message naming the variable, never later in the
 middle of a night's backup. Secrets are `SecretStr` so they print as
-`**********`. Only the composition root (`runtime.py`) reads the
-environment; everything below it is handed settings.
+`**********`. Only the composition root (`runtime.py`, `services.py`) reads
+the environment; everything below it is handed settings.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from backup_pipelines.cron import check_cron
 from backup_pipelines.errors import ConfigurationError
 from backup_pipelines.redaction import Location, secret_parts, validation_problems
+from backup_pipelines.storage.layout import STAGING
 
 Unlimited = Literal["unlimited"]
 RetentionCount = int | Unlimited
@@ -177,7 +178,7 @@ class BackupSettings(BaseSettings):
     @cached_property
     def staging_dir(self) -> Path:
         """Where snapshots are assembled before a store commits them."""
-        return self.artifacts_dir / ".staging"
+        return self.artifacts_dir / STAGING
 
 
 class SourceSettings(BaseSettings):

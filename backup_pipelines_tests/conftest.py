@@ -1,9 +1,14 @@
 """Fixtures for real services (moto's S3 server over loopback HTTP, stores, the settings
 environment) and the helpers every test module shares: running a job of the real
-definitions, and asserting a run failed once, at once, naming what to fix."""
+definitions, and asserting a run failed once, at once, naming what to fix.
+
+The suite runs on every core (pytest-xdist): each worker has its own moto server and its
+own RabbitMQ vhost, and every test its own directories, database names and ports, so no
+test sees another's events, requests or files."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import subprocess
@@ -19,13 +24,14 @@ import requests
 from dagster import DagsterInstance, ExecuteInProcessResult
 from pyrage import x25519
 
-from backup_pipelines.definitions import build_definitions
-from backup_pipelines.naming import (
+from backup_pipelines.dagster_defs.backup_location import build_definitions
+from backup_pipelines.dagster_defs.definition_names import (
     VERIFICATION_JOB,
     backup_job_name,
     backup_step_key,
     verification_asset_key,
 )
+from backup_pipelines.dagster_defs.verification_location import build_verification
 from backup_pipelines.processes import free_loopback_port as free_port
 from backup_pipelines.runtime import Runtime, load_runtime
 from backup_pipelines.snapshot.manifest import MANIFEST_NAME
@@ -34,12 +40,33 @@ from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
 from backup_pipelines.sources.source import Source
 from backup_pipelines.storage.local import LocalBackend
 from backup_pipelines.storage.s3 import S3Backend
-from backup_pipelines.verification import build_verification
+from backup_pipelines_tests.broker import scratch_vhost, vhost_url
 from backup_pipelines_tests.postgres_fixtures import (
     create_rich_database,
     scratch_databases,
     unique_name,
 )
+
+E2E_WEIGHT, SLOW_WEIGHT = 20, 10
+"""Roughly how many times longer than an ordinary test an end-to-end or a slow one runs."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest modules first. `make test` spreads the suite over workers a module at a
+    time (`--dist loadfile`, so a module's fixtures, as the end-to-end stack, start once);
+    a long module handed out last would run alone at the end. A module's tests keep their
+    order."""
+
+    def weight(item: pytest.Item) -> int:
+        if item.get_closest_marker("e2e"):
+            return E2E_WEIGHT
+        return SLOW_WEIGHT if item.get_closest_marker("slow") else 1
+
+    modules: dict[Path, int] = {}
+    for item in items:
+        modules[item.path] = modules.get(item.path, 0) + weight(item)
+    items.sort(key=lambda item: -modules[item.path])
+
 
 S3_ACCESS_KEY = "test-access-key"
 S3_SECRET_KEY = "test-secret-key-never-shown"
@@ -134,14 +161,35 @@ def store(request, tmp_path: Path) -> SnapshotStore:
     return make_s3_store(endpoint, request.getfixturevalue("s3_bucket"))
 
 
+@pytest.fixture(scope="session")
+def broker_url() -> Iterator[str]:
+    """This worker's own vhost on the machine's RabbitMQ, as `BACKUP_RABBITMQ_URL` takes it:
+    events and `backup.requests` of the other workers never reach it."""
+    with scratch_vhost("bp_tests") as vhost:
+        yield vhost_url(vhost)
+
+
 @pytest.fixture
-def backup_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """A clean BACKUP_* environment with a local store under tmp_path."""
+def broker_definitions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Held by a test that imports definitions into the machine's RabbitMQ as a whole, or
+    deletes a vhost there and restores it: another worker's import of a whole snapshot
+    would bring back what this one deleted."""
+    lock = tmp_path_factory.getbasetemp().parent / "machine-rabbitmq-definitions.lock"
+    with lock.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
+@pytest.fixture
+def backup_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, broker_url: str) -> Path:
+    """A clean BACKUP_* environment with a local store under tmp_path, and this worker's
+    vhost for events."""
     for name in list(os.environ):
         if name.startswith("BACKUP_") or name == "DOCUMENTS_STORAGE_ROOT":
             monkeypatch.delenv(name)
     artifacts = tmp_path / "artifacts"
     monkeypatch.setenv("BACKUP_ARTIFACTS_DIR", str(artifacts))
+    monkeypatch.setenv("BACKUP_RABBITMQ_URL", broker_url)
     monkeypatch.setenv("BACKUP_RETRY_DELAY_S", "0")  # 30, 60, 120 s in production
     return artifacts
 

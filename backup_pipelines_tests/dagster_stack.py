@@ -21,6 +21,7 @@ from typing import Any
 import requests
 from psycopg import sql
 
+from backup_pipelines_tests.broker import scratch_vhost, vhost_url
 from backup_pipelines_tests.conftest import free_port, wait_for_http
 from backup_pipelines_tests.postgres_fixtures import (
     connect,
@@ -35,7 +36,6 @@ LOCATION = "backup_pipelines"
 VERIFICATION = "verification"
 REPOSITORY = "__repository__"  # the name Dagster gives the repository of a Definitions object
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
-MANAGEMENT = "http://127.0.0.1:15672"
 
 LAUNCH_MUTATION = """
 mutation LaunchPipelineExecution($executionParams: ExecutionParams!) {
@@ -182,23 +182,6 @@ def _grpc_healthy(bin_dir: Path, port: int, env: Mapping[str, str]) -> bool:
 
 
 @contextmanager
-def scratch_vhost() -> Iterator[str]:
-    """A RabbitMQ vhost of its own, so the stack's queues and events meet no other test's."""
-    name, auth = unique_name("bp_e2e"), ("guest", "guest")
-    requests.put(f"{MANAGEMENT}/api/vhosts/{name}", auth=auth, timeout=10).raise_for_status()
-    requests.put(
-        f"{MANAGEMENT}/api/permissions/{name}/guest",
-        json={"configure": ".*", "write": ".*", "read": ".*"},
-        auth=auth,
-        timeout=10,
-    ).raise_for_status()
-    try:
-        yield name
-    finally:
-        requests.delete(f"{MANAGEMENT}/api/vhosts/{name}", auth=auth, timeout=10)
-
-
-@contextmanager
 def running_stack(workdir: Path) -> Iterator[DagsterStack]:
     """The stack backing up a scratch CRM database, with events on a scratch vhost."""
     crm_database, instance_database = unique_name("bp_e2e_crm"), unique_name("dagster_e2e")
@@ -210,7 +193,7 @@ def running_stack(workdir: Path) -> Iterator[DagsterStack]:
             "BACKUP_ARTIFACTS_DIR": str(workdir / "artifacts"),
             "BACKUP_POSTGRES_BACKUP_DSN": "postgresql://postgres@127.0.0.1:5432/postgres",
             "BACKUP_POSTGRES_DATABASES": crm_database,
-            "BACKUP_RABBITMQ_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
+            "BACKUP_RABBITMQ_URL": vhost_url(vhost),
             "BACKUP_RETRY_DELAY_S": "0",
         }
         base_env = {

@@ -6,6 +6,7 @@ definitions of every object, so "restored" means "equal", not "similar".
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -120,6 +121,17 @@ def connect(dbname: str) -> psycopg.Connection:
 
 def unique_name(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+OTHER_TESTS = re.compile(r"[a-z0-9_]+_[0-9a-f]{10}|bp_(restore|replaced)_[0-9a-f]{12}")
+"""The databases other tests make on the machine's cluster while one runs (the suite runs on
+every core): `unique_name`s, and a restore's own scratch databases. A drill's scratch
+databases (`bp_drill_*`) are not among them: they never belong on that cluster."""
+
+
+def appeared_elsewhere(appeared: set[str]) -> bool:
+    """Whether every database in `appeared` is one another test may have made meanwhile."""
+    return all(OTHER_TESTS.fullmatch(name) for name in appeared)
 
 
 @contextmanager

@@ -9,13 +9,14 @@ import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from dagster import DagsterInstance, materialize
 from prometheus_client import generate_latest
 
-from backup_pipelines.audit import AUDIT
-from backup_pipelines.audit_trail import audit_trail
 from backup_pipelines.cli import main
+from backup_pipelines.dagster_defs.audit_trail import audit_trail
 from backup_pipelines.metrics import registry_for
+from backup_pipelines.storage.layout import AUDIT
 from backup_pipelines_tests.conftest import (
     S3_SECRET_KEY,
     checks_of,
@@ -52,7 +53,7 @@ def records(**filters) -> list[dict]:
 def raw_records() -> str:
     """Every record's bytes as stored, for secrets to be looked for."""
     log = runtime_from_env().audit
-    backend = log.store.backend
+    backend = log.backend
     return "".join(
         backend.get(f"{AUDIT}/{day}/{name}", 1 << 20).data.decode()
         for day in backend.children(f"{AUDIT}/")
@@ -60,6 +61,7 @@ def raw_records() -> str:
     )
 
 
+@pytest.mark.slow
 def test_each_command_leaves_exactly_one_record(store_env, monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("BACKUP_REDIS_PASSWORD", REDIS_PASSWORD)
     runtime = runtime_from_env()
@@ -133,6 +135,7 @@ def test_each_command_leaves_exactly_one_record(store_env, monkeypatch, tmp_path
     assert not any(secret in raw_records() for secret in SECRETS)
 
 
+@pytest.mark.slow
 def test_each_dagster_operation_leaves_exactly_one_record(store_env, monkeypatch, tmp_path):
     instance = DagsterInstance.ephemeral()
     with redis_process(tmp_path / "redis", REDIS_PASSWORD) as server:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from pyrage import x25519
 
-from backup_pipelines.cli import command_line_secrets, main
+from backup_pipelines.cli import main
+from backup_pipelines.cli.parser import command_line_secrets
 from backup_pipelines_tests.conftest import (
     S3_SECRET_KEY,
     commit_snapshot,

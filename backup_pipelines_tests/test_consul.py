@@ -9,7 +9,7 @@ import pytest
 from dagster import DagsterInstance
 
 from backup_pipelines.cli import main
-from backup_pipelines.definitions import build_definitions
+from backup_pipelines.dagster_defs.backup_location import build_definitions
 from backup_pipelines_tests.conftest import (
     checks_of,
     commit_snapshot,

@@ -79,6 +79,7 @@ def documents_root(store_env, tmp_path, monkeypatch) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_incremental_backups_restore_each_tree_exactly(documents_root, tmp_path, capsys):
     first_state = tree_state(documents_root)
     first = run_backup("documents")
@@ -118,6 +119,7 @@ def test_incremental_backups_restore_each_tree_exactly(documents_root, tmp_path,
     assert RESTIC_PASSWORD not in every_log
 
 
+@pytest.mark.slow
 def test_restore_refuses_a_non_empty_directory_without_force(documents_root, tmp_path, capsys):
     assert run_backup("documents").success
     target = tmp_path / "occupied"
@@ -145,6 +147,7 @@ def test_missing_password_or_root_is_a_configuration_error(backup_env, tmp_path,
     assert store_from_env().list_snapshots("documents") == []
 
 
+@pytest.mark.slow
 def test_a_wrong_password_never_initialises_a_second_repository(documents_root, monkeypatch):
     assert run_backup("documents").success
     monkeypatch.setenv("BACKUP_RESTIC_PASSWORD", "not-the-password")
@@ -153,6 +156,7 @@ def test_a_wrong_password_never_initialises_a_second_repository(documents_root, 
     assert len(store_from_env().list_snapshots("documents")) == 1
 
 
+@pytest.mark.slow
 def test_pruning_documents_forgets_exactly_their_restic_snapshots(
     backup_env, tmp_path, monkeypatch, capsys
 ):
@@ -181,6 +185,7 @@ def test_pruning_documents_forgets_exactly_their_restic_snapshots(
     assert older and RESTIC_PASSWORD not in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_drill_compares_the_tree_with_restics_own_count(documents_root, capsys):
     assert run_backup("documents").success
     store = store_from_env()

@@ -17,13 +17,16 @@ from dagster import (
     define_asset_job,
 )
 
-from backup_pipelines.definitions import build_definitions
-from backup_pipelines.messaging import EXCHANGE
-from backup_pipelines.notifications import OUTBOX_NAME, Outbox
-from backup_pipelines.sensors import backup_overdue_sensor, notifications_outbox_sensor
+from backup_pipelines.cli import main
+from backup_pipelines.dagster_defs.backup_location import build_definitions
+from backup_pipelines.dagster_defs.sensors import backup_overdue_sensor, notifications_outbox_sensor
+from backup_pipelines.events.broker import EXCHANGE
+from backup_pipelines.events.outbox import Outbox
+from backup_pipelines.storage.layout import OUTBOX
 from backup_pipelines_tests.conftest import (
     S3_ACCESS_KEY,
     S3_SECRET_KEY,
+    commit_snapshot,
     flip_byte,
     metadata_of,
     run_job,
@@ -32,8 +35,8 @@ from backup_pipelines_tests.conftest import (
     store_from_env,
 )
 from backup_pipelines_tests.tcp_proxy import CuttingProxy
+from backup_pipelines_tests.test_audit import real_rdb
 
-BROKER = "amqp://guest:guest@127.0.0.1:5672/%2F"
 CONTRACT_FIELDS = {
     "event",
     "source",
@@ -48,10 +51,11 @@ CONTRACT_FIELDS = {
 
 
 class EventQueue:
-    """A private queue bound to backup.notifications, read with basic_get."""
+    """A private queue bound to backup.notifications (on this worker's vhost), read with
+    basic_get."""
 
-    def __init__(self) -> None:
-        self.connection = pika.BlockingConnection(pika.URLParameters(BROKER))
+    def __init__(self, broker_url: str) -> None:
+        self.connection = pika.BlockingConnection(pika.URLParameters(broker_url))
         self.channel = self.connection.channel()
         self.channel.exchange_declare(EXCHANGE, "topic", durable=True)
         self.queue = self.channel.queue_declare("", exclusive=True).method.queue
@@ -76,8 +80,8 @@ class EventQueue:
 
 
 @pytest.fixture
-def events():
-    queue = EventQueue()
+def events(broker_url):
+    queue = EventQueue(broker_url)
     yield queue
     queue.connection.close()
 
@@ -150,19 +154,21 @@ def test_a_run_that_failed_before_any_step_is_reported_by_the_sensor(backup_env,
     assert "the worker was killed" in event["error"]
 
 
-def test_events_wait_in_the_outbox_while_the_broker_is_down(backup_env, events, monkeypatch):
+def test_events_wait_in_the_outbox_while_the_broker_is_down(
+    backup_env, events, monkeypatch, broker_url
+):
     monkeypatch.setenv("BACKUP_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:1/%2F")
     result = run_job("rabbitmq_backup_job")
     assert result.success  # the broker being down never fails a backup
     assert events.drain_for(result.run_id) == []
-    assert Outbox(backup_env / OUTBOX_NAME).pending() == 2
+    assert Outbox(backup_env / OUTBOX).pending() == 2
 
-    monkeypatch.setenv("BACKUP_RABBITMQ_URL", BROKER)  # the broker is back
+    monkeypatch.setenv("BACKUP_RABBITMQ_URL", broker_url)  # the broker is back
     with build_sensor_context(resources={"runtime": runtime_from_env()}) as context:
         notifications_outbox_sensor(context)
     received = events.for_run(result.run_id, count=2)
     assert [routing_key for routing_key, _, _ in received] == ["backup.started", "backup.completed"]
-    assert Outbox(backup_env / OUTBOX_NAME).pending() == 0
+    assert Outbox(backup_env / OUTBOX).pending() == 0
 
 
 def test_a_verification_is_announced_as_verified(backup_env, events):
@@ -177,7 +183,7 @@ def test_a_verification_is_announced_as_verified(backup_env, events):
     assert event["error"] is None and properties.content_type == "application/json"
 
 
-def test_a_failed_check_and_a_restore_are_announced(backup_env, events):
+def test_a_failed_check_and_a_restore_are_announced(backup_env, events, broker_definitions):
     instance = DagsterInstance.ephemeral()
     backup = run_job("rabbitmq_backup_job", instance)
     assert backup.success
@@ -246,6 +252,7 @@ def test_a_failed_check_and_a_restore_are_announced(backup_env, events):
     assert event["snapshot_id"] == store.find("rabbitmq").snapshot_id
 
 
+@pytest.mark.slow
 def test_a_failed_upload_is_reported_with_its_own_error(
     backup_env, events, monkeypatch, s3_endpoint, s3_bucket
 ):
@@ -285,3 +292,46 @@ def test_an_overdue_backup_is_announced_once_per_failure(backup_env, events):
     instance.report_runless_asset_event(AssetMaterialization(AssetKey("redis_backup")))
     tick(cursor)  # a new snapshot ended that failure; three hours on, it is a new one
     assert [e["event"] for _, _, e in events.drain_for("")] == ["backup.overdue"]
+
+
+def test_the_command_announces_its_restores_drills_and_prunes(
+    backup_env, events, tmp_path, monkeypatch, capsys
+):
+    """With Dagster down, the command's operations say on the broker what Dagster's would."""
+    runtime = runtime_from_env()
+    rdb = real_rdb(tmp_path)
+    older, newest = (
+        commit_snapshot(
+            runtime.store, runtime.staging.directory, {"dump.rdb": rdb}, source="redis", run_id=r
+        )
+        for r in ("00000001-run", "ffffffff-run")
+    )
+
+    assert main(["restore", "redis", "--output-dir", str(tmp_path / "out")]) == 0
+    assert main(["drill", "redis"]) == 0
+    [(restored_key, properties, restored), (verified_key, _, verified)] = events.drain_for("")
+    assert (restored_key, verified_key) == ("backup.restored", "backup.verified")
+    assert set(restored) == set(verified) == CONTRACT_FIELDS
+    assert properties.content_type == "application/json" and properties.delivery_mode == 2
+    assert (restored["source"], restored["snapshot_id"]) == ("redis", newest.snapshot_id)
+    assert restored["location"] == str(tmp_path / "out") and restored["error"] is None
+    assert restored["size_bytes"] == newest.manifest.size_bytes and restored["duration_s"] >= 0
+    assert (verified["snapshot_id"], verified["location"]) == (newest.snapshot_id, newest.location)
+
+    flip_byte(runtime.store, newest.snapshot_id, "dump.rdb.zst", offset=-1, source="redis")
+    assert main(["drill", "redis"]) == 1
+    [(failed_key, _, failed)] = events.drain_for("")
+    assert failed_key == "backup.verification_failed" and set(failed) == CONTRACT_FIELDS
+    assert failed["snapshot_id"] == newest.snapshot_id and "sha256" in failed["error"]
+
+    monkeypatch.setenv("BACKUP_RETENTION_DAILY", "1")
+    for name in ("WEEKLY", "MONTHLY", "YEARLY"):
+        monkeypatch.setenv(f"BACKUP_RETENTION_{name}", "0")
+    assert main(["prune", "--dry-run"]) == 0
+    assert events.drain_for("") == []  # a dry run deletes nothing, and says nothing
+    assert main(["prune"]) == 0
+    [(pruned_key, _, pruned)] = events.drain_for("")
+    assert pruned_key == "backup.pruned" and set(pruned) >= CONTRACT_FIELDS
+    assert (pruned["source"], pruned["deleted"]) == ("redis", [older.snapshot_id])
+    assert pruned["size_bytes"] == older.manifest.size_bytes and pruned["run_id"] == ""
+    capsys.readouterr()

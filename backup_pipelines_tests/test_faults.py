@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from backup_pipelines_tests.broker import scratch_vhost, vhost_url
 from backup_pipelines_tests.conftest import (
     PASSWORD,
     failed_at_once,
@@ -25,7 +26,7 @@ from backup_pipelines_tests.conftest import (
     run_backup,
     store_from_env,
 )
-from backup_pipelines_tests.dagster_stack import DagsterUI, dev_stack, scratch_vhost
+from backup_pipelines_tests.dagster_stack import DagsterUI, dev_stack
 from backup_pipelines_tests.postgres_fixtures import (
     connect,
     create_rich_database,
@@ -73,7 +74,7 @@ def test_a_run_killed_mid_dump_frees_its_source_and_its_attempt_is_cleaned_later
             "BACKUP_ARTIFACTS_DIR": str(artifacts),
             "BACKUP_POSTGRES_BACKUP_DSN": "postgresql://postgres@127.0.0.1:5432/postgres",
             "BACKUP_POSTGRES_DATABASES": crm,
-            "BACKUP_RABBITMQ_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
+            "BACKUP_RABBITMQ_URL": vhost_url(vhost),
         }
         with dev_stack(tmp_path / "dev", env) as ui, connect(crm) as blocker:
             with blocker.transaction():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dagster import AssetExecutionContext, ResourceParam, asset, materialize
 
-from backup_pipelines.definitions import build_resources
+from backup_pipelines.dagster_defs.backup_location import build_resources
 from backup_pipelines.runtime import Runtime
 from backup_pipelines.snapshot.staging import StagedSnapshot
 from backup_pipelines.snapshot.store import StoredSnapshot

@@ -16,7 +16,6 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from backup_pipelines.cli import main
-from backup_pipelines.snapshot.verdicts import read_verdict, record_verdict
 from backup_pipelines_tests.conftest import commit_snapshot, free_port, runtime_from_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +49,7 @@ def test_every_metric_equals_the_manifests_it_came_from(store_env, tmp_path, cap
     commit_snapshot(store, staging, {"kv.json": b"[]"}, source="consul")
     verified_at = datetime(2026, 11, 30, 5, tzinfo=UTC)
     consul = runtime.store.find("consul")
-    record_verdict(runtime.store, "consul", consul.snapshot_id, True, verified_at)
+    runtime.verdicts.record("consul", consul.snapshot_id, True, verified_at)
     assert main(["drill", "consul"]) == 1  # its artifacts are not Consul's: the drill fails
     capsys.readouterr()
 
@@ -75,7 +74,7 @@ def test_every_metric_equals_the_manifests_it_came_from(store_env, tmp_path, cap
     assert metrics["backup_schedule_interval_seconds"]["redis"] == 3600
     assert metrics["backup_schedule_interval_seconds"]["consul"] == 86400
     # the failed drill is recorded, and the last success carried forward
-    assert read_verdict(runtime.store, "consul").passed is False
+    assert runtime.verdicts.read("consul").passed is False
     assert metrics["backup_verification_last_passed"] == {"consul": 0.0}
     assert metrics["backup_verification_last_success_timestamp_seconds"] == {
         "consul": verified_at.timestamp()
@@ -182,8 +181,8 @@ def test_the_rules_and_the_dashboard_name_only_metrics_the_exporter_serves(backu
 def test_a_verification_record_that_is_not_one_is_ignored(backup_env, tmp_path):
     runtime = runtime_from_env()
     runtime.store.backend.put_bytes(".verification/redis.json", b'{"source": "redis", "pas')
-    assert read_verdict(runtime.store, "redis") is None
+    assert runtime.verdicts.read("redis") is None
     assert "backup_verification_last_passed" not in metrics_file(tmp_path)
     an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
-    record_verdict(runtime.store, "redis", "20261130T050000Z-0000abcd", False, an_hour_ago)
+    runtime.verdicts.record("redis", "20261130T050000Z-0000abcd", False, an_hour_ago)
     assert metrics_file(tmp_path)["backup_verification_last_passed"] == {"redis": 0.0}

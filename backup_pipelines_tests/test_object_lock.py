@@ -20,7 +20,7 @@ from botocore.config import Config
 from dagster import build_schedule_context
 
 from backup_pipelines.cli import main
-from backup_pipelines.definitions import build_definitions
+from backup_pipelines.dagster_defs.backup_location import build_definitions
 from backup_pipelines.snapshot.reader import verify_snapshot
 from backup_pipelines_tests.conftest import (
     checks_of,
@@ -192,6 +192,7 @@ def test_backups_into_a_locked_bucket_lock_every_object(
         assert abs(until - (started + timedelta(days=LOCK_DAYS))) < timedelta(minutes=2)
 
 
+@pytest.mark.slow
 def test_documents_back_up_and_restore_in_a_locked_bucket(
     locked_store, monkeypatch, tmp_path, capsys
 ):

@@ -17,9 +17,12 @@ import pytest
 from dagster import AssetKey, DagsterInstance, build_sensor_context
 
 from backup_pipelines.cli import main
-from backup_pipelines.wal_archive import WalArchive, segment_position
-from backup_pipelines.wal_commands import EXIT_STOP_RECOVERY
-from backup_pipelines.wal_monitoring import wal_archive_sensor
+from backup_pipelines.cli.wal import EXIT_STOP_RECOVERY
+from backup_pipelines.dagster_defs.continuous_archive import archive_sensor
+from backup_pipelines.sources.registry import archiving
+from backup_pipelines.storage.layout import WAL_ARCHIVE
+from backup_pipelines.wal.archive import WalArchive
+from backup_pipelines.wal.names import segment_position
 from backup_pipelines_tests.archiving_cluster import (
     COMMAND,
     RecoveryFailed,
@@ -105,6 +108,7 @@ def insert(server: Server, first: int, last: int, note: str) -> None:
     )
 
 
+@pytest.mark.slow
 def test_recovery_reaches_exactly_a_moment_the_end_and_a_later_timeline(pitr, capsys):
     pitr.query("CREATE TABLE orders (id int PRIMARY KEY, note text)")
     insert(pitr, 1, 100, "before the base backup ")
@@ -130,7 +134,7 @@ def test_recovery_reaches_exactly_a_moment_the_end_and_a_later_timeline(pitr, ca
     insert(primary, 1001, 1005, "on the new timeline ")
     assert primary.switch_wal().startswith("00000002")
     primary.stop()
-    archive = WalArchive(store_from_env())
+    archive = WalArchive(store_from_env().backend, WAL_ARCHIVE)
     assert archive.find("00000002.history") is not None
 
     following = restore()  # the end of the archive now lies on timeline 2
@@ -142,6 +146,7 @@ def test_recovery_reaches_exactly_a_moment_the_end_and_a_later_timeline(pitr, ca
         remove_restore(directory)
 
 
+@pytest.mark.slow
 def test_damaged_or_missing_wal_stops_recovery_with_a_clear_message(local_pitr, capsys):
     local_pitr.query("CREATE TABLE orders (id int PRIMARY KEY, note text)")
     base_backup()
@@ -160,7 +165,7 @@ def test_damaged_or_missing_wal_stops_recovery_with_a_clear_message(local_pitr, 
     insert(local_pitr, 51, 60, "second ")
     local_pitr.switch_wal()
     assert segment_position(damaged) > segment_position(stats["stop_wal"])
-    archive = WalArchive(store_from_env())
+    archive = WalArchive(store_from_env().backend, WAL_ARCHIVE)
     held = archive.find(damaged)
     key = f"postgres_wal/{damaged[:16]}/{held.stored_name}"
     path = Path(os.environ["BACKUP_ARTIFACTS_DIR"]) / key
@@ -189,6 +194,7 @@ def wal_command(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(COMMAND), *args], capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_wal_push_and_fetch_keep_postgresql_s_rules(backup_env, tmp_path):
     files = tmp_path / "pg_wal"
     files.mkdir()
@@ -240,6 +246,7 @@ def test_wal_push_and_fetch_keep_postgresql_s_rules(backup_env, tmp_path):
     assert failed == [("wal-push", "failed")] * 3
 
 
+@pytest.mark.slow
 def test_wal_fetch_without_the_identity_or_the_store_stops_recovery(
     backup_env, tmp_path, monkeypatch
 ):
@@ -266,6 +273,7 @@ def test_wal_fetch_without_the_identity_or_the_store_stops_recovery(
     assert pushed.returncode == 1 and "secret-never-shown" not in pushed.stderr
 
 
+@pytest.mark.slow
 def test_retention_prunes_wal_only_before_the_oldest_kept_base_backup(local_pitr, monkeypatch):
     local_pitr.query("CREATE TABLE orders (id int PRIMARY KEY, note text)")
     base_backup()
@@ -276,7 +284,7 @@ def test_retention_prunes_wal_only_before_the_oldest_kept_base_backup(local_pitr
     local_pitr.switch_wal()
     store = store_from_env()
     oldest, newest = reversed(store.list_snapshots("postgres_base"))
-    archive = WalArchive(store)
+    archive = WalArchive(store.backend, WAL_ARCHIVE)
 
     def archived() -> list[str]:
         return sorted(f.name for folder in archive.folders() for f in archive.files(folder))
@@ -303,7 +311,10 @@ def test_retention_prunes_wal_only_before_the_oldest_kept_base_backup(local_pitr
     remove_restore(target)
 
 
-def test_the_base_backup_is_verified_drilled_and_its_archive_watched(local_pitr, tmp_path):
+@pytest.mark.slow
+def test_the_base_backup_is_verified_drilled_and_its_archive_watched(
+    local_pitr, tmp_path, broker_url
+):
     local_pitr.query("CREATE TABLE orders (id int PRIMARY KEY, note text)")
     insert(local_pitr, 1, 300, "counted ")
     base_backup()
@@ -316,12 +327,12 @@ def test_the_base_backup_is_verified_drilled_and_its_archive_watched(local_pitr,
     assert scraped["backup_wal_max_age_seconds"] == {"postgres_base": 900}
 
     runtime = runtime_from_env()
-    instance, events = DagsterInstance.ephemeral(), EventQueue()
+    instance, events = DagsterInstance.ephemeral(), EventQueue(broker_url)
 
     def tick(cursor: str | None, clock_offset: float = 0) -> str | None:
         """One evaluation of the sensor, as the daemon runs it, `clock_offset` s from now."""
-        sensor = wal_archive_sensor(
-            [runtime.sources["postgres_base"]], clock=lambda: time.time() + clock_offset
+        sensor = archive_sensor(
+            archiving([runtime.sources["postgres_base"]]), clock=lambda: time.time() + clock_offset
         )
         with build_sensor_context(
             instance=instance, cursor=cursor, resources={"runtime": runtime}

@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from backup_pipelines.cli import main
-from backup_pipelines.messaging import EXCHANGE, OWN_QUEUES
+from backup_pipelines.events.broker import EXCHANGE, OWN_QUEUES
 from backup_pipelines.snapshot.staging import stage
 from backup_pipelines.sources.rabbitmq.api import ManagementApi, RabbitUnavailable
 from backup_pipelines.sources.rabbitmq.definitions import SECTIONS, only_vhost
@@ -41,7 +41,7 @@ def admin(method: str, path: str, body: dict | None = None) -> requests.Response
 
 
 @pytest.fixture
-def crm_topology(backup_env):
+def crm_topology(backup_env, broker_definitions):
     """A vhost with a user, permissions, a policy, exchanges, a classic and a quorum queue."""
     vhost, user = f"bp-crm-{uuid.uuid4().hex[:8]}", f"bp-user-{uuid.uuid4().hex[:8]}"
     v = quote(vhost, safe="")

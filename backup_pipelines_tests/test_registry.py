@@ -3,16 +3,17 @@ a source is named nowhere in the package but its own folder and the registry."""
 
 import re
 from pathlib import Path
+from typing import get_args
 
 import pytest
 from dagster import AssetKey
 
-from backup_pipelines.cli import _parser
-from backup_pipelines.definitions import build_definitions
-from backup_pipelines.restore_job import restore_config
+from backup_pipelines.cli.parser import build_parser
+from backup_pipelines.dagster_defs.backup_location import build_definitions
+from backup_pipelines.dagster_defs.restore_job import restore_config
+from backup_pipelines.dagster_defs.verification_location import build_verification
 from backup_pipelines.sources.registry import KINDS, SOURCES
 from backup_pipelines.sources.source import SECRET_OPTION
-from backup_pipelines.verification import build_verification
 from backup_pipelines_tests.conftest import runtime_from_env
 
 PACKAGE = Path(__file__).resolve().parents[1] / "backup_pipelines"
@@ -68,7 +69,7 @@ def test_restore_job_and_the_command_take_the_same_options(backup_env):
     """The launchpad offers every source (an enum), and every option the command takes but
     the secret ones (run config is stored with the run)."""
     config = restore_config(runtime_from_env().settings.kinds)
-    assert [choice.value for choice in config.model_fields["source"].annotation] == list(KINDS)
+    assert list(get_args(config.model_fields["source"].annotation)) == list(KINDS)
     config_fields = set(config.model_fields)
     for source in SOURCES:
         fields = source.restore_options.model_fields
@@ -77,6 +78,6 @@ def test_restore_job_and_the_command_take_the_same_options(backup_env):
             flag = source.restore_options.flag(name)
             argv += [flag] + ([] if info.annotation is bool else ["given"])
             assert (name in config_fields) == (info.json_schema_extra != SECRET_OPTION), name
-        args = vars(_parser().parse_args(argv))
+        args = vars(build_parser().parse_args(argv))
         assert all(args[name] in ("given", True) for name in fields), args
     assert {"source", "snapshot", "target", "force"} <= config_fields

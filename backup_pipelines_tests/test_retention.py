@@ -9,7 +9,8 @@ import pytest
 
 from backup_pipelines.cli import main
 from backup_pipelines.errors import StoreError
-from backup_pipelines.retention import RetentionRules, prune
+from backup_pipelines.retention.policy import RetentionRules
+from backup_pipelines.retention.pruning import apply_retention
 from backup_pipelines.snapshot.manifest import new_snapshot_id, utc_now
 from backup_pipelines.snapshot.reader import verify_snapshot
 from backup_pipelines.snapshot.staging import stage
@@ -64,6 +65,7 @@ def history(store_env, monkeypatch):
     return runtime, ids
 
 
+@pytest.mark.slow
 def test_dry_run_deletes_nothing_and_a_real_prune_leaves_exactly_the_kept_set(
     history, store_env, capsys
 ):
@@ -95,7 +97,7 @@ def test_dry_run_deletes_nothing_and_a_real_prune_leaves_exactly_the_kept_set(
     if store_env == "s3":
         later = utc_now() + timedelta(hours=25)
         rules = RetentionRules.from_settings(runtime.shared)
-        prune(store, runtime.sources, rules, dry_run=False, now=later, log=lambda _: None)
+        apply_retention(store, runtime.sources, rules, dry_run=False, now=later, log=lambda _: None)
         assert store.survey("redis").attempts == []
 
 
@@ -112,12 +114,14 @@ def test_s3_failing_midway_leaves_every_listed_snapshot_whole(
     port = int(s3_endpoint.rsplit(":", 1)[1])
     measuring = CuttingProxy(port, cut_after=1 << 40)  # how many bytes listing alone takes
     measured = make_s3_store(measuring.url, s3_bucket)
-    prune(measured, runtime.sources, rules, dry_run=True, now=utc_now())
+    apply_retention(measured, runtime.sources, rules, dry_run=True, now=utc_now())
     proxy = CuttingProxy(port, cut_after=measuring.sent + 20_000)
     through_proxy = make_s3_store(proxy.url, s3_bucket, max_attempts=1)
 
     with pytest.raises(StoreError):
-        prune(through_proxy, runtime.sources, rules, dry_run=False, now=utc_now(), log=len)
+        apply_retention(
+            through_proxy, runtime.sources, rules, dry_run=False, now=utc_now(), log=len
+        )
     assert proxy.cut.is_set()
     survivors = direct.list_snapshots("redis")
     assert 1 < len(survivors) < 60  # cut midway: some gone, some not yet

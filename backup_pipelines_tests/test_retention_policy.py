@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backup_pipelines.retention import UNLIMITED, Candidate, RetentionRules, decide
+from backup_pipelines.retention.policy import UNLIMITED, Candidate, RetentionRules, decide
 from backup_pipelines.settings import RULES
 
 

@@ -18,20 +18,19 @@ from dagster import (
     build_sensor_context,
 )
 
-from backup_pipelines.dagster_internals import RUN_KEY_TAG, SENSOR_NAME_TAG
-from backup_pipelines.definitions import build_definitions
-from backup_pipelines.messaging import DEAD_LETTER_QUEUE, REQUESTS_QUEUE
-from backup_pipelines.sensors import REQUESTS_SENSOR, change_sensor, parse_request
+from backup_pipelines.dagster_defs.backup_location import build_definitions
+from backup_pipelines.dagster_defs.dagster_internals import RUN_KEY_TAG, SENSOR_NAME_TAG
+from backup_pipelines.dagster_defs.requests_sensor import REQUESTS_SENSOR, parse_request
+from backup_pipelines.dagster_defs.sensors import change_sensor
+from backup_pipelines.events.broker import DEAD_LETTER_QUEUE, REQUESTS_QUEUE
 from backup_pipelines.sources.registry import KINDS as SOURCE_NAMES
 from backup_pipelines_tests.conftest import runtime_from_env
 
-BROKER = "amqp://guest:guest@127.0.0.1:5672/%2F"
-
 
 @pytest.fixture
-def requests_channel():
-    """The machine broker's backup.requests and its dead-letter queue, emptied for the test."""
-    connection = pika.BlockingConnection(pika.URLParameters(BROKER))
+def requests_channel(broker_url):
+    """This worker's backup.requests and its dead-letter queue, emptied for the test."""
+    connection = pika.BlockingConnection(pika.URLParameters(broker_url))
     channel = connection.channel()
     for queue in (REQUESTS_QUEUE, DEAD_LETTER_QUEUE):
         channel.queue_declare(queue, durable=True)
@@ -137,7 +136,7 @@ def test_a_poison_message_never_blocks_its_neighbours(backup_env, requests_chann
 
 SENSOR_THAT_DIES = """
 import os, signal, sys
-from backup_pipelines.sensors import take_requests
+from backup_pipelines.dagster_defs.requests_sensor import take_requests
 seen = []
 def launched(key):
     seen.append(key)
@@ -149,7 +148,7 @@ take_requests(sys.argv[1], {"postgres": "p", "redis": "r"}, launched, print)
 
 
 def test_a_sensor_killed_after_reading_loses_nothing_and_runs_nothing_twice(
-    backup_env, requests_channel
+    backup_env, requests_channel, broker_url
 ):
     bodies = [json.dumps({"source": s}).encode() for s in ("postgres", "redis", "postgres")]
     ids = ["deploy-1234", None, None]  # two requests without an id: told apart by timestamp
@@ -158,7 +157,7 @@ def test_a_sensor_killed_after_reading_loses_nothing_and_runs_nothing_twice(
         requests_channel.basic_publish("", REQUESTS_QUEUE, body, properties)
 
     died = subprocess.run(
-        [sys.executable, "-c", SENSOR_THAT_DIES, BROKER, "3"], capture_output=True, timeout=60
+        [sys.executable, "-c", SENSOR_THAT_DIES, broker_url, "3"], capture_output=True, timeout=60
     )
     assert died.returncode == -signal.SIGKILL, died.stderr.decode()
     sensor = RequestsSensor()

@@ -14,7 +14,8 @@ from pyrage import x25519
 
 from backup_pipelines.errors import IntegrityError, ProducerFailed, StoreError
 from backup_pipelines.processes import ToolFailed, ToolMissing
-from backup_pipelines.retention import RetentionRules, prune
+from backup_pipelines.retention.policy import RetentionRules
+from backup_pipelines.retention.pruning import apply_retention
 from backup_pipelines.snapshot.manifest import MANIFEST_NAME, Manifest, utc_now
 from backup_pipelines.snapshot.reader import restore_artifact, verify_snapshot
 from backup_pipelines.snapshot.staging import stage
@@ -59,6 +60,7 @@ def test_round_trip_writes_contract_manifest_last(store, staging_dir):
     assert verify_snapshot(store, snapshot) == []
 
 
+@pytest.mark.slow
 def test_large_stream_round_trips_bit_exact_in_bounded_memory(store, tmp_path, request):
     """400 MiB through zstd into the store and back, in a child process we can measure."""
     size_mb = 400
@@ -264,7 +266,7 @@ def test_s3_unreachable_mid_upload_fails_clearly_and_leaves_no_snapshot(
     client = direct.backend.client
     assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads")
     later = utc_now() + timedelta(hours=25)  # (moto dates every upload in 2010 anyway)
-    prune(direct, sources, RetentionRules(), dry_run=False, now=later, log=lambda _: None)
+    apply_retention(direct, sources, RetentionRules(), dry_run=False, now=later, log=lambda _: None)
     assert client.list_objects_v2(Bucket=s3_bucket).get("Contents", []) == []
     assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
     assert direct.survey("postgres").attempts == []

@@ -15,12 +15,13 @@ import pytest
 from dagster import AssetKey, DagsterInstance
 
 from backup_pipelines.cli import main
-from backup_pipelines.definitions import build_definitions
-from backup_pipelines.messaging import REQUESTS_QUEUE
-from backup_pipelines.naming import verification_asset_key
+from backup_pipelines.dagster_defs.backup_location import build_definitions
+from backup_pipelines.dagster_defs.definition_names import verification_asset_key
+from backup_pipelines.dagster_defs.verification_location import build_verification
+from backup_pipelines.events.broker import REQUESTS_QUEUE
 from backup_pipelines.runtime import load_runtime
 from backup_pipelines.settings import InvalidSettings
-from backup_pipelines.verification import build_verification
+from backup_pipelines_tests.broker import scratch_vhost, vhost_url
 from backup_pipelines_tests.conftest import (
     commit_snapshot,
     make_local_store,
@@ -28,7 +29,7 @@ from backup_pipelines_tests.conftest import (
     run_job,
     runtime_from_env,
 )
-from backup_pipelines_tests.dagster_stack import LOCATION, DagsterUI, dev_stack, scratch_vhost
+from backup_pipelines_tests.dagster_stack import LOCATION, DagsterUI, dev_stack
 from backup_pipelines_tests.postgres_fixtures import (
     ADMIN_DSN,
     create_rich_database,
@@ -166,6 +167,7 @@ def test_each_target_is_its_own_asset_job_schedule_pool_and_lineage(two_of_each)
         assert verification.resolve_assets_def(verification_asset_key(name))
 
 
+@pytest.mark.slow
 def test_each_target_backs_up_lists_verifies_and_restores_on_its_own(two_of_each, tmp_path, capsys):
     instance = DagsterInstance.ephemeral()
     for name in TARGET_SOURCES:
@@ -438,7 +440,7 @@ def test_a_target_added_to_the_file_appears_on_reload_and_backs_up(tmp_path):
         env |= {
             "BACKUP_ARTIFACTS_DIR": str(artifacts),
             "BACKUP_TARGETS_FILE": str(file),
-            "BACKUP_RABBITMQ_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
+            "BACKUP_RABBITMQ_URL": vhost_url(vhost),
         }
         with dev_stack(tmp_path / "dev", env) as ui:
             keys = asset_keys(ui)

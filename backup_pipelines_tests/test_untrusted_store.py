@@ -28,13 +28,14 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from backup_pipelines.audit import AUDIT
 from backup_pipelines.cli import main
-from backup_pipelines.retention import RetentionRules, prune
+from backup_pipelines.retention.policy import RetentionRules
+from backup_pipelines.retention.pruning import apply_retention
 from backup_pipelines.snapshot.manifest import MANIFEST_NAME, new_snapshot_id
 from backup_pipelines.snapshot.reader import verify_snapshot
 from backup_pipelines.snapshot.staging import stage
 from backup_pipelines.snapshot.store import SnapshotStore
+from backup_pipelines.storage.layout import AUDIT
 from backup_pipelines_tests.conftest import (
     S3_ACCESS_KEY,
     S3_SECRET_KEY,
@@ -301,7 +302,7 @@ def prune_two_days_on(store: SnapshotStore, sources, staging_dir: Path | None = 
     """Retention as it will run once every leftover is older than a day."""
     later = datetime.now(UTC) + timedelta(days=2)
     quiet = lambda _: None  # noqa: E731
-    return prune(
+    return apply_retention(
         store,
         sources,
         RetentionRules(),
@@ -336,6 +337,7 @@ def world_with(root: Path) -> tuple[Path, Path, Path]:
     return root, root / "artifacts", sentinel
 
 
+@pytest.mark.slow
 @settings(PROPERTY, max_examples=150)
 @example(how=[("file.size", 0)], snapshot_arg="../sentinel")  # valid, but not true of its bytes
 @given(how=tampering, snapshot_arg=st.one_of(st.sampled_from(NAMES), st.text(max_size=30)))
@@ -390,6 +392,7 @@ def template_store(rdb, tmp_path_factory) -> dict[str, bytes]:
     }
 
 
+@pytest.mark.slow
 @settings(PROPERTY, max_examples=10)
 @given(how=tampering, snapshot_arg=st.sampled_from(NAMES))
 def test_a_tampered_manifest_never_reaches_outside_its_snapshot_s3(
@@ -468,12 +471,14 @@ def test_a_manifest_naming_another_snapshot_is_reported_and_decides_no_delete(
     rules = RetentionRules(daily=1, weekly=0, monthly=0, yearly=0)
     now = datetime.now(UTC)
     [report] = [
-        r for r in prune(store, sources, rules, dry_run=False, now=now) if r.source == SOURCE
+        r
+        for r in apply_retention(store, sources, rules, dry_run=False, now=now)
+        if r.source == SOURCE
     ]
     assert report.keep == [middle] and report.delete == [oldest] and report.leftovers == []
     assert store.survey(SOURCE).unreadable  # a day younger: kept for an operator to look at
     later = now + timedelta(days=2)
-    reports = prune(store, sources, rules, dry_run=False, now=later)
+    reports = apply_retention(store, sources, rules, dry_run=False, now=later)
     [report] = [r for r in reports if r.source == SOURCE]
     assert report.leftovers == [newest]
     assert [s.snapshot_id for s in store.list_snapshots(SOURCE)] == [middle]
@@ -522,7 +527,7 @@ def test_a_symbolic_link_in_the_store_is_never_followed(backup_env, rdb, tmp_pat
     assert "dump.rdb.zst is a symbolic link; the store never follows one" in capsys.readouterr().err
     rules = RetentionRules(daily=1, weekly=0, monthly=0, yearly=0)
     later = datetime.now(UTC) + timedelta(days=2)
-    prune(store, sources, rules, dry_run=False, now=later, log=lambda _: None)
+    apply_retention(store, sources, rules, dry_run=False, now=later, log=lambda _: None)
     assert sorted(p.name for p in elsewhere.iterdir()) == ["dump.rdb.zst", MANIFEST_NAME]
 
 

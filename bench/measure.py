@@ -17,7 +17,7 @@ Run = Callable[[], tuple[float, int, int]]  # seconds, output bytes, peak RSS Ki
 MATERIALIZE_CHILD = """
 import json, sys
 from dagster import AssetKey, DagsterInstance, materialize
-from backup_pipelines.definitions import build_definitions
+from backup_pipelines.dagster_defs.backup_location import build_definitions
 from backup_pipelines.runtime import load_runtime
 defs = build_definitions(load_runtime())
 asset = defs.resolve_assets_def(AssetKey(sys.argv[1]))

@@ -23,14 +23,14 @@ from pydantic import (
 )
 
 from backup_pipelines.redaction import validation_problems
-from backup_pipelines.snapshot.names import (
+from backup_pipelines.storage.layout import MANIFEST_NAME
+from backup_pipelines.storage.names import (
     check_artifact_name,
     check_snapshot_id,
     check_source,
     split_source,
 )
 
-MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "backup-pipelines-snapshot"
 MANIFEST_VERSION = 1
 ENCRYPTIONS = (None, "age")

@@ -21,8 +21,6 @@ import zstandard
 from pyrage import x25519
 
 from backup_pipelines.errors import IntegrityError, StoreError
-from backup_pipelines.snapshot.files import disk_full
-from backup_pipelines.snapshot.names import check_artifact_name
 from backup_pipelines.snapshot.staging import stored_name
 from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
 from backup_pipelines.snapshot.streams import (
@@ -31,6 +29,8 @@ from backup_pipelines.snapshot.streams import (
     HashingReader,
     HashingWriter,
 )
+from backup_pipelines.storage.files import disk_full
+from backup_pipelines.storage.names import check_artifact_name
 
 
 def verify_snapshot(store: SnapshotStore, snapshot: StoredSnapshot) -> list[str]:

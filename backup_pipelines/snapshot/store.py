@@ -1,11 +1,12 @@
 """Snapshots in a store: the write ordering, what counts as complete, and the one gate for
 everything read back, the same over every backend (local disk, S3).
 
-The layout is the contract's: `<root>/<source>/<snapshot_id>/manifest.json`
-next to the artifacts. A commit puts every artifact first and the manifest
-last, so a snapshot is listed only once all its bytes are durable (restic's
-"snapshot last" ordering); a location without a manifest is an interrupted
-attempt, invisible to everything but `prune`.
+The layout is the contract's, and `storage/layout.py` names every key:
+`<root>/<source>/<snapshot_id>/manifest.json` next to the artifacts. A
+commit puts every artifact first and the manifest last, so a snapshot is
+listed only once all its bytes are durable (restic's "snapshot last"
+ordering); a location without a manifest is an interrupted attempt,
+invisible to everything but `prune`.
 
 Everything a backend hands back is untrusted until this module has checked
 it: only names shaped like snapshot ids are locations, and a manifest counts
@@ -32,16 +33,16 @@ from backup_pipelines.errors import (
     StoreError,
     UnreadableManifest,
 )
-from backup_pipelines.snapshot.manifest import MANIFEST_NAME, Manifest, utc_now
-from backup_pipelines.snapshot.names import (
-    check_artifact_name,
-    check_snapshot_id,
-    check_source,
-    is_snapshot_id,
-    shown,
-)
+from backup_pipelines.snapshot.manifest import Manifest, utc_now
 from backup_pipelines.snapshot.staging import StagedSnapshot
 from backup_pipelines.storage import Backend, Fetched, NotFollowed
+from backup_pipelines.storage.layout import (
+    artifact_key,
+    manifest_key,
+    snapshot_prefix,
+    source_prefix,
+)
+from backup_pipelines.storage.names import check_snapshot_id, check_source, is_snapshot_id, shown
 
 logger = logging.getLogger(__name__)
 
@@ -124,11 +125,6 @@ def parse_manifest(
     return StoredSnapshot(manifest, location, hashlib.sha256(raw).hexdigest(), locked_until)
 
 
-def snapshot_prefix(source: str, snapshot_id: str) -> str:
-    """`<source>/<snapshot_id>/`, both names checked: safe to hand to a backend."""
-    return f"{check_source(source)}/{check_snapshot_id(snapshot_id)}/"
-
-
 class SnapshotStore:
     """Commits, lists, reads and deletes snapshots over one backend."""
 
@@ -160,10 +156,10 @@ class SnapshotStore:
             raise StoreError(f"{staged.source} snapshot {staged.snapshot_id} already exists")
         try:
             for entry in staged.files:
-                name = check_artifact_name(entry.name)
-                self.backend.put_file(prefix + name, staged.path_of(entry))
+                key = artifact_key(staged.source, staged.snapshot_id, entry.name)
+                self.backend.put_file(key, staged.path_of(entry))
             raw = staged.manifest(finished_at=utc_now()).to_bytes()
-            self.backend.put_bytes(prefix + MANIFEST_NAME, raw)
+            self.backend.put_bytes(manifest_key(staged.source, staged.snapshot_id), raw)
         except (StoreError, StorageFull, ConfigurationError) as exc:
             self._remove_failed(prefix)
             raise self._not_stored(staged, exc) from None
@@ -200,16 +196,15 @@ class SnapshotStore:
         return parse_manifest(fetched.data, source, snapshot_id, location, fetched.locked_until)
 
     def _fetch_manifest(self, source: str, snapshot_id: str) -> Fetched | None:
-        prefix = snapshot_prefix(source, snapshot_id)
         try:
-            return self.backend.get(prefix + MANIFEST_NAME, MAX_MANIFEST_BYTES + 1)
+            return self.backend.get(manifest_key(source, snapshot_id), MAX_MANIFEST_BYTES + 1)
         except NotFollowed as exc:
             raise UnreadableManifest(f"{source}/{snapshot_id}: {exc}") from None
 
     def location_ids(self, source: str) -> list[str]:
         """Ids of every location under `source`, newest first; other names are not ours
         (a source may keep data of its own beside its snapshots, as restic's repository)."""
-        names = self.backend.children(check_source(source) + "/")
+        names = self.backend.children(source_prefix(source))
         return sorted((name for name in names if is_snapshot_id(name)), reverse=True)
 
     def survey(self, source: str) -> Survey:
@@ -273,11 +268,11 @@ class SnapshotStore:
         self, source: str, snapshot_id: str, name: str
     ) -> AbstractContextManager[BinaryIO]:
         """The stored bytes of one artifact, as a readable stream."""
-        return self.backend.open(snapshot_prefix(source, snapshot_id) + check_artifact_name(name))
+        return self.backend.open(artifact_key(source, snapshot_id, name))
 
     def usage(self, source: str) -> int:
         """Every byte stored under the source's folder: snapshots, attempts, its own data."""
-        return self.backend.usage(check_source(source) + "/")
+        return self.backend.usage(source_prefix(source))
 
     # Deleting
 
@@ -289,6 +284,5 @@ class SnapshotStore:
 
     def delete(self, source: str, snapshot_id: str) -> None:
         """Remove a location, manifest first so it is never listed half-deleted."""
-        prefix = snapshot_prefix(source, snapshot_id)
-        self.backend.delete(prefix + MANIFEST_NAME)
-        self.backend.delete_prefix(prefix)
+        self.backend.delete(manifest_key(source, snapshot_id))
+        self.backend.delete_prefix(snapshot_prefix(source, snapshot_id))

@@ -9,6 +9,10 @@ A source imports nothing from Dagster, and commits nothing itself: the
 store is handed to it only where it keeps data of its own beside its
 snapshots (restic's repository, PostgreSQL's WAL archive).
 
+What only some kinds can do is declared, not guessed: `watches_changes`
+(a sensor backs it up when its data changed) and `continuous_archive`
+(data archived between snapshots, which monitoring watches).
+
 A registered `Source` class is a kind; an instance is one system
 of that kind, bound to its settings: the one the `BACKUP_<KIND>_*` variables
 describe (named like its kind), or a `Target` of the targets file
@@ -21,6 +25,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Self, TypeVar, get_args, get_origin
 
@@ -94,9 +99,18 @@ class RestoreOptions(BaseModel):
         return mask_url(str(getattr(self, "target", "")))
 
     @classmethod
-    def parse(cls, values: Mapping[str, Any], spelled: Callable[[str], str] = str) -> Self:
-        """Validated options; `ConfigurationError` names each option wrong (as `spelled`
-        writes it: a flag or a config key) and never echoes a value, which may be a secret."""
+    def parse(
+        cls, values: Mapping[str, Any], spelled: Callable[[str], str] = str, subject: str = ""
+    ) -> Self:
+        """Validated options for a restore of `subject` (a source); `ConfigurationError` names
+        each option wrong (as `spelled` writes it: a flag or a config key), and an option
+        another kind takes, and never echoes a value, which may be a secret."""
+        foreign = sorted(set(values) - set(cls.model_fields))
+        if foreign:
+            raise ConfigurationError(
+                f"{', '.join(foreign)} {'does' if len(foreign) == 1 else 'do'} not apply to "
+                f"{subject}: its options are {', '.join(cls.model_fields)}"
+            )
         try:
             return cls.model_validate(values)
         except ValidationError as exc:
@@ -117,6 +131,44 @@ class DrillResult:
     @property
     def passed(self) -> bool:
         return not self.problems
+
+
+@dataclass(frozen=True)
+class ArchiveReach:
+    """How far a continuous archive reaches: its newest file, and when that was stored."""
+
+    newest: str | None
+    archived_at: datetime | None
+
+
+class ContinuousArchive(ABC):
+    """What a source archives between its snapshots, as the live system writes it:
+    PostgreSQL's WAL beside its base backups (a binlog or an append-only file stream would be
+    others). Monitoring (an asset and its sensor, the metrics, an alert rule) watches every
+    one the same way, without knowing the kind.
+    """
+
+    def __init__(self, name: str, max_age_s: int, description: str):
+        self.name = name
+        """Its folder in the store, and its name wherever a source is named."""
+        self.max_age_s = max_age_s
+        """How old its newest file may grow before archiving counts as stalled."""
+        self.description = description
+        """What it is and what feeds it, in a sentence (its asset's description)."""
+
+    @abstractmethod
+    def reach(self, store: SnapshotStore) -> ArchiveReach:
+        """How far the archive in `store` reaches."""
+
+    @abstractmethod
+    def waiting(self, newest: str | None) -> int | None:
+        """Finished files the live system holds that the archive (newest: `newest`) lacks;
+        None when the live system cannot say."""
+
+    @abstractmethod
+    def stalled(self, since: datetime, age_s: float, waiting: int | None) -> str:
+        """Why archiving counts as stalled, in one line an operator acts on: nothing
+        archived since `since` (`age_s` ago), `waiting` finished files held back."""
 
 
 @dataclass(frozen=True)
@@ -235,6 +287,11 @@ class Source(ABC, Generic[SettingsT, OptionsT]):
         """Numbers from a snapshot's stats that are buried in JSON, as entries Dagster plots
         across materializations (the stats' top-level numbers are plotted already)."""
         return {}
+
+    @property
+    def continuous_archive(self) -> ContinuousArchive | None:
+        """What it archives between snapshots; None when its snapshots are all it keeps."""
+        return None
 
     def not_configured(self) -> str | None:
         """Why the source cannot be backed up yet (its schedule skips, saying so), or None."""

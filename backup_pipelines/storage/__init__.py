@@ -1,12 +1,14 @@
-"""Backends: where snapshot bytes live (local disk, S3). They move bytes and nothing else.
+"""Stores at the level of bytes: the backends (local disk, S3) that move them and nothing else,
+where everything lives (`layout.py`), and the checks every name passes before it becomes a
+key (`names.py`).
 
 A backend puts, gets, lists and deletes objects by key (`<source>/<id>/<name>`,
 relative to its root); it knows nothing of manifests, ordering or what makes
 a snapshot complete, which `snapshot/store.py` decides once for every
 backend (as restic's backends only save, load, list and remove, with the
-write ordering one layer up). Keys reach a backend only after that layer
-checked every part of them; a backend still refuses a key with an empty or
-`..` part, so no slip above it can reach outside its root.
+write ordering one layer up). Keys come from `layout.py` alone, after every
+part was checked; a backend still refuses a key with an empty or `..` part,
+so no slip above it can reach outside its root.
 """
 
 from __future__ import annotations

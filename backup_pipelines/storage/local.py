@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from backup_pipelines.errors import StoreError
-from backup_pipelines.snapshot.files import disk_full, fsync_path, newest_change
 from backup_pipelines.storage import Backend, Fetched, NotFollowed, key_parts
+from backup_pipelines.storage.files import disk_full, fsync_path, newest_change
 
 logger = logging.getLogger(__name__)
 

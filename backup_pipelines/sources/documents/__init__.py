@@ -18,6 +18,7 @@ from backup_pipelines.sources.documents.drill import drill_tree
 from backup_pipelines.sources.documents.restic import ResticRepository, is_restic_id
 from backup_pipelines.sources.documents.restore import check_repository, restore_tree
 from backup_pipelines.sources.source import DrillResult, Log, RestoreOptions, Source, cli
+from backup_pipelines.storage.layout import restic_repository
 
 RESTIC_READ_DATA_SUBSET = "5%"  # every pack read within about a month of nightly checks
 
@@ -55,7 +56,7 @@ class Documents(Source[DocumentsSettings, DocumentsRestore]):
     watches_changes = True
 
     def repository(self, pruning: bool = False) -> ResticRepository:
-        """`<root>/<source>/restic` in the same store as every other snapshot; `pruning`
+        """In the same store as every other snapshot (`<root>/<source>/restic`); `pruning`
         opens it with the prune keys when they are set (restic's prune deletes packs)."""
         if self.settings.restic_password is None:
             raise ConfigurationError(
@@ -63,14 +64,15 @@ class Documents(Source[DocumentsSettings, DocumentsRestore]):
             )
         shared = self.shared
         password = self.settings.restic_password.get_secret_value()
+        key = restic_repository(self.name)
         if not shared.s3_enabled:
-            return ResticRepository(str(shared.artifacts_dir / self.name / "restic"), password)
+            return ResticRepository(str(shared.artifacts_dir / key), password)
         keys = (shared.s3_access_key, shared.s3_secret_key)
         if pruning and shared.s3_prune_access_key and shared.s3_prune_secret_key:
             keys = (shared.s3_prune_access_key, shared.s3_prune_secret_key)
         assert keys[0] and keys[1]
         endpoint = (shared.s3_endpoint_url or "https://s3.amazonaws.com").rstrip("/")
-        prefix = "/".join(p for p in (shared.s3_prefix.strip("/"), self.name, "restic") if p)
+        prefix = "/".join(p for p in (shared.s3_prefix.strip("/"), key) if p)
         return ResticRepository(
             f"s3:{endpoint}/{shared.s3_bucket}/{prefix}",
             password,

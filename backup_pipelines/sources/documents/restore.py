@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from backup_pipelines.errors import BackupError, IntegrityError
-from backup_pipelines.snapshot.names import shown
 from backup_pipelines.snapshot.store import StoredSnapshot
 from backup_pipelines.sources.documents.restic import ResticRepository, is_restic_id
+from backup_pipelines.storage.names import shown
 
 
 def restic_id_of(snapshot: StoredSnapshot) -> str:

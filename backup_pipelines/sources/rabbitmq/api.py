@@ -15,7 +15,7 @@ from urllib.parse import quote
 import requests
 
 from backup_pipelines.errors import SourceRefused, SourceUnavailable, connection_cause
-from backup_pipelines.messaging import OWN_EXCHANGES, OWN_QUEUES
+from backup_pipelines.events.broker import OWN_EXCHANGES, OWN_QUEUES
 from backup_pipelines.redaction import mask_url
 
 TIMEOUT_S = (10, 300)

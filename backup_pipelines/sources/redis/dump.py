@@ -16,9 +16,9 @@ import redis
 
 from backup_pipelines.errors import IntegrityError
 from backup_pipelines.processes import ToolFailed
-from backup_pipelines.snapshot.names import check_artifact_name
 from backup_pipelines.snapshot.staging import StagedSnapshot
 from backup_pipelines.sources.redis.server import RedisRefused, RedisServer, keyspace
+from backup_pipelines.storage.names import check_artifact_name
 
 RDB_ARTIFACT = "dump.rdb"
 AOF_DIR = "appendonlydir"

@@ -30,13 +30,13 @@ import redis
 
 from backup_pipelines.errors import BackupError, IntegrityError
 from backup_pipelines.processes import ToolFailed, run_tool
-from backup_pipelines.snapshot.files import disk_full
 from backup_pipelines.snapshot.reader import SnapshotReader
 from backup_pipelines.snapshot.staging import logical_name
 from backup_pipelines.sources.redis.dump import RDB_ARTIFACT, restored_path
 from backup_pipelines.sources.redis.replication import ReplicationUnavailable, load_by_replication
 from backup_pipelines.sources.redis.server import RedisServer, keyspace, throwaway_server
 from backup_pipelines.sources.source import Log
+from backup_pipelines.storage.files import disk_full
 
 BATCH = 500
 MIGRATE_BATCH = 10_000

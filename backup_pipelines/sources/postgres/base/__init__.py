@@ -1,5 +1,5 @@
 """PostgreSQL point-in-time recovery: physical base backups of the cluster, restored with the
-WAL archive (`wal_archive.py`) to any moment since the oldest kept one.
+WAL archive (`wal/archive.py`) to any moment since the oldest kept one.
 
 The logical `postgres` source (dumps) restores single databases anywhere;
 this one restores the whole cluster to the second, as far as the archive
@@ -25,6 +25,7 @@ from backup_pipelines.errors import (
     IntegrityError,
     SnapshotNotFound,
 )
+from backup_pipelines.services import build_store
 from backup_pipelines.settings import SourceSettings
 from backup_pipelines.snapshot.manifest import format_utc
 from backup_pipelines.snapshot.reader import SnapshotReader
@@ -49,9 +50,18 @@ from backup_pipelines.sources.postgres.base.recovery import (
 )
 from backup_pipelines.sources.postgres.cluster import Cluster
 from backup_pipelines.sources.postgres.scratch import major_version
-from backup_pipelines.sources.source import DrillResult, Log, RestoreOptions, Source, cli
-from backup_pipelines.storage.configured import build_store
-from backup_pipelines.wal_archive import WalArchive, archive_of, segment_position
+from backup_pipelines.sources.source import (
+    ArchiveReach,
+    ContinuousArchive,
+    DrillResult,
+    Log,
+    RestoreOptions,
+    Source,
+    cli,
+)
+from backup_pipelines.storage.layout import wal_archive_of
+from backup_pipelines.wal.archive import WalArchive
+from backup_pipelines.wal.names import segment_position
 
 logger = logging.getLogger(__name__)
 
@@ -119,8 +129,6 @@ class PostgresBase(Source[PostgresBaseSettings, PostgresBaseRestore]):
     )
     system = "The CRM's PostgreSQL cluster, with its WAL archived continuously."
     address_settings = ("backup_dsn",)
-    archives_wal = True
-    """Monitoring watches its WAL archive (`wal_archive.ArchivingSource`)."""
 
     @classmethod
     def plotted(cls, stats: Mapping[str, Any]) -> dict[str, int | float]:
@@ -140,20 +148,13 @@ class PostgresBase(Source[PostgresBaseSettings, PostgresBaseRestore]):
             return f"PostgreSQL at {self.cluster().where} does not archive its WAL: {SETUP_HINT}"
         return None
 
-    @property
-    def archive_name(self) -> str:
-        """The WAL archive this source recovers from (`postgres_wal[.<target>]`)."""
-        return archive_of(self.name)
-
     def archive(self, store: SnapshotStore) -> WalArchive:
-        return WalArchive(store, self.archive_name)
+        """The WAL archive in `store` this source recovers from (`postgres_wal[.<target>]`)."""
+        return WalArchive(store.backend, wal_archive_of(self.name))
 
     @property
-    def max_archive_age_s(self) -> int:
-        return self.settings.wal_max_age_s
-
-    def segments_behind(self, newest: str | None) -> int | None:
-        return segments_behind(self.cluster(), newest)
+    def continuous_archive(self) -> ContinuousArchive:
+        return WalArchiving(self)
 
     def dump(self, staged: StagedSnapshot, log: Log) -> None:
         """The archive is the store's this host writes to (it only lists, never reads)."""
@@ -258,6 +259,36 @@ class PostgresBase(Source[PostgresBaseSettings, PostgresBaseRestore]):
             archive.prune_before(oldest, dry_run=False)
 
         return prune_wal if going else None
+
+
+class WalArchiving(ContinuousArchive):
+    """The WAL archive as monitoring watches it: how far it reaches, and how many finished
+    segments the server still holds."""
+
+    def __init__(self, source: PostgresBase):
+        name = wal_archive_of(source.name)
+        super().__init__(
+            name,
+            source.settings.wal_max_age_s,
+            description=f"The WAL archive {name} that {source.name} recovers from: PostgreSQL "
+            "pushes every WAL file with `backup-pipelines wal-push`.",
+        )
+        self.source = source
+
+    def reach(self, store: SnapshotStore) -> ArchiveReach:
+        archive = self.source.archive(store)
+        return ArchiveReach(archive.newest_segment(), archive.last_archived())
+
+    def waiting(self, newest: str | None) -> int | None:
+        return segments_behind(self.source.cluster(), newest)
+
+    def stalled(self, since: datetime, age_s: float, waiting: int | None) -> str:
+        return (
+            f"WAL archiving stalled: nothing archived into {self.name} since "
+            f"{format_utc(since)} ({age_s:.0f} s)"
+            + (f", {waiting} finished segment(s) waiting" if waiting else "")
+            + "; the server's log says why wal-push fails"
+        )
 
 
 def check_reachable(snapshot: StoredSnapshot, archive: WalArchive, moment: datetime | None) -> None:

@@ -34,7 +34,8 @@ from backup_pipelines.snapshot.store import StoredSnapshot
 from backup_pipelines.snapshot.streams import human_bytes
 from backup_pipelines.sources.postgres.cluster import Cluster, row_counts
 from backup_pipelines.sources.source import Log
-from backup_pipelines.wal_archive import SEGMENT, WalArchive, segment_name, segment_number
+from backup_pipelines.wal.archive import WalArchive
+from backup_pipelines.wal.names import SEGMENT, segment_name, segment_number
 
 BASE_ARTIFACT = "base.tar"
 SETUP_HINT = (

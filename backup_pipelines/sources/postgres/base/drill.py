@@ -48,7 +48,8 @@ from backup_pipelines.sources.postgres.scratch import (
     server_bin_dir,
 )
 from backup_pipelines.sources.source import DrillResult, Log
-from backup_pipelines.wal_archive import WalArchive, segment_start
+from backup_pipelines.wal.archive import WalArchive
+from backup_pipelines.wal.names import segment_start
 
 RECOVERY_TIMEOUT_S = 6 * 3600
 POLL_S = 1.0

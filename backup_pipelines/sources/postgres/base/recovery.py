@@ -35,10 +35,10 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from backup_pipelines.errors import BackupError, ConfigurationError
-from backup_pipelines.snapshot.names import shown, split_source
 from backup_pipelines.snapshot.reader import SnapshotReader
 from backup_pipelines.sources.postgres.base.basebackup import BASE_ARTIFACT
 from backup_pipelines.sources.postgres.scratch import SERVER_USER, server_bin_dir
+from backup_pipelines.storage.names import shown, split_source
 
 RECOVERY_SIGNAL = "recovery.signal"
 AUTO_CONF = "postgresql.auto.conf"

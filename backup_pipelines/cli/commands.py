@@ -1,0 +1,260 @@
+"""The command's subcommands: each turns its arguments into an operation (`operations/`) and
+the operation's outcome into lines and an exit code.
+
+On the worst day Dagster may be down with everything else; these need only
+the `BACKUP_*` environment (and the targets file, when there is one) and
+the store. An operation run from here has the same effects as from Dagster
+(its audit record, its events). Exit codes: 0 success, 1 failure, 2 usage or
+configuration error; errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from backup_pipelines.cli import wal
+from backup_pipelines.cli.parser import build_parser, command_line_secrets
+from backup_pipelines.errors import BackupError, ConfigurationError, SnapshotNotFound
+from backup_pipelines.operations.caller import Caller
+from backup_pipelines.operations.drill import drill
+from backup_pipelines.operations.prune import prune
+from backup_pipelines.operations.restore import restore
+from backup_pipelines.operations.verify import verify
+from backup_pipelines.redaction import redact
+from backup_pipelines.runtime import Runtime, Settings, load_settings
+from backup_pipelines.snapshot.manifest import format_utc
+from backup_pipelines.snapshot.store import LATEST, StoredSnapshot, Unreadable
+from backup_pipelines.snapshot.streams import human_bytes
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+logger = logging.getLogger(__name__)
+
+
+def warn(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+COMMAND = Caller("command", run_id=None, log=logger.info, warn=warn)
+"""The operations' caller: progress through `logging` (on stderr), warnings on stderr."""
+
+
+def _listing(snapshot: StoredSnapshot) -> dict:
+    until = snapshot.locked_until
+    return {
+        **snapshot.manifest.model_dump(mode="json"),
+        "location": snapshot.location,
+        "locked_until": format_utc(until) if until else None,
+    }
+
+
+def report_unreadable(unreadable: Sequence[Unreadable]) -> None:
+    """Say on stderr which locations hold a manifest that is not a valid snapshot's."""
+    for found in unreadable:
+        print(
+            f"warning: {found.location}: {found.reason}; not a snapshot (prune removes it "
+            "once it is a day old)",
+            file=sys.stderr,
+        )
+
+
+def report_unreadable_for_latest(runtime: Runtime, source: str, snapshot_id: str) -> None:
+    """`latest` passes over unreadable manifests: say which, so none goes unnoticed."""
+    if snapshot_id == LATEST:
+        report_unreadable(runtime.store.survey(source).unreadable)
+
+
+def selected(runtime: Runtime, word: str | None) -> list[str]:
+    """The sources a command's word names: one source, every target of a kind, or (no word)
+    every source."""
+    sources = runtime.sources.values()
+    return [s.name for s in sources if word is None or word in (s.name, s.kind)]
+
+
+def cmd_snapshots(args: argparse.Namespace, runtime: Runtime) -> int:
+    store = runtime.store
+    surveys = [store.survey(source) for source in selected(runtime, args.source)]
+    found = [snapshot for survey in surveys for snapshot in survey.snapshots]
+    snapshots = sorted(found, key=lambda s: s.manifest.started_at, reverse=True)
+    report_unreadable([item for survey in surveys for item in survey.unreadable])
+    if args.json:
+        print(json.dumps([_listing(snapshot) for snapshot in snapshots], indent=2))
+        return EXIT_OK
+    width = max((len(snapshot.source) for snapshot in snapshots), default=0)
+    for snapshot in snapshots:
+        manifest = snapshot.manifest
+        print(
+            f"{manifest.source:<{max(width, 10)}} {manifest.snapshot_id:<26} "
+            f"{human_bytes(manifest.size_bytes):>10}  {len(manifest.files):>3} files  "
+            f"{snapshot.location}"
+        )
+    if not snapshots:
+        print(f"no complete snapshots in {store.describe()}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace, runtime: Runtime) -> int:
+    if args.source in runtime.sources:
+        return verify_one(runtime, args.source, args.snapshot, args.deep)
+    if args.snapshot != LATEST:
+        raise ConfigurationError("--snapshot names one snapshot: give its source too")
+    outcomes = []
+    for source in selected(runtime, args.source):
+        try:
+            outcomes.append(verify_one(runtime, source, LATEST, args.deep))
+        except SnapshotNotFound as exc:
+            print(f"{source}: {exc}", file=sys.stderr)
+    return max(outcomes, default=EXIT_OK)
+
+
+def verify_one(runtime: Runtime, source: str, snapshot_id: str, deep: bool) -> int:
+    report_unreadable_for_latest(runtime, source, snapshot_id)
+    verified = verify(runtime, COMMAND, source, snapshot_id, deep=deep)
+    if verified.problems:
+        for problem in verified.problems:
+            print(f"{verified.where}: {problem}", file=sys.stderr)
+        return EXIT_FAILURE
+    manifest = verified.snapshot.manifest
+    depth = "deep-verified" if deep else "verified"
+    print(
+        f"{verified.where}: {depth}, {len(manifest.files)} files, "
+        f"{human_bytes(manifest.size_bytes)}"
+    )
+    return EXIT_OK
+
+
+def cmd_drill(args: argparse.Namespace, runtime: Runtime) -> int:
+    report_unreadable_for_latest(runtime, args.source, args.snapshot)
+    drilled = drill(runtime, COMMAND, args.source, args.snapshot)
+    if args.json:
+        print(json.dumps(drilled.report(), indent=2, default=str))
+    for problem in drilled.result.problems:
+        print(f"{drilled.where}: {problem}", file=sys.stderr)
+    if not drilled.result.passed:
+        return EXIT_FAILURE
+    if not args.json:
+        print(
+            f"{drilled.where}: drilled in {drilled.duration_s:.1f} s, restores equal to its "
+            "manifest"
+        )
+    return EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace, runtime: Runtime) -> int:
+    model = runtime.sources[args.source].restore_options
+    flags = {name: model.flag(name) for name in model.model_fields}
+    given = {name: getattr(args, name) for name in flags if getattr(args, name) is not None}
+    report_unreadable_for_latest(runtime, args.source, args.snapshot)
+    spelled = lambda name: flags.get(name, name)  # noqa: E731
+    restored = restore(runtime, COMMAND, args.source, args.snapshot, given, spelled)
+    print(restored.summary)
+    return EXIT_OK
+
+
+def cmd_prune(args: argparse.Namespace, runtime: Runtime) -> int:
+    listing = prune(runtime, COMMAND, dry_run=args.dry_run).listing()
+    if args.json:
+        print(json.dumps(listing, indent=2))
+        return EXIT_OK
+    for verdict in ("keep", "delete"):
+        for name in listing[verdict]:
+            print(f"{verdict:<7}{name}")
+    for locked in listing["locked"]:
+        print(f"locked {locked['snapshot']} (S3 Object Lock until {locked['retain_until']})")
+    return EXIT_OK
+
+
+def cmd_metrics(args: argparse.Namespace, runtime: Runtime) -> int:
+    from backup_pipelines.metrics import registry_for, serve, write_textfile
+
+    registry = registry_for(runtime)
+    if args.textfile:
+        write_textfile(registry, args.textfile)
+        return EXIT_OK
+    host, _, port = args.listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigurationError(f"--listen {args.listen!r} is not HOST:PORT")
+    logger.info("serving metrics on http://%s:%s/metrics", host, port)
+    try:
+        serve(registry, host.strip("[]"), int(port))
+    except OSError as exc:
+        raise ConfigurationError(f"cannot listen on {args.listen}: {exc.strerror}") from None
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+def cmd_audit(args: argparse.Namespace, runtime: Runtime) -> int:
+    records = runtime.audit.records(source=args.source, since=args.since)
+    if args.json:
+        print(json.dumps([record.model_dump(mode="json") for record in records], indent=2))
+        return EXIT_OK
+    for record in records:
+        where = ", ".join(record.snapshots[:3]) + (" …" if len(record.snapshots) > 3 else "")
+        into = f" into {record.target}" if record.target else ""
+        print(
+            f"{record.model_dump(mode='json')['at']}  {record.operation:<8} {record.outcome:<9} "
+            f"{record.source or '-':<12} {where or '-'}{into}  by {record.user}@{record.host} "
+            f"via {record.via}" + (f": {record.error}" if record.error else "")
+        )
+    return EXIT_OK
+
+
+COMMANDS = {
+    "snapshots": cmd_snapshots,
+    "verify": cmd_verify,
+    "drill": cmd_drill,
+    "restore": cmd_restore,
+    "prune": cmd_prune,
+    "metrics": cmd_metrics,
+    "audit": cmd_audit,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    typed = command_line_secrets(argv)
+    settings: Settings | ConfigurationError
+    try:
+        settings = load_settings()
+    except ConfigurationError as exc:
+        settings = exc  # said after parsing, so `--help` and usage errors still answer
+    args = build_parser(settings.kinds if isinstance(settings, Settings) else None).parse_args(argv)
+    if args.command in wal.WAL_COMMANDS:  # `cli/__init__.py` sends them there directly
+        return wal.run(args)
+    if getattr(args, "json", False):  # JSON for a program to read: no advice around it
+        logging.getLogger("backup_pipelines.services").setLevel(logging.ERROR)
+    secrets = typed + (settings.secret_values() if isinstance(settings, Settings) else [])
+    try:
+        if isinstance(settings, ConfigurationError):
+            raise settings
+        return COMMANDS[args.command](args, Runtime(settings, typed))
+    except ConfigurationError as exc:
+        print(f"error: {_said(exc, args, settings, secrets)}", file=sys.stderr)
+        return EXIT_USAGE
+    except BackupError as exc:
+        print(f"error: {_said(exc, args, settings, secrets)}", file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception as exc:  # one line, never a traceback with a secret in it
+        print(f"error: {type(exc).__name__}: {redact(str(exc), secrets)}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _said(
+    exc: BackupError,
+    args: argparse.Namespace,
+    settings: Settings | ConfigurationError,
+    secrets: list[str],
+) -> str:
+    """The error as the operator reads it: secrets masked, and the settings of the source
+    the command is about named where that source sets them (a target's file key)."""
+    text = redact(str(exc), secrets)
+    if isinstance(settings, Settings):
+        named = {source.name: source for source in settings.declared}
+        if (source := named.get(getattr(args, "source", None) or "")) is not None:
+            text = source.in_own_terms(text)
+    return text

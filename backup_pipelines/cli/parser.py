@@ -1,0 +1,146 @@
+"""The command's arguments, made from the configured sources and the registry: each source's
+name (a kind, or `<kind>.<target>`) and each one's restore flags.
+
+When the configuration cannot be read the kinds themselves stand in, so
+`--help` and usage errors still answer; the configuration error is said
+after parsing.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from itertools import pairwise
+from pathlib import Path
+
+from backup_pipelines.cli.wal import add_wal_commands
+from backup_pipelines.redaction import secret_parts
+from backup_pipelines.snapshot.store import LATEST
+from backup_pipelines.sources.registry import SOURCES
+from backup_pipelines.sources.source import SECRET_OPTION, RestoreOptions, Source
+
+SNAPSHOT_HELP = (
+    "a snapshot id (YYYYMMDDTHHMMSSZ-xxxxxxxx, see `snapshots`), or latest (the default)"
+)
+
+
+def add_restore_flags(parser: argparse.ArgumentParser, options: type[RestoreOptions]) -> None:
+    """One flag per field of the source's restore options; the description is its help."""
+    for name, info in options.model_fields.items():
+        if info.annotation is bool:
+            parser.add_argument(
+                options.flag(name), dest=name, action="store_true", help=info.description
+            )
+            continue
+        parser.add_argument(
+            options.flag(name),
+            dest=name,
+            required=info.is_required(),
+            metavar=options.metavar(name),
+            help=info.description,
+        )
+
+
+def add_snapshot_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--snapshot", default=LATEST, metavar="ID|latest", help=SNAPSHOT_HELP)
+
+
+def since_time(text: str) -> datetime:
+    """`--since`: an ISO-8601 date or time; without a zone, UTC."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO-8601 date or time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def build_parser(sources: Mapping[str, type[Source]] | None = None) -> argparse.ArgumentParser:
+    """The command for `sources` (each source's name and its kind): the configured ones, or
+    the kinds themselves when the configuration could not be read."""
+    if sources is None:
+        sources = {source.kind: source for source in SOURCES}
+    names = list(sources)
+    source_help = f"one of {', '.join(names)}"
+    groups = [*names, *dict.fromkeys(k.kind for name, k in sources.items() if name != k.kind)]
+    group_help = (
+        f"{source_help}, or a kind (all its targets)" if len(groups) > len(names) else source_help
+    )
+    parser = argparse.ArgumentParser(
+        prog="backup-pipelines",
+        description="List, verify, drill, restore and prune backup snapshots (works without "
+        "Dagster). Configuration comes from the BACKUP_* environment.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    snapshots = commands.add_parser("snapshots", help="list complete snapshots, newest first")
+    snapshots.add_argument(
+        "source", nargs="?", choices=groups, help=f"{group_help}; without it, every source"
+    )
+    snapshots.add_argument("--json", action="store_true", help="print manifests as JSON")
+
+    verify = commands.add_parser("verify", help="re-read snapshots and check them")
+    verify.add_argument(
+        "source", nargs="?", choices=groups, help=f"{group_help}; without it, every source"
+    )
+    add_snapshot_flag(verify)
+    verify.add_argument("--deep", action="store_true", help="also prove it restorable")
+
+    drill = commands.add_parser(
+        "drill", help="restore a snapshot into a scratch target and compare it with its manifest"
+    )
+    drill.add_argument("source", choices=names, help=source_help)
+    add_snapshot_flag(drill)
+    drill.add_argument("--json", action="store_true", help="print what the drill proved as JSON")
+
+    restore = commands.add_parser("restore", help="restore a snapshot into a target")
+    targets = restore.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    for name, kind in sources.items():
+        target = targets.add_parser(name, help=f"restore a {name} snapshot")
+        add_snapshot_flag(target)
+        add_restore_flags(target, kind.restore_options)
+
+    metrics = commands.add_parser(
+        "metrics", help="Prometheus metrics of every source, read from the store alone"
+    )
+    where = metrics.add_mutually_exclusive_group(required=True)
+    where.add_argument("--textfile", type=Path, metavar="PATH", help="write them to PATH once")
+    where.add_argument(
+        "--listen", metavar="HOST:PORT", help="serve /metrics on HOST:PORT until stopped"
+    )
+
+    audit = commands.add_parser(
+        "audit", help="every backup, restore, verify, drill and prune, newest first"
+    )
+    audit.add_argument("--source", choices=groups, help=group_help)
+    audit.add_argument(
+        "--since", type=since_time, metavar="T", help="only from T on (ISO-8601; UTC if no zone)"
+    )
+    audit.add_argument("--json", action="store_true", help="print the records as JSON")
+
+    add_wal_commands(commands)
+
+    prune = commands.add_parser("prune", help="delete snapshots the retention rules drop")
+    prune.add_argument("--dry-run", action="store_true", help="say what would go; delete nothing")
+    prune.add_argument("--json", action="store_true", help='print {"keep": [...], "delete": [...]}')
+    return parser
+
+
+def command_line_secrets(argv: Sequence[str]) -> list[str]:
+    """Secrets typed on the command line: a password inside a URL or DSN
+    (`--target-url scheme://user:pw@host`), and every value after a secret option's flag."""
+    secret_flags = {
+        model.flag(name)
+        for model in (source.restore_options for source in SOURCES)
+        for name, info in model.model_fields.items()
+        if info.json_schema_extra == SECRET_OPTION
+    }
+    found = [part for arg in argv for part in secret_parts(arg)[1:]]
+    for flag, value in pairwise(argv):
+        if flag in secret_flags:
+            found.append(value)
+    for arg in argv:
+        flag, equals, value = arg.partition("=")
+        if equals and flag in secret_flags:
+            found.append(value)
+    return found

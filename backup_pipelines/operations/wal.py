@@ -1,0 +1,56 @@
+"""wal-push and wal-fetch: one WAL file into the archive (`wal/archive.py`), or back out.
+
+PostgreSQL runs them once per WAL file (every minute or faster), so they
+need the shared settings' services alone (`services.py`), never the sources
+or Dagster. Only failures leave an audit record: a record per WAL file would
+drown the trail.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+
+from backup_pipelines.records.audit import Entry, Operation
+from backup_pipelines.services import Services
+from backup_pipelines.snapshot.encryption import load_identities
+from backup_pipelines.storage.layout import wal_archive_name
+from backup_pipelines.wal.archive import WalArchive
+
+NAME_SHOWN = 64
+"""Of a WAL name as given, what an audit record keeps (a real one has at most 40 characters)."""
+
+
+def push(services: Services, path: Path, target: str | None) -> bool:
+    """Store the WAL file at `path`; True once stored, False when an identical copy was there.
+    Compressed in the system's temporary directory, which the server's OS user can write
+    (the staging area may be another user's)."""
+    archive = WalArchive(services.store.backend, wal_archive_name(target))
+    with failure_audited(services, "wal-push", archive.source, path.name):
+        return archive.push(path, services.staging.recipients, Path(tempfile.gettempdir()))
+
+
+def fetch(services: Services, name: str, destination: Path, target: str | None) -> bool:
+    """Write the archived `name` to `destination`; False when the archive does not hold it.
+    The identity file is read only for an encrypted file."""
+    archive = WalArchive(services.store.backend, wal_archive_name(target))
+    identities = partial(load_identities, services.shared.age_identity_file)
+    with failure_audited(services, "wal-fetch", archive.source, name):
+        return archive.fetch(name, destination, identities)
+
+
+@contextmanager
+def failure_audited(
+    services: Services, operation: Operation, archive: str, asked: str
+) -> Iterator[None]:
+    """An audit record when the block raises (re-raised as is), none when it succeeds."""
+    try:
+        yield
+    except Exception as exc:
+        entry = Entry(snapshots=[asked[:NAME_SHOWN]])  # as given: it may not be a WAL name
+        entry.failed(str(exc) or type(exc).__name__)
+        services.audit.append(operation, entry, via="command", source=archive)
+        raise
