@@ -39,11 +39,12 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	cp dagster.yaml "$@"
 
 # The suite on every core (pytest-xdist), a module at a time (a module's fixtures, as the
-# end-to-end stack, start once), longest modules first; each worker has its own broker vhost,
+# end-to-end stack, start once), longest modules first (conftest.py orders them; xdist would
+# order them by their number of tests); each worker has its own broker vhost,
 # directories, databases and ports. One worker more than cores: the tests spend about a third
 # of their time waiting on the services and Dagster's daemon.
 PYTEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
-PARALLEL := -n $(PYTEST_WORKERS) --dist loadfile
+PARALLEL := -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 ## test: install, make sure the services are up, lint, run the whole suite (end to end and
 ## browser included; screenshots land in test-results/)

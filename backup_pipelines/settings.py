@@ -24,7 +24,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from backup_pipelines.cron import check_cron
 from backup_pipelines.errors import ConfigurationError
@@ -86,7 +91,23 @@ class RetentionOverrides(BaseModel):
 ENVIRONMENT = SettingsConfigDict(env_ignore_empty=True, extra="ignore", frozen=True)
 
 
-class BackupSettings(BaseSettings):
+class EnvironmentSettings(BaseSettings):
+    """Settings read from the environment alone: no `.env` file, no secrets directory, which
+    nothing here configures and which pydantic-settings would otherwise look at each time."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        *_: PydanticBaseSettingsSource,
+        **__: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings)
+
+
+class BackupSettings(EnvironmentSettings):
     """What every source shares: the store, the keys, events, retention. Empty counts as unset."""
 
     model_config = SettingsConfigDict(ENVIRONMENT, env_prefix="BACKUP_")
@@ -181,7 +202,7 @@ class BackupSettings(BaseSettings):
         return self.artifacts_dir / STAGING
 
 
-class SourceSettings(BaseSettings):
+class SourceSettings(EnvironmentSettings):
     """The settings of one backed-up system; each source's subclass sets its `env_prefix`
     (`BACKUP_POSTGRES_`) and its default `cron`."""
 

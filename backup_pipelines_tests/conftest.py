@@ -47,24 +47,27 @@ from backup_pipelines_tests.postgres_fixtures import (
     unique_name,
 )
 
-E2E_WEIGHT, SLOW_WEIGHT = 20, 10
-"""Roughly how many times longer than an ordinary test an end-to-end or a slow one runs."""
+SECONDS_BY_MARK = {"e2e": 20.0, "slow": 8.0}
+"""Roughly how long an end-to-end or a slow test runs; any other takes about half a second."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The longest modules first. `make test` spreads the suite over workers a module at a
-    time (`--dist loadfile`, so a module's fixtures, as the end-to-end stack, start once);
-    a long module handed out last would run alone at the end. A module's tests keep their
-    order."""
+    time (`--dist loadfile --no-loadscope-reorder`, so a module's fixtures, as the end-to-end
+    stack, start once, in this order); a long module handed out last would run alone at the
+    end. A module's tests keep their order."""
 
-    def weight(item: pytest.Item) -> int:
-        if item.get_closest_marker("e2e"):
-            return E2E_WEIGHT
-        return SLOW_WEIGHT if item.get_closest_marker("slow") else 1
+    def seconds(item: pytest.Item) -> float:
+        marks = [
+            SECONDS_BY_MARK[mark.name]
+            for mark in item.iter_markers()
+            if mark.name in SECONDS_BY_MARK
+        ]
+        return max(marks, default=0.5)
 
-    modules: dict[Path, int] = {}
+    modules: dict[Path, float] = {}
     for item in items:
-        modules[item.path] = modules.get(item.path, 0) + weight(item)
+        modules[item.path] = modules.get(item.path, 0) + seconds(item)
     items.sort(key=lambda item: -modules[item.path])
 
 

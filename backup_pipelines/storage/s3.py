@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import io
 import math
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -67,6 +68,17 @@ def part_size_for(size: int) -> int:
     return max(MIN_PART_SIZE, math.ceil(size / PARTS_HEADROOM / MIB) * MIB)
 
 
+SESSION_LOCK = threading.Lock()
+
+
+@cache
+def shared_session() -> boto3.session.Session:
+    """One boto3 session per process. Each new session parses botocore's models again (about
+    0.1 s of CPU per store, at every command and every `wal-push`); a session is not
+    thread-safe, so clients are made from it under `SESSION_LOCK`."""
+    return boto3.session.Session()
+
+
 class S3Backend(Backend):
     def __init__(
         self,
@@ -96,17 +108,17 @@ class S3Backend(Backend):
             request_checksum_calculation="when_supported",
             response_checksum_validation="when_required",
         )
-        session = boto3.session.Session()
 
         def client(keys: tuple[str, str]) -> Any:
-            return session.client(
-                "s3",
-                endpoint_url=endpoint_url,
-                region_name=region,
-                aws_access_key_id=keys[0],
-                aws_secret_access_key=keys[1],
-                config=config,
-            )
+            with SESSION_LOCK:
+                return shared_session().client(
+                    "s3",
+                    endpoint_url=endpoint_url,
+                    region_name=region,
+                    aws_access_key_id=keys[0],
+                    aws_secret_access_key=keys[1],
+                    config=config,
+                )
 
         self.client = client((access_key, secret_key))
         self.deleter = client(prune_keys) if prune_keys else self.client
