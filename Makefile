@@ -76,3 +76,5 @@ bench: install services
 	$(BIN)/python bench/documents.py
 	$(BIN)/python bench/store_listing.py
 	$(BIN)/python bench/metrics.py
+	$(BIN)/python bench/pitr.py
+	$(BIN)/python bench/copy_stores.py

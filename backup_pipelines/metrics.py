@@ -1,15 +1,16 @@
-"""Prometheus metrics computed from the store alone, for monitoring that works when Dagster
+"""Prometheus metrics computed from the stores alone, for monitoring that works when Dagster
 is down: `backup-pipelines metrics --textfile PATH | --listen HOST:PORT`.
 
-Everything comes from what the store holds: each source's manifests (count,
-newest finished, its size and duration, oldest started), the bytes under
-its folder, and the record of its last drill (`records/verdicts.py`).
-Snapshots never change once committed, so the collector reads each manifest
-once and, at later scrapes, only lists the locations and reads the new
-ones: a scrape every 30 s costs one listing per source. The schedule's
-interval is exported beside the times, so one alert rule
-(`deploy/prometheus/`) knows when each source is overdue without repeating
-its cron.
+Everything comes from what each store holds (label `store`: `primary`, or a
+copy store's name): each source's manifests (count, newest finished, its
+size and duration, oldest started), the bytes under its folder, the record
+of its last drill (`records/verdicts.py`), and for a copy store how many of
+the primary's snapshots it lacks. Snapshots never change
+once committed, so the collector reads each manifest once and, at later
+scrapes, only lists the locations and reads the new ones: a scrape every
+30 s costs one listing per source and store. The schedule's interval is
+exported beside the times, so one alert rule (`deploy/prometheus/`) knows
+when each source is overdue without repeating its cron.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from backup_pipelines.cron import cron_interval
-from backup_pipelines.errors import UnreadableManifest
+from backup_pipelines.errors import StorageFull, StoreError, UnreadableManifest
 from backup_pipelines.runtime import Runtime
 from backup_pipelines.snapshot.store import StoredSnapshot
-from backup_pipelines.sources.registry import archiving
+from backup_pipelines.sources.source import Source
+from backup_pipelines.stores import PRIMARY
 
 PER_SOURCE = {
     "backup_snapshots": "Complete snapshots in the store.",
@@ -44,31 +46,40 @@ PER_SOURCE = {
     "(base backup sources: their WAL archive).",
     "backup_wal_max_age_seconds": "How old the newest archived WAL file may grow before "
     "archiving counts as stalled (BACKUP_POSTGRES_WAL_MAX_AGE_S).",
+    "backup_store_missing_snapshots": "Snapshots of the primary a copy store lacks (but those "
+    "its own retention dropped).",
+    "backup_store_oldest_missing_timestamp_seconds": "finished_at of the oldest snapshot of the "
+    "primary a copy store lacks.",
 }
+STORE_REACHABLE = "backup_store_reachable"
 VERIFY_INTERVAL = "backup_verification_interval_seconds"
 SCRAPE_DURATION = "backup_metrics_collect_duration_seconds"
+Values = dict[str, float]
 
 
 class StoreCollector(Collector):
-    """The metrics of every configured source, read from the store at each collect."""
+    """The metrics of every configured source in every store, read from the stores at each
+    collect (labels `store`, `source`). A copy store that cannot be read is said by
+    `backup_store_reachable`; the primary's failure fails the scrape, as it did alone."""
 
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
-        self._known: dict[str, dict[str, StoredSnapshot]] = {}
+        self._views = {spec.name: runtime.on_store(spec.name) for spec in runtime.stores}
+        self._known: dict[tuple[str, str], dict[str, StoredSnapshot]] = {}
         self._lock = threading.Lock()
 
-    def snapshots(self, source: str) -> list[StoredSnapshot]:
-        """The source's complete snapshots, newest first; manifests already read are reused
-        (committed snapshots never change), locations gone are forgotten."""
-        store = self.runtime.store
-        ids = store.location_ids(source)
-        known = self._known.setdefault(source, {})
+    def snapshots(self, store: str, source: str) -> list[StoredSnapshot]:
+        """The source's complete snapshots in `store`, newest first; manifests already read
+        are reused (committed snapshots never change), locations gone are forgotten."""
+        snapshot_store = self._views[store].store
+        ids = snapshot_store.location_ids(source)
+        known = self._known.setdefault((store, source), {})
         for gone in set(known) - set(ids):
             del known[gone]
         for snapshot_id in ids:
             if snapshot_id not in known:
                 try:
-                    found = store.read_manifest(source, snapshot_id)
+                    found = snapshot_store.read_manifest(source, snapshot_id)
                 except UnreadableManifest:
                     continue  # `snapshots` and `verify` report it
                 if found is not None:
@@ -79,26 +90,55 @@ class StoreCollector(Collector):
         with self._lock:
             started = time.monotonic()
             families = {
-                name: GaugeMetricFamily(name, text, labels=["source"])
+                name: GaugeMetricFamily(name, text, labels=["store", "source"])
                 for name, text in PER_SOURCE.items()
             }
-            for name, source in self.runtime.sources.items():
-                for metric, value in self._values(name, source.cron).items():
-                    families[metric].add_metric([name], value)
+            reachable = GaugeMetricFamily(
+                STORE_REACHABLE, "1 when the store could be read at this scrape.", labels=["store"]
+            )
+            primary: dict[str, list[StoredSnapshot]] = {}
+            for spec in self.runtime.stores:
+                try:
+                    found = self._store_values(spec.name, primary)
+                except (StoreError, StorageFull):
+                    if spec.name == PRIMARY:
+                        raise
+                    reachable.add_metric([spec.name], 0.0)
+                    continue
+                reachable.add_metric([spec.name], 1.0)
+                for (source, metric), value in found.items():
+                    families[metric].add_metric([spec.name, source], value)
             yield from families.values()
+            yield reachable
             verify_every = cron_interval(self.runtime.shared.verify_cron).total_seconds()
             yield GaugeMetricFamily(
                 VERIFY_INTERVAL, "The verification schedule's gap.", verify_every
             )
             spent = time.monotonic() - started
-            yield GaugeMetricFamily(SCRAPE_DURATION, "Time to read the store.", spent)
+            yield GaugeMetricFamily(SCRAPE_DURATION, "Time to read the stores.", spent)
 
-    def _values(self, source: str, cron: str) -> dict[str, float]:
-        snapshots = self.snapshots(source)
+    def _store_values(
+        self, store: str, primary: dict[str, list[StoredSnapshot]]
+    ) -> dict[tuple[str, str], float]:
+        """Every source's values in `store`; the primary's snapshots are kept in `primary`
+        (it comes first) for the copies to be compared with."""
+        found = {}
+        for name, source in self.runtime.sources.items():
+            snapshots = self.snapshots(store, name)
+            values = self._values(store, source, snapshots)
+            if store == PRIMARY:
+                primary[name] = snapshots
+            else:
+                values |= self._missing(store, source, primary.get(name, []), snapshots)
+            found |= {(name, metric): value for metric, value in values.items()}
+        return found
+
+    def _values(self, store: str, source: Source, snapshots: list[StoredSnapshot]) -> Values:
+        view = self._views[store]
         values = {
             "backup_snapshots": float(len(snapshots)),
-            "backup_store_bytes": float(self.runtime.store.usage(source)),
-            "backup_schedule_interval_seconds": cron_interval(cron).total_seconds(),
+            "backup_store_bytes": float(view.store.usage(source.name)),
+            "backup_schedule_interval_seconds": cron_interval(source.cron).total_seconds(),
         }
         if snapshots:
             newest, oldest = snapshots[0].manifest, snapshots[-1].manifest
@@ -110,17 +150,35 @@ class StoreCollector(Collector):
                 ).total_seconds(),
                 "backup_snapshot_oldest_timestamp_seconds": oldest.started_at.timestamp(),
             }
-        for _, archive in archiving([self.runtime.sources[source]]):
+        if (archive := source.continuous_archive) is not None:
             values["backup_wal_max_age_seconds"] = float(archive.max_age_s)
-            last = archive.reach(self.runtime.store).archived_at
+            last = archive.reach(view.store).archived_at
             if last is not None:
                 values["backup_wal_last_archived_timestamp_seconds"] = last.timestamp()
-        verdict = self.runtime.verdicts.read(source)
+        verdict = view.verdicts.read(source.name)
         if verdict is not None:
             values["backup_verification_last_passed"] = 1.0 if verdict.passed else 0.0
             if verdict.last_success_at is not None:
                 success = verdict.last_success_at.timestamp()
                 values["backup_verification_last_success_timestamp_seconds"] = success
+        return values
+
+    def _missing(
+        self,
+        store: str,
+        source: Source,
+        primary: list[StoredSnapshot],
+        held: list[StoredSnapshot],
+    ) -> Values:
+        """How far the copy store is behind on `source`: what `copy` would send it now."""
+        by_id = {snapshot.snapshot_id: snapshot for snapshot in primary}
+        missing = self._views[store].dropped.unsent(
+            source.name, by_id, [snapshot.snapshot_id for snapshot in held]
+        )
+        values = {"backup_store_missing_snapshots": float(len(missing))}
+        if missing:
+            oldest = by_id[missing[0]].manifest.finished_at.timestamp()
+            values["backup_store_oldest_missing_timestamp_seconds"] = oldest
         return values
 
 

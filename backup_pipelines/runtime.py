@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from backup_pipelines.services import Services
+from backup_pipelines.services import Services, read_store_specs
 from backup_pipelines.settings import (
     BackupSettings,
     InvalidSettings,
@@ -25,20 +25,25 @@ from backup_pipelines.settings import (
 from backup_pipelines.sources.registry import SOURCES
 from backup_pipelines.sources.source import Source
 from backup_pipelines.sources.targets import InvalidTargets, read_targets
+from backup_pipelines.stores import PRIMARY, InvalidStores, StoreSpec
 
 
 @dataclass(frozen=True)
 class Settings:
-    """The shared settings, and every source bound to its own, in the registry's order."""
+    """The shared settings, every source bound to its own (in the registry's order), and the
+    stores (the primary first)."""
 
     shared: BackupSettings
     declared: tuple[Source, ...]
+    stores: tuple[StoreSpec, ...]
 
     def secret_values(self) -> list[str]:
         """Every secret set anywhere, to mask in any message."""
         values = secret_values(self.shared)
         for source in self.declared:
             values += source.secrets()
+        for store in self.stores:
+            values += store.secrets()
         return values
 
     @property
@@ -53,8 +58,8 @@ class Settings:
 
 
 def load_settings() -> Settings:
-    """Read the environment and the targets file; every bad value is reported at once, each
-    naming its variable, or its place in the file.
+    """Read the environment, the targets file and the stores file; every bad value is
+    reported at once, each naming its variable, or its place in its file.
 
     A kind the targets file names has the file's targets; any other kind has
     its one source from its `BACKUP_<KIND>_*` variables, named like the kind.
@@ -71,6 +76,12 @@ def load_settings() -> Settings:
             declared = read_targets(shared.targets_file, shared)
         except InvalidTargets as exc:
             problems += exc.problems
+    stores: list[StoreSpec] = []
+    if shared is not None:
+        try:
+            stores = read_store_specs(shared)
+        except InvalidStores as exc:
+            problems += exc.problems
     sources: list[Source] = []
     for kind in SOURCES:
         if kind.kind in declared:
@@ -85,7 +96,7 @@ def load_settings() -> Settings:
             sources.append(kind(settings, shared))
     if problems or shared is None:
         raise InvalidSettings(problems)
-    return Settings(shared, tuple(sources))
+    return Settings(shared, tuple(sources), tuple(stores))
 
 
 class Runtime(Services):
@@ -93,10 +104,18 @@ class Runtime(Services):
     `typed_secrets` (what an operator typed on the command line) are masked with the
     configured ones."""
 
-    def __init__(self, settings: Settings, typed_secrets: Sequence[str] = ()):
-        super().__init__(settings.shared, [*settings.secret_values(), *typed_secrets])
+    def __init__(
+        self, settings: Settings, typed_secrets: Sequence[str] = (), store_name: str = PRIMARY
+    ):
+        secrets = [*settings.secret_values(), *typed_secrets]
+        super().__init__(settings.shared, secrets, settings.stores, store_name)
         self.settings = settings
+        self.typed_secrets = tuple(typed_secrets)
         self.sources: dict[str, Source] = {source.name: source for source in settings.declared}
+
+    def on_store(self, name: str) -> Runtime:
+        """The same runtime, reading (and recording in) the store `name`."""
+        return Runtime(self.settings, self.typed_secrets, name)
 
     @property
     def backed_up(self) -> list[Source]:

@@ -1,7 +1,10 @@
-"""The services the shared `BACKUP_*` settings build: the store (S3 when a bucket and both keys
-are set, the local disk otherwise), the staging area, the audit trail, the event publisher
-and the age keys.
+"""The services the shared `BACKUP_*` settings build: the stores (`stores.py`: the primary,
+and the copies `BACKUP_STORES_FILE` names), the staging area, the audit trail, the event
+publisher and the age keys.
 
+Services are bound to one store, the primary unless an operation is pointed
+at a copy (`--store`, or a restore that falls back): they read it, and keep
+their audit records and drill verdicts in it, where the snapshot lives.
 `Runtime` (`runtime.py`) adds the sources to these for the command and the
 Dagster definitions; `wal-push`, which PostgreSQL runs once per WAL file,
 builds only these, without importing the sources.
@@ -9,15 +12,15 @@ builds only these, without importing the sources.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
-from functools import cache, cached_property
-from pathlib import Path
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from pyrage import x25519
 
+from backup_pipelines.errors import ConfigurationError
 from backup_pipelines.records.audit import AuditLog
+from backup_pipelines.records.dropped import DroppedSnapshots
 from backup_pipelines.records.verdicts import Verdicts
 from backup_pipelines.settings import BackupSettings, read_settings, secret_values
 from backup_pipelines.snapshot.encryption import identities_for, parse_recipients
@@ -25,66 +28,43 @@ from backup_pipelines.snapshot.reader import SnapshotReader
 from backup_pipelines.snapshot.staging import Staging
 from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
 from backup_pipelines.storage.layout import OUTBOX
+from backup_pipelines.stores import PRIMARY, StoreSpec, build_store, primary_store, read_stores
 
 if TYPE_CHECKING:
     from backup_pipelines.events.outbox import EventPublisher
 
-logger = logging.getLogger(__name__)
-
-
-@cache
-def warn_local_store(root: Path) -> None:
-    """Said once per process: an operator who meant to use S3 must notice."""
-    logger.warning(
-        "S3 is not configured (BACKUP_S3_BUCKET, BACKUP_S3_ACCESS_KEY and BACKUP_S3_SECRET_KEY "
-        "are needed): snapshots are kept in the local store %s",
-        root,
-    )
-
-
-def build_store(shared: BackupSettings) -> SnapshotStore:
-    """S3 when a bucket and both keys are set, the local store otherwise."""
-    if shared.s3_enabled:
-        from backup_pipelines.storage.s3 import ObjectLock, S3Backend  # boto3 only for S3
-
-        assert shared.s3_bucket and shared.s3_access_key and shared.s3_secret_key
-        days, mode = shared.s3_object_lock_days, shared.s3_object_lock_mode
-        prune = (shared.s3_prune_access_key, shared.s3_prune_secret_key)
-        return SnapshotStore(
-            S3Backend(
-                bucket=shared.s3_bucket,
-                access_key=shared.s3_access_key.get_secret_value(),
-                secret_key=shared.s3_secret_key.get_secret_value(),
-                endpoint_url=shared.s3_endpoint_url,
-                region=shared.s3_region,
-                prefix=shared.s3_prefix,
-                object_lock=ObjectLock(mode, days) if days else None,
-                prune_keys=(
-                    (prune[0].get_secret_value(), prune[1].get_secret_value())
-                    if prune[0] and prune[1]
-                    else None
-                ),
-            )
-        )
-    from backup_pipelines.storage.local import LocalBackend
-
-    warn_local_store(shared.artifacts_dir)
-    return SnapshotStore(LocalBackend(shared.artifacts_dir))
-
 
 class Services:
-    """What the shared settings build: the store, the staging area, the audit trail, the
-    events and the age keys. `secrets` (the configured ones, and those an operator typed
-    on the command line) are masked in every audit record and event."""
+    """What the shared settings build, bound to the store named `store_name` of `stores` (the
+    primary first). `secrets` (the configured ones, and those an operator typed on the command
+    line) are masked in every audit record and event."""
 
-    def __init__(self, shared: BackupSettings, secrets: Sequence[str]):
+    def __init__(
+        self,
+        shared: BackupSettings,
+        secrets: Sequence[str],
+        stores: Sequence[StoreSpec],
+        store_name: str = PRIMARY,
+    ):
         self.shared = shared
         self.secrets = list(secrets)
+        self.stores = tuple(stores)
+        named = [spec for spec in self.stores if spec.name == store_name]
+        if not named:
+            raise ConfigurationError(
+                f"there is no store {store_name!r} (the stores: "
+                f"{', '.join(spec.name for spec in self.stores)})"
+            )
+        self.spec = named[0]
         self.staging = Staging(shared.staging_dir, parse_recipients(shared.encryption_recipients))
+
+    def on_store(self, name: str) -> Services:
+        """The same services, bound to the store `name`."""
+        return Services(self.shared, self.secrets, self.stores, name)
 
     @cached_property
     def store(self) -> SnapshotStore:
-        return build_store(self.shared)
+        return build_store(self.spec)
 
     @cached_property
     def audit(self) -> AuditLog:
@@ -93,6 +73,10 @@ class Services:
     @cached_property
     def verdicts(self) -> Verdicts:
         return Verdicts(self.store.backend)
+
+    @cached_property
+    def dropped(self) -> DroppedSnapshots:
+        return DroppedSnapshots(self.store.backend)
 
     @cached_property
     def events(self) -> EventPublisher:
@@ -113,7 +97,17 @@ class Services:
         )
 
 
+def read_store_specs(shared: BackupSettings) -> list[StoreSpec]:
+    """The primary, then the copies the stores file names (`InvalidStores` when it is wrong)."""
+    primary = primary_store(shared)
+    copies = read_stores(shared.stores_file, primary) if shared.stores_file else []
+    return [primary, *copies]
+
+
 def load_services() -> Services:
-    """The services alone, from the shared `BACKUP_*` variables (the sources' are not read)."""
+    """The services alone, from the shared `BACKUP_*` variables and the stores file (the
+    sources' are not read)."""
     shared = read_settings(BackupSettings)
-    return Services(shared, secret_values(shared))
+    stores = read_store_specs(shared)
+    secrets = secret_values(shared) + [value for spec in stores for value in spec.secrets()]
+    return Services(shared, secrets, stores)

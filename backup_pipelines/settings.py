@@ -48,6 +48,17 @@ def split_commas(value: object) -> object:
     return value
 
 
+def upper_case(value: object) -> object:
+    """An Object Lock mode as S3 spells it, however it was typed."""
+    return value.strip().upper() if isinstance(value, str) else value
+
+
+def check_prune_keys(access: object, secret: object, names: str) -> None:
+    """The prune keys (`names`, as the operator set them) come as a pair or not at all."""
+    if (access is None) != (secret is None):
+        raise ValueError(f"{names} are set together")
+
+
 def _retention_count(value: object) -> object:
     if isinstance(value, str):
         word = value.strip().lower()
@@ -144,7 +155,10 @@ class BackupSettings(EnvironmentSettings):
     retention_days: int | None = Field(None, ge=0)
 
     targets_file: Path | None = None
-    """Several targets per kind (`targets.py`); without it, one per kind from BACKUP_*."""
+    """Several targets per kind (`sources/targets.py`); without it, one per kind from
+    BACKUP_*."""
+    stores_file: Path | None = None
+    """Copy stores beside the primary (`stores.py`); without it, the primary alone."""
 
     verify_cron: str = "0 5 * * *"
     """When the verification plane drills every source's latest snapshot (UTC)."""
@@ -156,17 +170,12 @@ class BackupSettings(EnvironmentSettings):
     _retention = field_validator(*RETENTION_COUNTS, mode="before")(_retention_count)
     _non_negative = field_validator(*RETENTION_COUNTS)(_non_negative_count)
 
-    @field_validator("s3_object_lock_mode", mode="before")
-    @classmethod
-    def _upper_case(cls, value: object) -> object:
-        return value.strip().upper() if isinstance(value, str) else value
+    _upper_case = field_validator("s3_object_lock_mode", mode="before")(upper_case)
 
     @model_validator(mode="after")
     def _prune_keys_together(self) -> BackupSettings:
-        if (self.s3_prune_access_key is None) != (self.s3_prune_secret_key is None):
-            raise ValueError(
-                "BACKUP_S3_PRUNE_ACCESS_KEY and BACKUP_S3_PRUNE_SECRET_KEY are set together"
-            )
+        names = "BACKUP_S3_PRUNE_ACCESS_KEY and BACKUP_S3_PRUNE_SECRET_KEY"
+        check_prune_keys(self.s3_prune_access_key, self.s3_prune_secret_key, names)
         return self
 
     _cron = field_validator("verify_cron")(check_cron)

@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import boto3
@@ -98,23 +99,41 @@ def wait_for_port(port: int, timeout_s: float = 30) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout_s} s")
 
 
+class MotoServer:
+    """moto's S3 in server mode, in its own process (it keeps objects in memory)."""
+
+    def __init__(self) -> None:
+        port = free_port()
+        moto = Path(sys.executable).with_name("moto_server")
+        self.process = subprocess.Popen(
+            [str(moto), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.port = port
+        self.endpoint = f"http://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        """Gone with everything it held, as a store whose service died."""
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+@contextmanager
+def moto_server() -> Iterator[MotoServer]:
+    server = MotoServer()
+    try:
+        wait_for_http(server.endpoint)
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
-    """moto's S3 in server mode, in its own process (it keeps objects in memory)."""
-    port = free_port()
-    moto = Path(sys.executable).with_name("moto_server")
-    process = subprocess.Popen(
-        [str(moto), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(endpoint)
-        yield endpoint
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    """This worker's moto server."""
+    with moto_server() as server:
+        yield server.endpoint
 
 
 def s3_client(endpoint: str):

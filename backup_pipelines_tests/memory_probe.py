@@ -16,9 +16,9 @@ from pathlib import Path
 from backup_pipelines.snapshot.reader import restore_artifact
 from backup_pipelines.snapshot.staging import stage
 from backup_pipelines.snapshot.store import SnapshotStore
-from backup_pipelines.snapshot.streams import CountingWriter
 from backup_pipelines.storage.local import LocalBackend
 from backup_pipelines.storage.s3 import S3Backend
+from backup_pipelines.storage.streams import CountingWriter
 
 MIB = 1 << 20
 

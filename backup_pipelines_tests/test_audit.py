@@ -214,7 +214,7 @@ def test_usage_equals_the_sum_of_the_stored_objects(store_env, tmp_path):
         expected = sum(item["Size"] for item in listing["Contents"])
     assert runtime.store.usage("redis") == expected
     served = generate_latest(registry_for(runtime)).decode()
-    assert f'backup_store_bytes{{source="redis"}} {float(expected)}' in served
+    assert f'backup_store_bytes{{source="redis",store="primary"}} {float(expected)}' in served
 
 
 def test_records_are_kept_as_long_as_the_oldest_snapshot(backup_env, capsys):

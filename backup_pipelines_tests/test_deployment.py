@@ -7,6 +7,7 @@ each, volumes for the stateful ones, and only `BACKUP_*` variables that the
 settings actually read.
 """
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -32,8 +33,9 @@ STATEFUL = {  # service → the directory its data lives in
     "rabbitmq": "/var/lib/rabbitmq",
     "consul": "/consul/data",
     "minio": "/data",
+    "minio-offsite": "/data",
 }
-ONE_SHOT = {"minio-bucket"}  # runs once and exits; no health to check
+ONE_SHOT = ("minio-bucket", "minio-offsite-bucket")  # each runs once and exits: no health
 REQUIRED_SERVICES = (*STATEFUL, *ONE_SHOT, *BACKUP_SERVICES)
 INSTANCE_ENV = {
     "BACKUP_DATABASE_URL",
@@ -45,6 +47,7 @@ INSTANCE_ENV = {
 REQUIRED_ENV = {
     "code-server": INSTANCE_ENV
     | {
+        "BACKUP_STORES_FILE",
         "BACKUP_S3_ENDPOINT_URL",
         "BACKUP_S3_BUCKET",
         "BACKUP_S3_ACCESS_KEY",
@@ -62,6 +65,7 @@ REQUIRED_ENV = {
     },
     "verifier": INSTANCE_ENV
     | {
+        "BACKUP_STORES_FILE",
         "BACKUP_S3_ENDPOINT_URL",
         "BACKUP_S3_BUCKET",
         "BACKUP_S3_ACCESS_KEY",
@@ -71,6 +75,7 @@ REQUIRED_ENV = {
         "BACKUP_RABBITMQ_URL",
     },
     "pruner": {
+        "BACKUP_STORES_FILE",
         "BACKUP_S3_ENDPOINT_URL",
         "BACKUP_S3_BUCKET",
         "BACKUP_S3_ACCESS_KEY",
@@ -80,6 +85,7 @@ REQUIRED_ENV = {
         "BACKUP_RESTIC_PASSWORD",
     },
     "exporter": {
+        "BACKUP_STORES_FILE",
         "BACKUP_S3_ENDPOINT_URL",
         "BACKUP_S3_BUCKET",
         "BACKUP_S3_ACCESS_KEY",
@@ -108,6 +114,14 @@ SECRETS = (
     "MINIO_ROOT_PASSWORD",
     "PRUNER_S3_ACCESS_KEY",
     "PRUNER_S3_SECRET_KEY",
+    "OFFSITE_MINIO_ROOT_USER",
+    "OFFSITE_MINIO_ROOT_PASSWORD",
+    "OFFSITE_WRITER_ACCESS_KEY",
+    "OFFSITE_WRITER_SECRET_KEY",
+    "OFFSITE_PRUNER_ACCESS_KEY",
+    "OFFSITE_PRUNER_SECRET_KEY",
+    "OFFSITE_VERIFIER_ACCESS_KEY",
+    "OFFSITE_VERIFIER_SECRET_KEY",
 )
 
 
@@ -155,14 +169,19 @@ def deployment_problems(config: dict[str, Any]) -> list[str]:
             targets = {volume_target(volume) for volume in service.get("volumes", [])}
             if STATEFUL[name] not in targets:
                 problems.append(f"service {name} keeps {STATEFUL[name]} on no volume")
-    keys = {
-        name: services.get(name, {}).get("environment", {}).get("BACKUP_S3_ACCESS_KEY")
-        for name in ("code-server", "verifier", "pruner")
-    }
-    if keys["verifier"] == keys["code-server"]:
-        problems.append("service verifier has the backup host's S3 keys, not read-only ones")
-    if keys["pruner"] == keys["code-server"]:
-        problems.append("service pruner has the backup host's S3 keys, not the pruner's")
+    for variable, store in (("BACKUP_S3_ACCESS_KEY", ""), ("OFFSITE_S3_ACCESS_KEY", " off-site")):
+        keys = {
+            name: services.get(name, {}).get("environment", {}).get(variable)
+            for name in ("code-server", "verifier", "pruner")
+        }
+        if keys["verifier"] == keys["code-server"]:
+            problems.append(
+                f"service verifier has the backup host's{store} S3 keys, not read-only ones"
+            )
+        if keys["pruner"] == keys["code-server"]:
+            problems.append(
+                f"service pruner has the backup host's{store} S3 keys, not the pruner's"
+            )
     webserver_check = services.get("webserver", {}).get("healthcheck", {}).get("test", [])
     if "/server_info" not in " ".join(webserver_check):
         problems.append("the webserver's health check does not ask /server_info")
@@ -189,15 +208,23 @@ def test_the_compose_stack_is_complete():
     assert deployment_problems(config) == []
 
 
-@pytest.mark.parametrize("service", ["code-server", "verifier", "pruner"])
+@pytest.mark.parametrize("service", ["code-server", "verifier", "pruner", "exporter"])
 def test_the_code_servers_environment_is_a_valid_configuration(monkeypatch, service):
     environment = compose_config(COMPOSE_FILE, ENV_EXAMPLE)["services"][service]
     for name, value in environment["environment"].items():
         monkeypatch.setenv(name, value)
+    mounted = {volume_target(volume): volume for volume in environment["volumes"]}
+    assert os.environ["BACKUP_STORES_FILE"] in mounted  # the file the service is given
+    monkeypatch.setenv("BACKUP_STORES_FILE", str(REPO / "deploy" / "stores.yaml"))
 
     settings = load_settings()
 
+    [_, offsite] = settings.stores
+    offsite_prunes = offsite.location.prune_access_key is not None
+    assert offsite.name == "offsite" and offsite_prunes == (service == "pruner")
     assert settings.shared.s3_enabled
+    if service == "exporter":
+        return
     assert settings.sources["documents"].restic_password is not None
     if service == "code-server":
         assert settings.sources["documents"].root == Path("/documents")

@@ -20,15 +20,17 @@ from backup_pipelines.cli import wal
 from backup_pipelines.cli.parser import build_parser, command_line_secrets
 from backup_pipelines.errors import BackupError, ConfigurationError, SnapshotNotFound
 from backup_pipelines.operations.caller import Caller
+from backup_pipelines.operations.copy import copy
 from backup_pipelines.operations.drill import drill
-from backup_pipelines.operations.prune import prune
-from backup_pipelines.operations.restore import restore
+from backup_pipelines.operations.prune import Pruned, prune
+from backup_pipelines.operations.restore import holding_store, restore
 from backup_pipelines.operations.verify import verify
 from backup_pipelines.redaction import redact
 from backup_pipelines.runtime import Runtime, Settings, load_settings
 from backup_pipelines.snapshot.manifest import format_utc
 from backup_pipelines.snapshot.store import LATEST, StoredSnapshot, Unreadable
-from backup_pipelines.snapshot.streams import human_bytes
+from backup_pipelines.storage.streams import human_bytes
+from backup_pipelines.stores import PRIMARY
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 logger = logging.getLogger(__name__)
@@ -147,6 +149,8 @@ def cmd_restore(args: argparse.Namespace, runtime: Runtime) -> int:
     model = runtime.sources[args.source].restore_options
     flags = {name: model.flag(name) for name in model.model_fields}
     given = {name: getattr(args, name) for name in flags if getattr(args, name) is not None}
+    if not args.store:  # the primary, or the first copy holding it when it is unreachable
+        runtime = holding_store(runtime, COMMAND, args.source, args.snapshot)
     report_unreadable_for_latest(runtime, args.source, args.snapshot)
     spelled = lambda name: flags.get(name, name)  # noqa: E731
     restored = restore(runtime, COMMAND, args.source, args.snapshot, given, spelled)
@@ -155,16 +159,47 @@ def cmd_restore(args: argparse.Namespace, runtime: Runtime) -> int:
 
 
 def cmd_prune(args: argparse.Namespace, runtime: Runtime) -> int:
-    listing = prune(runtime, COMMAND, dry_run=args.dry_run).listing()
+    first, *copies = prune(runtime, COMMAND, dry_run=args.dry_run, store=args.store)
     if args.json:
+        listing = first.listing()
+        if copies:
+            listing["stores"] = {pruned.store: pruned.listing() for pruned in copies}
         print(json.dumps(listing, indent=2))
-        return EXIT_OK
+    else:
+        for pruned in (first, *copies):
+            _print_pruned(pruned, prefix=f"{pruned.store}: " if pruned is not first else "")
+    return EXIT_FAILURE if any(pruned.error for pruned in (first, *copies)) else EXIT_OK
+
+
+def _print_pruned(pruned: Pruned, prefix: str) -> None:
+    listing = pruned.listing()
     for verdict in ("keep", "delete"):
         for name in listing[verdict]:
-            print(f"{verdict:<7}{name}")
+            print(f"{prefix}{verdict:<7}{name}")
     for locked in listing["locked"]:
-        print(f"locked {locked['snapshot']} (S3 Object Lock until {locked['retain_until']})")
-    return EXIT_OK
+        print(
+            f"{prefix}locked {locked['snapshot']} (S3 Object Lock until {locked['retain_until']})"
+        )
+    if pruned.error:
+        print(f"error: {prefix}{pruned.error}", file=sys.stderr)
+
+
+def cmd_copy(args: argparse.Namespace, runtime: Runtime) -> int:
+    if len(runtime.stores) == 1:
+        print("no copy store is configured (BACKUP_STORES_FILE): nothing to copy", file=sys.stderr)
+        return EXIT_OK
+    copies = copy(runtime, COMMAND, source=args.source, store=args.store)
+    if args.json:
+        print(json.dumps({"stores": [done.report() for done in copies]}, indent=2))
+    else:
+        for done in copies:
+            state = "up to date" if done.complete else f"{done.report()['behind']} behind"
+            copied = sum(len(s.copied) for s in done.sources)
+            print(f"{done.store:<12} {state}, {copied} snapshots copied  {done.location}")
+            for problem in [done.error, *(p for s in done.sources for p in s.problems)]:
+                if problem:
+                    print(f"{done.store}: {problem}", file=sys.stderr)
+    return EXIT_OK if all(done.complete for done in copies) else EXIT_FAILURE
 
 
 def cmd_metrics(args: argparse.Namespace, runtime: Runtime) -> int:
@@ -205,6 +240,7 @@ def cmd_audit(args: argparse.Namespace, runtime: Runtime) -> int:
 
 COMMANDS = {
     "snapshots": cmd_snapshots,
+    "copy": cmd_copy,
     "verify": cmd_verify,
     "drill": cmd_drill,
     "restore": cmd_restore,
@@ -223,16 +259,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings()
     except ConfigurationError as exc:
         settings = exc  # said after parsing, so `--help` and usage errors still answer
-    args = build_parser(settings.kinds if isinstance(settings, Settings) else None).parse_args(argv)
+    if isinstance(settings, Settings):
+        parser = build_parser(settings.kinds, [spec.name for spec in settings.stores])
+    else:
+        parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command in wal.WAL_COMMANDS:  # `cli/__init__.py` sends them there directly
         return wal.run(args)
     if getattr(args, "json", False):  # JSON for a program to read: no advice around it
-        logging.getLogger("backup_pipelines.services").setLevel(logging.ERROR)
+        logging.getLogger("backup_pipelines.stores").setLevel(logging.ERROR)
     secrets = typed + (settings.secret_values() if isinstance(settings, Settings) else [])
     try:
         if isinstance(settings, ConfigurationError):
             raise settings
-        return COMMANDS[args.command](args, Runtime(settings, typed))
+        reading = PRIMARY if args.command == "copy" else getattr(args, "store", None) or PRIMARY
+        return COMMANDS[args.command](args, Runtime(settings, typed, reading))
     except ConfigurationError as exc:
         print(f"error: {_said(exc, args, settings, secrets)}", file=sys.stderr)
         return EXIT_USAGE

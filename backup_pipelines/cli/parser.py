@@ -19,6 +19,7 @@ from backup_pipelines.redaction import secret_parts
 from backup_pipelines.snapshot.store import LATEST
 from backup_pipelines.sources.registry import SOURCES
 from backup_pipelines.sources.source import SECRET_OPTION, RestoreOptions, Source
+from backup_pipelines.stores import PRIMARY
 
 SNAPSHOT_HELP = (
     "a snapshot id (YYYYMMDDTHHMMSSZ-xxxxxxxx, see `snapshots`), or latest (the default)"
@@ -55,11 +56,22 @@ def since_time(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def build_parser(sources: Mapping[str, type[Source]] | None = None) -> argparse.ArgumentParser:
-    """The command for `sources` (each source's name and its kind): the configured ones, or
-    the kinds themselves when the configuration could not be read."""
+def add_store_flag(parser: argparse.ArgumentParser, stores: Sequence[str], help: str) -> None:
+    """`--store NAME`, one of `stores` (the configured ones)."""
+    parser.add_argument(
+        "--store", choices=list(stores), metavar="NAME", help=f"{help}: {', '.join(stores)}"
+    )
+
+
+def build_parser(
+    sources: Mapping[str, type[Source]] | None = None, stores: Sequence[str] = (PRIMARY,)
+) -> argparse.ArgumentParser:
+    """The command for `sources` (each source's name and its kind) and `stores` (the
+    primary first): the configured ones, or the kinds and the primary alone when the
+    configuration could not be read."""
     if sources is None:
         sources = {source.kind: source for source in SOURCES}
+    reads = "read this store instead of the primary"
     names = list(sources)
     source_help = f"one of {', '.join(names)}"
     groups = [*names, *dict.fromkeys(k.kind for name, k in sources.items() if name != k.kind)]
@@ -78,6 +90,7 @@ def build_parser(sources: Mapping[str, type[Source]] | None = None) -> argparse.
         "source", nargs="?", choices=groups, help=f"{group_help}; without it, every source"
     )
     snapshots.add_argument("--json", action="store_true", help="print manifests as JSON")
+    add_store_flag(snapshots, stores, reads)
 
     verify = commands.add_parser("verify", help="re-read snapshots and check them")
     verify.add_argument(
@@ -85,6 +98,7 @@ def build_parser(sources: Mapping[str, type[Source]] | None = None) -> argparse.
     )
     add_snapshot_flag(verify)
     verify.add_argument("--deep", action="store_true", help="also prove it restorable")
+    add_store_flag(verify, stores, reads)
 
     drill = commands.add_parser(
         "drill", help="restore a snapshot into a scratch target and compare it with its manifest"
@@ -92,6 +106,7 @@ def build_parser(sources: Mapping[str, type[Source]] | None = None) -> argparse.
     drill.add_argument("source", choices=names, help=source_help)
     add_snapshot_flag(drill)
     drill.add_argument("--json", action="store_true", help="print what the drill proved as JSON")
+    add_store_flag(drill, stores, reads)
 
     restore = commands.add_parser("restore", help="restore a snapshot into a target")
     targets = restore.add_subparsers(dest="source", required=True, metavar="SOURCE")
@@ -99,6 +114,12 @@ def build_parser(sources: Mapping[str, type[Source]] | None = None) -> argparse.
         target = targets.add_parser(name, help=f"restore a {name} snapshot")
         add_snapshot_flag(target)
         add_restore_flags(target, kind.restore_options)
+        add_store_flag(
+            target,
+            stores,
+            "read this store (without it: the primary, or the first copy that holds the "
+            "snapshot when the primary cannot be reached)",
+        )
 
     metrics = commands.add_parser(
         "metrics", help="Prometheus metrics of every source, read from the store alone"
@@ -117,12 +138,27 @@ def build_parser(sources: Mapping[str, type[Source]] | None = None) -> argparse.
         "--since", type=since_time, metavar="T", help="only from T on (ISO-8601; UTC if no zone)"
     )
     audit.add_argument("--json", action="store_true", help="print the records as JSON")
+    add_store_flag(audit, stores, reads)
+
+    copy = commands.add_parser(
+        "copy", help="bring the copy stores up to date with the primary (3-2-1)"
+    )
+    copy.add_argument(
+        "source", nargs="?", choices=groups, help=f"{group_help}; without it, every source"
+    )
+    add_store_flag(copy, stores[1:], "only this copy store")
+    copy.add_argument(
+        "--json",
+        action="store_true",
+        help="print what was copied, and what is still missing, as JSON",
+    )
 
     add_wal_commands(commands)
 
     prune = commands.add_parser("prune", help="delete snapshots the retention rules drop")
     prune.add_argument("--dry-run", action="store_true", help="say what would go; delete nothing")
     prune.add_argument("--json", action="store_true", help='print {"keep": [...], "delete": [...]}')
+    add_store_flag(prune, stores, "only this store (without it: every store, by its own rules)")
     return parser
 
 

@@ -66,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def warn(line: str) -> None:
+    print(f"backup-pipelines wal-fetch: {line}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     """One WAL command, its failure said on stderr (the server's log) in one line."""
     fetching = args.command == "wal-fetch"
@@ -77,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         if not fetching:
             push(services, args.path, args.target)
             return EXIT_OK
-        held = fetch(services, args.name, args.destination, args.target)
+        held = fetch(services, args.name, args.destination, args.target, warn)
         return EXIT_OK if held else EXIT_NOT_HELD
     except ConfigurationError as exc:
         said, code = redact(str(exc), secrets), failing if fetching else EXIT_USAGE
@@ -91,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
-    logging.getLogger("backup_pipelines.services").setLevel(logging.ERROR)
+    logging.getLogger("backup_pipelines.stores").setLevel(logging.ERROR)
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = _parser().parse_args(argv)

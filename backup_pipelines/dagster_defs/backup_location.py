@@ -4,7 +4,8 @@ Everything is generated from the runtime's sources: per source (a kind's one
 source, or each enabled target of the targets file) a backup asset (with
 its upstream `crm/...` node, freshness and pool), its checks, job and
 schedule; per kind with targets a job backing all of them up; per archive
-kept between snapshots its asset; then `backup_all_job`, `restore_job`,
+kept between snapshots its asset; per copy store its asset, job and the
+copy sensor; then `backup_all_job`, `restore_job`,
 `retention_job`, the sensors, and the resources: the runtime built by the
 composition root, and the IO manager over its services.
 """
@@ -17,12 +18,15 @@ from backup_pipelines.dagster_defs.assets import backup_asset, crm_system, trans
 from backup_pipelines.dagster_defs.audit_trail import audit_trail
 from backup_pipelines.dagster_defs.checks import integrity_check
 from backup_pipelines.dagster_defs.continuous_archive import archive_asset, archive_sensor
+from backup_pipelines.dagster_defs.copies import copy_sensor, copy_store_asset
 from backup_pipelines.dagster_defs.definition_names import (
     ALL_SOURCES,
     BACKUP_ALL_JOB,
     BACKUPS_GROUP,
     backup_asset_key,
     backup_job_name,
+    copy_asset_key,
+    copy_job_name,
 )
 from backup_pipelines.dagster_defs.io_manager import SnapshotIOManager
 from backup_pipelines.dagster_defs.requests_sensor import backup_requests_sensor
@@ -80,15 +84,34 @@ def build_definitions(runtime: Runtime) -> Definitions:
     sources_of_job = {BACKUP_ALL_JOB: [s.name for s in sources]} | {
         jobs[asked].name: names for asked, names in covered.items()
     }
+    copies = runtime.stores[1:]
+    copy_jobs = [
+        define_asset_job(
+            copy_job_name(store.name),
+            selection=AssetSelection.assets(copy_asset_key(store.name)),
+            description=f"Brings the copy store {store.name} up to date with the primary.",
+        )
+        for store in copies
+    ]
     return Definitions(
         assets=[
             *(crm_system(source) for source in sources),
             *(backup_asset(source, retries) for source in sources),
             *(archive_asset(source, archive) for source, archive in archives),
+            *(
+                copy_store_asset(store, [backup_asset_key(s.name) for s in sources])
+                for store in copies
+            ),
             audit_trail,
         ],
         asset_checks=[integrity_check(source) for source in sources],
-        jobs=[backup_all_job, *jobs.values(), restore_job(runtime.settings.kinds), retention_job],
+        jobs=[
+            backup_all_job,
+            *jobs.values(),
+            *copy_jobs,
+            restore_job(runtime.settings.kinds),
+            retention_job,
+        ],
         schedules=[
             *(backup_schedule(source, jobs[source.name]) for source in sources),
             retention_schedule(retention_job, runtime.shared.prunes_elsewhere),
@@ -99,6 +122,7 @@ def build_definitions(runtime: Runtime) -> Definitions:
             backup_run_failure_sensor(sources_of_job),
             backup_overdue_sensor(sources),
             *([archive_sensor(archives)] if archives else []),
+            *([copy_sensor(copies, copy_jobs)] if copies else []),
             notifications_outbox_sensor,
         ],
         resources=build_resources(runtime),

@@ -20,6 +20,7 @@ from backup_pipelines.storage.names import split_source
 BACKUPS_GROUP = "backups"
 CRM_GROUP = "crm"
 VERIFICATION_GROUP = "verification"
+COPIES_GROUP = "copies"
 ALL_SOURCES = "all"
 BACKUP_ALL_JOB = "backup_all_job"
 VERIFICATION_JOB = "verification_job"
@@ -55,6 +56,15 @@ def archive_asset_key(archive: str) -> AssetKey:
     `postgres_wal/<target>` (the WAL archive of a target's base backups)."""
     kind, target = split_source(archive)
     return AssetKey([kind, *([target] if target else [])])
+
+
+def copy_asset_key(store: str) -> AssetKey:
+    """A copy store, downstream of every backup: `copies/<store>`."""
+    return AssetKey([COPIES_GROUP, store])
+
+
+def copy_job_name(store: str) -> str:
+    return f"copy_{store}_job"
 
 
 def backup_job_name(source: str) -> str:

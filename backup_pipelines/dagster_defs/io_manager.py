@@ -28,9 +28,9 @@ from backup_pipelines.operations.backup import Committed, commit
 from backup_pipelines.services import Services
 from backup_pipelines.snapshot.staging import StagedSnapshot
 from backup_pipelines.snapshot.store import StoredSnapshot
-from backup_pipelines.snapshot.streams import human_bytes
 from backup_pipelines.sources.registry import kind_class
 from backup_pipelines.storage.layout import MANIFEST_NAME
+from backup_pipelines.storage.streams import human_bytes
 
 GROWTH_SLACK = 1 << 20
 """Growth below this never warns (a manifest, a restic index)."""

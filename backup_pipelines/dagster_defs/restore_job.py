@@ -25,13 +25,13 @@ from pydantic import Field, create_model
 
 from backup_pipelines.dagster_defs.caller import in_run
 from backup_pipelines.errors import BackupError
-from backup_pipelines.operations.restore import restore
+from backup_pipelines.operations.restore import holding_store, restore
 from backup_pipelines.runtime import Runtime
 from backup_pipelines.snapshot.store import LATEST
 from backup_pipelines.sources.registry import SOURCES
 from backup_pipelines.sources.source import SECRET_OPTION, Source
 
-FIXED = ("source", "snapshot")
+FIXED = ("source", "snapshot", "store")
 
 
 def _shared_option_fields() -> dict[str, Any]:
@@ -71,6 +71,14 @@ def restore_config(sources: Mapping[str, type[Source]]) -> type[Config]:
         __doc__="Which snapshot to restore where; the fields a source does not take stay unset.",
         source=(choice, Field(description="the source whose snapshot to restore")),
         snapshot=(str, Field(LATEST, description="a snapshot id, or latest")),
+        store=(
+            str | None,
+            Field(
+                None,
+                description="a store to read (without it: the primary, or the first copy store "
+                "that holds the snapshot when the primary cannot be reached)",
+            ),
+        ),
         **_shared_option_fields(),
     )
 
@@ -97,8 +105,12 @@ def restore_job(sources: Mapping[str, type[Source]]) -> JobDefinition:
         source = config.source
         caller = in_run(context.run_id, context.log)
         try:
+            if config.store:
+                reading = runtime.on_store(config.store)
+            else:
+                reading = holding_store(runtime, caller, source, config.snapshot)
             restored = restore(
-                runtime,
+                reading,
                 caller,
                 source,
                 config.snapshot,

@@ -1,7 +1,7 @@
-"""`retention_job`: the retention rules applied to every source, from Dagster (daily schedule);
-the command's `prune` without `--dry-run` (`operations/prune.py`)."""
+"""`retention_job`: the retention rules applied to every source of every store, from Dagster
+(daily schedule); the command's `prune` without `--dry-run` (`operations/prune.py`)."""
 
-from dagster import Nothing, OpExecutionContext, Out, Output, ResourceParam, job, op
+from dagster import MetadataValue, Nothing, OpExecutionContext, Out, Output, ResourceParam, job, op
 
 from backup_pipelines.dagster_defs.caller import in_run
 from backup_pipelines.operations.prune import prune
@@ -11,7 +11,8 @@ from backup_pipelines.runtime import Runtime
 @op(out=Out(Nothing))
 def apply_retention(context: OpExecutionContext, runtime: ResourceParam[Runtime]):
     """Delete what the rules drop and day-old interrupted attempts; say so as `backup.pruned`."""
-    reports = prune(runtime, in_run(context.run_id, context.log), dry_run=False).reports
+    first, *copies = prune(runtime, in_run(context.run_id, context.log), dry_run=False)
+    reports = first.reports
     yield Output(
         None,
         metadata={
@@ -23,6 +24,11 @@ def apply_retention(context: OpExecutionContext, runtime: ResourceParam[Runtime]
             "bytes_freed": sum(r.freed_bytes for r in reports),
             **{f"{r.source}_kept": len(r.keep) for r in reports},
             **{f"{r.source}_deleted": len(r.delete) for r in reports},
+            **(
+                {"copy_stores": MetadataValue.json({p.store: p.listing() for p in copies})}
+                if copies
+                else {}
+            ),
         },
     )
 

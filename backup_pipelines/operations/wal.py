@@ -2,8 +2,11 @@
 
 PostgreSQL runs them once per WAL file (every minute or faster), so they
 need the shared settings' services alone (`services.py`), never the sources
-or Dagster. Only failures leave an audit record: a record per WAL file would
-drown the trail.
+or Dagster. A file is pushed to the primary store alone (the copy stores get
+it from `copy`, so one that is down never holds a segment back); a fetch
+asks the copy stores, in their order, when the primary cannot be reached.
+Only failures leave an audit record: a record per WAL file would drown the
+trail.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
+from backup_pipelines.errors import StorageFull, StoreError
+from backup_pipelines.operations.caller import Log
 from backup_pipelines.records.audit import Entry, Operation
 from backup_pipelines.services import Services
 from backup_pipelines.snapshot.encryption import load_identities
@@ -33,13 +38,37 @@ def push(services: Services, path: Path, target: str | None) -> bool:
         return archive.push(path, services.staging.recipients, Path(tempfile.gettempdir()))
 
 
-def fetch(services: Services, name: str, destination: Path, target: str | None) -> bool:
+def fetch(services: Services, name: str, destination: Path, target: str | None, warn: Log) -> bool:
     """Write the archived `name` to `destination`; False when the archive does not hold it.
-    The identity file is read only for an encrypted file."""
-    archive = WalArchive(services.store.backend, wal_archive_name(target))
+    The identity file is read only for an encrypted file. When the primary store cannot be
+    reached, the copy stores answer in their order (`warn` says which)."""
     identities = partial(load_identities, services.shared.age_identity_file)
-    with failure_audited(services, "wal-fetch", archive.source, name):
-        return archive.fetch(name, destination, identities)
+    archive_name = wal_archive_name(target)
+    with failure_audited(services, "wal-fetch", archive_name, name):
+        try:
+            return WalArchive(services.store.backend, archive_name).fetch(
+                name, destination, identities
+            )
+        except (StoreError, StorageFull) as exc:
+            unreachable = exc
+        answered = []
+        for spec in services.stores[1:]:
+            copy = WalArchive(services.on_store(spec.name).store.backend, archive_name)
+            try:
+                held = copy.fetch(name, destination, identities)
+            except (StoreError, StorageFull):
+                continue
+            answered.append(spec.name)
+            if held:
+                warn(
+                    f"{services.store.describe()} cannot be reached: {name} came from the copy "
+                    f"store {spec.name}"
+                )
+                return True
+        if not answered:
+            raise unreachable
+        warn(f"{name} is in none of the copy stores that answered ({', '.join(answered)})")
+        return False  # the archive's end, as far as the copies reach
 
 
 @contextmanager

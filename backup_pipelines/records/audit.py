@@ -34,6 +34,7 @@ from backup_pipelines.storage.layout import (
     audit_day_prefix,
     audit_record_key,
 )
+from backup_pipelines.storage.transfer import copy_proven
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,9 @@ MAX_RECORD_BYTES = 64 << 10
 ERROR_LIMIT = 500
 DAY = "%Y%m%d"
 
-Operation = Literal["backup", "restore", "verify", "drill", "prune", "wal-push", "wal-fetch"]
+Operation = Literal[
+    "backup", "restore", "verify", "drill", "prune", "copy", "wal-push", "wal-fetch"
+]
 Via = Literal["command", "dagster"]
 Outcome = Literal["succeeded", "failed", "skipped"]
 
@@ -187,6 +190,22 @@ class AuditLog:
         except ValidationError:
             logger.warning("ignoring %s: not an audit record", key)
             return None
+
+    def copy_to(self, other: Backend) -> int:
+        """The records `other` lacks, into it, each read back; how many. Records never
+        change, and new ones land on today: the days `other` has before its newest are
+        whole, and are not listed again."""
+        theirs = sorted(day for day in other.children(AUDIT_PREFIX) if _is_day(day))
+        copied = 0
+        for day in sorted(self._days()):
+            if theirs and day in theirs and day < theirs[-1]:
+                continue
+            held = set(other.files(audit_day_prefix(day)))
+            for name in self.backend.files(audit_day_prefix(day)):
+                if name not in held:
+                    copy_proven(self.backend, other, audit_record_key(day, name))
+                    copied += 1
+        return copied
 
     def prune(self, before: date) -> list[str]:
         """Delete the days before `before` (the oldest snapshot's): a record outlives every

@@ -20,8 +20,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_serializer, f
 from backup_pipelines.errors import StorageFull, StoreError
 from backup_pipelines.snapshot.manifest import format_utc
 from backup_pipelines.storage import Backend
-from backup_pipelines.storage.layout import verdict_key
-from backup_pipelines.storage.names import check_snapshot_id, check_source
+from backup_pipelines.storage.layout import VERDICTS_PREFIX, verdict_key
+from backup_pipelines.storage.names import check_snapshot_id, check_source, is_source_name
+from backup_pipelines.storage.transfer import copy_proven, read_back
 
 logger = logging.getLogger(__name__)
 
@@ -83,3 +84,18 @@ class Verdicts:
             self.backend.put_bytes(verdict_key(source), verdict.model_dump_json().encode())
         except (StoreError, StorageFull) as exc:
             logger.warning("the drill's outcome was not recorded in the store: %s", exc)
+
+    def copy_to(self, other: Backend) -> int:
+        """Each source's record into `other` where its copy differs (a record is replaced
+        at each drill), read back; how many. Only names of records are copied."""
+        theirs = set(other.files(VERDICTS_PREFIX))
+        copied = 0
+        for name in self.backend.files(VERDICTS_PREFIX):
+            source = name.removesuffix(".json")
+            if source == name or not is_source_name(source):
+                continue
+            key = verdict_key(source)
+            if name not in theirs or read_back(other, key) != read_back(self.backend, key):
+                copy_proven(self.backend, other, key)
+                copied += 1
+        return copied

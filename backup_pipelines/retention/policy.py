@@ -20,8 +20,9 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from backup_pipelines.settings import BackupSettings, RetentionCount
+    from backup_pipelines.settings import BackupSettings, RetentionCount, RetentionOverrides
     from backup_pipelines.sources.source import Source
+    from backup_pipelines.stores import StoreSpec
 
 UNLIMITED = -1
 
@@ -63,11 +64,21 @@ class RetentionRules:
             within_days=settings.retention_days,
         )
 
+    def for_store(self, store: StoreSpec) -> RetentionRules:
+        """These rules with the ones a store of the stores file keeps by (the off-site copy
+        may keep longer)."""
+        return self.overridden(store.retention)
+
     def for_source(self, source: Source) -> RetentionRules:
-        """These rules with the ones a target of the targets file sets for itself."""
+        """These rules with the ones a target of the targets file sets for itself: a target
+        knows its data best, so its rules win over a store's too."""
         if source.target is None:
             return self
-        given = source.target.retention.model_dump(exclude_none=True)
+        return self.overridden(source.target.retention)
+
+    def overridden(self, overrides: RetentionOverrides) -> RetentionRules:
+        """These rules with each rule `overrides` sets in its place."""
+        given = overrides.model_dump(exclude_none=True)
         within = {"within_days": given.pop("days")} if "days" in given else {}
         return replace(self, **{rule: _count(value) for rule, value in given.items()}, **within)
 

@@ -23,14 +23,14 @@ from pyrage import x25519
 from backup_pipelines.errors import IntegrityError, StoreError
 from backup_pipelines.snapshot.staging import stored_name
 from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
-from backup_pipelines.snapshot.streams import (
+from backup_pipelines.storage.files import disk_full
+from backup_pipelines.storage.names import check_artifact_name
+from backup_pipelines.storage.streams import (
     CHUNK_SIZE,
     CountingWriter,
     HashingReader,
     HashingWriter,
 )
-from backup_pipelines.storage.files import disk_full
-from backup_pipelines.storage.names import check_artifact_name
 
 
 def verify_snapshot(store: SnapshotStore, snapshot: StoredSnapshot) -> list[str]:

@@ -31,7 +31,9 @@ from pyrage import x25519
 from backup_pipelines.errors import ProducerFailed
 from backup_pipelines.processes import ToolFailed, running
 from backup_pipelines.snapshot.manifest import FileEntry, Manifest, new_snapshot_id, utc_now
-from backup_pipelines.snapshot.streams import (
+from backup_pipelines.storage.files import DISK_FULL, disk_full, remove_stale
+from backup_pipelines.storage.names import check_artifact_name, split_source
+from backup_pipelines.storage.streams import (
     CHUNK_SIZE,
     PROGRESS_EVERY_S,
     HashingWriter,
@@ -40,8 +42,6 @@ from backup_pipelines.snapshot.streams import (
     copy_stream,
     human_bytes,
 )
-from backup_pipelines.storage.files import DISK_FULL, disk_full, remove_stale
-from backup_pipelines.storage.names import check_artifact_name, split_source
 
 logger = logging.getLogger(__name__)
 

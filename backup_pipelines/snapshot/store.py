@@ -46,6 +46,10 @@ from backup_pipelines.storage.names import check_snapshot_id, check_source, is_s
 
 logger = logging.getLogger(__name__)
 
+PRIMARY = "primary"
+"""The store `BACKUP_S3_*` (or `BACKUP_ARTIFACTS_DIR`) configure; copy stores have names of
+their own (`stores.py`)."""
+
 LATEST = "latest"
 MAX_MANIFEST_BYTES = 16 << 20
 """Far above any real manifest; a larger file is not read into memory at all."""
@@ -126,10 +130,12 @@ def parse_manifest(
 
 
 class SnapshotStore:
-    """Commits, lists, reads and deletes snapshots over one backend."""
+    """Commits, lists, reads and deletes snapshots over one backend; `name` says which store
+    it is (`stores.py`: the primary, or a copy store)."""
 
-    def __init__(self, backend: Backend):
+    def __init__(self, backend: Backend, name: str = PRIMARY):
         self.backend = backend
+        self.name = name
 
     def describe(self) -> str:
         return self.backend.describe()

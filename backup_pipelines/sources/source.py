@@ -166,6 +166,11 @@ class ContinuousArchive(ABC):
         None when the live system cannot say."""
 
     @abstractmethod
+    def copy(self, source: SnapshotStore, target: SnapshotStore) -> list[str]:
+        """Every file of the archive in `source` that `target` lacks, into `target`, each
+        read back; the names copied."""
+
+    @abstractmethod
     def stalled(self, since: datetime, age_s: float, waiting: int | None) -> str:
         """Why archiving counts as stalled, in one line an operator acts on: nothing
         archived since `since` (`age_s` ago), `waiting` finished files held back."""
@@ -306,6 +311,17 @@ class Source(ABC, Generic[SettingsT, OptionsT]):
     ) -> StoredSnapshot:
         """The snapshot a restore with `options` uses: `snapshot_id`, or the newest."""
         return store.find(self.name, snapshot_id)
+
+    def copy_own_data(
+        self,
+        source: SnapshotStore,
+        target: SnapshotStore,
+        snapshots: Sequence[StoredSnapshot],
+    ) -> int:
+        """Copy what the source keeps beside its snapshots (restic's repository) from `source`
+        into `target`, as much as `snapshots` need (those `target` keeps, and those about to
+        reach it): called before their manifests go. How many objects went."""
+        return 0
 
     def forgetting(
         self,

@@ -37,12 +37,27 @@ class Fetched:
     """Until when S3 Object Lock keeps the object from being deleted (None: not locked)."""
 
 
+@dataclass(frozen=True)
+class ToolAccess:
+    """How a tool of the operators' (restic) reaches a key of a store: a path or
+    `s3:<endpoint>/<bucket>/<prefix>/<key>`, and for S3 the keys and region to use."""
+
+    location: str
+    keys: tuple[str, str, str] | None = None
+    """Access key, secret key, region; None for a local store."""
+
+
 class Backend(ABC):
     """Bytes by key under one root; every method raises `StoreError` (or `StorageFull`)."""
 
     @abstractmethod
     def describe(self) -> str:
         """The store in a few words, for messages (never with credentials)."""
+
+    @abstractmethod
+    def tool_access(self, key: str, *, pruning: bool = False) -> ToolAccess:
+        """Where a tool finds `key`, with the prune keys when `pruning` and the store has
+        some (restic's prune deletes packs)."""
 
     @abstractmethod
     def location(self, prefix: str) -> str:
@@ -55,6 +70,16 @@ class Backend(ABC):
     @abstractmethod
     def put_bytes(self, key: str, data: bytes) -> None:
         """Store `data` whole and atomically; durable once this returns."""
+
+    @abstractmethod
+    def put_stream(self, key: str, stream: BinaryIO, size: int | None = None) -> None:
+        """Store the bytes `stream` gives (`size` of them, when known), read a bounded chunk
+        at a time (never whole in memory or on disk); durable once this returns."""
+
+    def copy_from(self, other: Backend, key: str, size: int) -> bool:
+        """Copy `key` of `other` (`size` bytes) without the bytes passing through this process
+        (one S3 service to itself); False when this backend cannot, and it is to be streamed."""
+        return False
 
     @abstractmethod
     def get(self, key: str, limit: int) -> Fetched | None:

@@ -12,6 +12,8 @@ has the same layout, as restic keeps every file type's path in one place
 postgres_wal[.<target>]/<folder>/<file>    PostgreSQL's WAL archive, one object per file
 .audit/<YYYYMMDD>/<record>.json            the audit trail, one new object per operation
 .verification/<source>.json                each source's last drill
+.copies/dropped/<source>.json              in a copy store: the snapshots its own retention
+                                           dropped, which a copy does not send back
 ```
 
 and, on the backup host's local disk only, beside a local store's snapshots:
@@ -35,6 +37,7 @@ from backup_pipelines.storage.names import (
 MANIFEST_NAME = "manifest.json"
 AUDIT = ".audit"
 VERDICTS = ".verification"
+COPIES = ".copies"
 STAGING = ".staging"
 OUTBOX = ".outbox.sqlite"
 WAL_ARCHIVE = "postgres_wal"
@@ -102,6 +105,14 @@ def audit_record_key(day: str, name: str) -> str:
     return audit_day_prefix(day) + check_artifact_name(name)
 
 
+VERDICTS_PREFIX = f"{VERDICTS}/"
+
+
 def verdict_key(source: str) -> str:
     """`.verification/<source>.json`: the source's last drill."""
-    return f"{VERDICTS}/{check_source(source)}.json"
+    return f"{VERDICTS_PREFIX}{check_source(source)}.json"
+
+
+def dropped_key(source: str) -> str:
+    """`.copies/dropped/<source>.json`: what a copy store's own retention dropped."""
+    return f"{COPIES}/dropped/{check_source(source)}.json"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import logging
 import os
 import shutil
@@ -23,12 +24,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 from backup_pipelines.errors import StoreError
-from backup_pipelines.storage import Backend, Fetched, NotFollowed, key_parts
+from backup_pipelines.storage import Backend, Fetched, NotFollowed, ToolAccess, key_parts
 from backup_pipelines.storage.files import disk_full, fsync_path, newest_change
 
 logger = logging.getLogger(__name__)
 
 WRITE_BITS = 0o222
+CHUNK_SIZE = 1 << 20
 LINK_REFUSED = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP)
 """Why a hard link may fail where a copy works: another filesystem, or one without links."""
 
@@ -42,6 +44,9 @@ class LocalBackend(Backend):
 
     def location(self, prefix: str) -> str:
         return f"{self._path(prefix)}/"
+
+    def tool_access(self, key: str, *, pruning: bool = False) -> ToolAccess:
+        return ToolAccess(str(self._path(key)))
 
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*key_parts(key))
@@ -79,12 +84,15 @@ class LocalBackend(Backend):
             raise self._failure("write", target, exc) from None
 
     def put_bytes(self, key: str, data: bytes) -> None:
+        self.put_stream(key, io.BytesIO(data), len(data))
+
+    def put_stream(self, key: str, stream: BinaryIO, size: int | None = None) -> None:
         target = self._unlinked(key)
         partial = target.with_name(f".{target.name}.partial")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             with partial.open("wb") as out:
-                out.write(data)
+                shutil.copyfileobj(stream, out, CHUNK_SIZE)
                 out.flush()
                 os.fsync(out.fileno())
             _read_only(partial)

@@ -37,6 +37,10 @@ def check_snapshot_id(value: str) -> str:
     return value
 
 
+def is_source_name(value: object) -> bool:
+    return isinstance(value, str) and SOURCE_NAME.fullmatch(value) is not None
+
+
 def check_source(value: str) -> str:
     if not isinstance(value, str) or SOURCE_NAME.fullmatch(value) is None:
         raise ValueError(f"{shown(value)} is not a source name")

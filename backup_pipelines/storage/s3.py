@@ -37,7 +37,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from backup_pipelines.errors import BackupError, ConfigurationError, StoreError
 from backup_pipelines.redaction import redact
-from backup_pipelines.storage import Backend, Fetched, key_parts
+from backup_pipelines.storage import Backend, Fetched, ToolAccess, key_parts
 
 MIB = 1 << 20
 MIN_PART_SIZE = 8 * MIB
@@ -97,6 +97,9 @@ class S3Backend(Backend):
         self.prefix = prefix.strip("/")
         self.endpoint_url = endpoint_url
         self.object_lock = object_lock
+        self.region = region
+        self._keys = (access_key, secret_key)
+        self._prune_keys = prune_keys
         self._secrets = (access_key, secret_key, *(prune_keys or ()))
         config = Config(
             retries={"mode": "standard", "max_attempts": max_attempts},
@@ -127,6 +130,11 @@ class S3Backend(Backend):
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}/ at {self.endpoint_url or 'AWS'}"
 
+    def tool_access(self, key: str, *, pruning: bool = False) -> ToolAccess:
+        endpoint = (self.endpoint_url or "https://s3.amazonaws.com").rstrip("/")
+        keys = self._prune_keys if pruning and self._prune_keys else self._keys
+        return ToolAccess(f"s3:{endpoint}/{self.bucket}/{self.key(key)}", (*keys, self.region))
+
     def key(self, key: str) -> str:
         """`<prefix>/<key>`: the object's name in the bucket."""
         return "/".join(part for part in (self.prefix, *key_parts(key)) if part)
@@ -150,12 +158,7 @@ class S3Backend(Backend):
 
     def put_file(self, key: str, path: Path) -> None:
         name = self.key(key)
-        part_size = part_size_for(path.stat().st_size)
-        transfer = TransferConfig(
-            multipart_threshold=part_size,
-            multipart_chunksize=part_size,
-            max_concurrency=UPLOAD_CONCURRENCY,
-        )
+        transfer = _transfer(path.stat().st_size)
         retention = self.object_lock.retention() if self.object_lock else None
         extra = _lock_headers(retention)
         try:
@@ -164,6 +167,49 @@ class S3Backend(Backend):
                 self.client.put_object_retention(Bucket=self.bucket, Key=name, Retention=retention)
         except S3_ERRORS as exc:
             raise self.upload_failure(name, exc) from None
+
+    def put_stream(self, key: str, stream: BinaryIO, size: int | None = None) -> None:
+        """A multipart upload read from `stream` a part at a time (boto3 keeps a few parts in
+        memory, never the whole object)."""
+        name = self.key(key)
+        retention = self.object_lock.retention() if self.object_lock else None
+        try:
+            self.client.upload_fileobj(
+                stream,
+                self.bucket,
+                name,
+                ExtraArgs=_lock_headers(retention),
+                Config=_transfer(size or 0),
+            )
+            if retention:
+                self.client.put_object_retention(Bucket=self.bucket, Key=name, Retention=retention)
+        except S3_ERRORS as exc:
+            raise self.upload_failure(name, exc) from None
+
+    def copy_from(self, other: Backend, key: str, size: int) -> bool:
+        """S3's own copy (`UploadPartCopy` for large objects) when `other` is a bucket of the
+        same service, which this backend's keys may read; streamed otherwise."""
+        if not isinstance(other, S3Backend) or other.endpoint_url != self.endpoint_url:
+            return False
+        name = self.key(key)
+        retention = self.object_lock.retention() if self.object_lock else None
+        try:
+            self.client.copy(
+                {"Bucket": other.bucket, "Key": other.key(key)},
+                self.bucket,
+                name,
+                ExtraArgs=_lock_headers(retention),
+                Config=_transfer(size),
+            )
+            if retention:
+                self.client.put_object_retention(Bucket=self.bucket, Key=name, Retention=retention)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("AccessDenied", "403"):
+                return False  # this store's keys may not read the other: stream it
+            raise self.upload_failure(name, exc) from None
+        except S3_ERRORS as exc:
+            raise self.upload_failure(name, exc) from None
+        return True
 
     def put_bytes(self, key: str, data: bytes) -> None:
         name = self.key(key)
@@ -339,6 +385,16 @@ class S3Backend(Backend):
                 self.deleter.delete_object(Bucket=self.bucket, **item)
             except S3_ERRORS as exc:
                 raise self.failure("delete", item["Key"], exc) from None
+
+
+def _transfer(size: int) -> TransferConfig:
+    """Multipart in parts that keep an object of `size` bytes under S3's 10,000 parts."""
+    part_size = part_size_for(size)
+    return TransferConfig(
+        multipart_threshold=part_size,
+        multipart_chunksize=part_size,
+        max_concurrency=UPLOAD_CONCURRENCY,
+    )
 
 
 def _lock_headers(retention: dict[str, Any] | None) -> dict[str, Any]:

@@ -34,10 +34,11 @@ from pyrage import x25519
 from backup_pipelines.errors import BackupError, ConfigurationError, IntegrityError
 from backup_pipelines.snapshot.reader import decode
 from backup_pipelines.snapshot.staging import encode
-from backup_pipelines.snapshot.streams import CHUNK_SIZE, HashingReader
 from backup_pipelines.storage import Backend
 from backup_pipelines.storage.files import disk_full
 from backup_pipelines.storage.layout import wal_archive_prefix, wal_file_key, wal_folder_prefix
+from backup_pipelines.storage.streams import CHUNK_SIZE, HashingReader
+from backup_pipelines.storage.transfer import copy_proven
 from backup_pipelines.wal.names import (
     SEGMENT,
     check_wal_name,
@@ -245,6 +246,25 @@ class WalArchive:
         times = [self.backend.last_change(self._prefix(f)) for f in folders[-2:]]
         found = [time for time in times if time is not None]
         return max(found) if found else None
+
+    def copy_to(self, other: WalArchive) -> list[str]:
+        """Every file of this archive that `other` lacks, into `other`, each read back: the
+        timelines' history first (a recovery follows it), then the folders oldest first.
+        A file `other` holds with other content is left as it is (`WalConflict`), as
+        `push` would. Returns the names copied."""
+        copied = []
+        for folder in [HISTORY_FOLDER, *self.folders()]:
+            theirs = {file.name: file for file in other.files(folder)}
+            for file in self.files(folder):
+                held = theirs.get(file.name)
+                if held is not None and held.sha256 != file.sha256:
+                    raise WalConflict(
+                        f"{other.describe()} holds a different {file.name}: left as it is"
+                    )
+                if held is None:
+                    copy_proven(self.backend, other.backend, self._key(file))
+                    copied.append(file.name)
+        return copied
 
     def prune_before(self, segment: str, *, dry_run: bool) -> tuple[list[str], list[str]]:
         """Drop every file before `segment`'s position, on every timeline: positions grow

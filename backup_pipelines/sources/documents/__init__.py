@@ -15,10 +15,12 @@ from backup_pipelines.snapshot.staging import StagedSnapshot
 from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
 from backup_pipelines.sources.documents.backup import backup_documents, tree_fingerprint
 from backup_pipelines.sources.documents.drill import drill_tree
+from backup_pipelines.sources.documents.mirror import copy_repository
 from backup_pipelines.sources.documents.restic import ResticRepository, is_restic_id
 from backup_pipelines.sources.documents.restore import check_repository, restore_tree
 from backup_pipelines.sources.source import DrillResult, Log, RestoreOptions, Source, cli
 from backup_pipelines.storage.layout import restic_repository
+from backup_pipelines.stores import build_store, primary_store
 
 RESTIC_READ_DATA_SUBSET = "5%"  # every pack read within about a month of nightly checks
 
@@ -55,31 +57,22 @@ class Documents(Source[DocumentsSettings, DocumentsRestore]):
     address_settings = ("root",)
     watches_changes = True
 
-    def repository(self, pruning: bool = False) -> ResticRepository:
-        """In the same store as every other snapshot (`<root>/<source>/restic`); `pruning`
-        opens it with the prune keys when they are set (restic's prune deletes packs)."""
+    def repository(
+        self, store: SnapshotStore | None = None, pruning: bool = False
+    ) -> ResticRepository:
+        """The restic repository beside the source's snapshots in `store` (the primary when
+        none is named): `<root>/<source>/restic`. `pruning` opens it with the store's prune
+        keys when it has some (restic's prune deletes packs)."""
         if self.settings.restic_password is None:
             raise ConfigurationError(
                 f"{self.setting('restic_password')} is required for the {self.name} source"
             )
-        shared = self.shared
+        backend = (store or build_store(primary_store(self.shared))).backend
+        access = backend.tool_access(restic_repository(self.name), pruning=pruning)
         password = self.settings.restic_password.get_secret_value()
-        key = restic_repository(self.name)
-        if not shared.s3_enabled:
-            return ResticRepository(str(shared.artifacts_dir / key), password)
-        keys = (shared.s3_access_key, shared.s3_secret_key)
-        if pruning and shared.s3_prune_access_key and shared.s3_prune_secret_key:
-            keys = (shared.s3_prune_access_key, shared.s3_prune_secret_key)
-        assert keys[0] and keys[1]
-        endpoint = (shared.s3_endpoint_url or "https://s3.amazonaws.com").rstrip("/")
-        prefix = "/".join(p for p in (shared.s3_prefix.strip("/"), key) if p)
-        return ResticRepository(
-            f"s3:{endpoint}/{shared.s3_bucket}/{prefix}",
-            password,
-            keys[0].get_secret_value(),
-            keys[1].get_secret_value(),
-            shared.s3_region,
-        )
+        if access.keys is None:
+            return ResticRepository(access.location, password)
+        return ResticRepository(access.location, password, *access.keys)
 
     def not_configured(self) -> str | None:
         if self.settings.root and self.settings.restic_password:
@@ -99,15 +92,29 @@ class Documents(Source[DocumentsSettings, DocumentsRestore]):
 
     def deep_verify(self, reader: SnapshotReader) -> list[str]:
         """Reads every pack of the restic repository (restic encrypts it itself)."""
-        return check_repository(reader.snapshot, self.repository(), "100%")
+        return check_repository(reader.snapshot, self.repository(reader.store), "100%")
 
     def restore(self, reader: SnapshotReader, options: DocumentsRestore, log: Log) -> str:
         return restore_tree(
-            reader.snapshot, self.repository(), options.target, force=options.force, log=log
+            reader.snapshot,
+            self.repository(reader.store),
+            options.target,
+            force=options.force,
+            log=log,
         )
 
     def drill(self, reader: SnapshotReader, log: Log) -> DrillResult:
-        return drill_tree(reader, self.repository(), RESTIC_READ_DATA_SUBSET, log)
+        return drill_tree(reader, self.repository(reader.store), RESTIC_READ_DATA_SUBSET, log)
+
+    def copy_own_data(
+        self,
+        source: SnapshotStore,
+        target: SnapshotStore,
+        snapshots: Sequence[StoredSnapshot],
+    ) -> int:
+        """restic's repository, with the restic snapshots of `snapshots` (and no other)."""
+        ids = [found for snapshot in snapshots if (found := restic_id(snapshot))]
+        return copy_repository(source.backend, target.backend, restic_repository(self.name), ids)
 
     def forgetting(
         self,
@@ -124,7 +131,7 @@ class Documents(Source[DocumentsSettings, DocumentsRestore]):
                 f"{self.setting('restic_password')} is needed to prune {self.name} snapshots "
                 "(restic holds their data)"
             )
-        repository = self.repository(pruning=True)
+        repository = self.repository(store, pruning=True)
         return lambda: repository.forget(restic_ids)
 
 
@@ -134,11 +141,13 @@ def restic_ids_to_forget(
     """The ids come from manifests, so each is checked (hex only, nothing restic could read
     as an option), and an id a kept snapshot also names (on its 8-hex short form, as restic
     resolves ids by prefix) is never forgotten."""
-
-    def restic_id(snapshot: StoredSnapshot) -> str | None:
-        value = snapshot.manifest.stats.get("restic_snapshot_id")
-        return value if is_restic_id(value) else None
-
     kept_ids = {found[:8] for snapshot in kept if (found := restic_id(snapshot))}
     dropped = {found for snapshot in deleted if (found := restic_id(snapshot))}
     return sorted(found for found in dropped if found[:8] not in kept_ids)
+
+
+def restic_id(snapshot: StoredSnapshot) -> str | None:
+    """The restic snapshot a documents snapshot's manifest names, when it is a restic id
+    (hex only: never read as an option or a path)."""
+    value = snapshot.manifest.stats.get("restic_snapshot_id")
+    return value if is_restic_id(value) else None

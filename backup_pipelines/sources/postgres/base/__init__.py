@@ -25,7 +25,6 @@ from backup_pipelines.errors import (
     IntegrityError,
     SnapshotNotFound,
 )
-from backup_pipelines.services import build_store
 from backup_pipelines.settings import SourceSettings
 from backup_pipelines.snapshot.manifest import format_utc
 from backup_pipelines.snapshot.reader import SnapshotReader
@@ -60,6 +59,7 @@ from backup_pipelines.sources.source import (
     cli,
 )
 from backup_pipelines.storage.layout import wal_archive_of
+from backup_pipelines.stores import build_store, primary_store
 from backup_pipelines.wal.archive import WalArchive
 from backup_pipelines.wal.names import segment_position
 
@@ -158,7 +158,8 @@ class PostgresBase(Source[PostgresBaseSettings, PostgresBaseRestore]):
 
     def dump(self, staged: StagedSnapshot, log: Log) -> None:
         """The archive is the store's this host writes to (it only lists, never reads)."""
-        base_backup(staged, self.cluster(), self.archive(build_store(self.shared)), log)
+        primary = build_store(primary_store(self.shared))
+        base_backup(staged, self.cluster(), self.archive(primary), log)
 
     def deep_verify(self, reader: SnapshotReader) -> list[str]:
         return verify_base(reader, self.archive(reader.store))
@@ -281,6 +282,9 @@ class WalArchiving(ContinuousArchive):
 
     def waiting(self, newest: str | None) -> int | None:
         return segments_behind(self.source.cluster(), newest)
+
+    def copy(self, source: SnapshotStore, target: SnapshotStore) -> list[str]:
+        return self.source.archive(source).copy_to(self.source.archive(target))
 
     def stalled(self, since: datetime, age_s: float, waiting: int | None) -> str:
         return (

@@ -31,9 +31,9 @@ from backup_pipelines.processes import ToolFailed
 from backup_pipelines.snapshot.manifest import utc_now
 from backup_pipelines.snapshot.staging import StagedSnapshot
 from backup_pipelines.snapshot.store import StoredSnapshot
-from backup_pipelines.snapshot.streams import human_bytes
 from backup_pipelines.sources.postgres.cluster import Cluster, row_counts
 from backup_pipelines.sources.source import Log
+from backup_pipelines.storage.streams import human_bytes
 from backup_pipelines.wal.archive import WalArchive
 from backup_pipelines.wal.names import SEGMENT, segment_name, segment_number
 

@@ -32,7 +32,6 @@ import psycopg
 from backup_pipelines.errors import BackupError, IntegrityError
 from backup_pipelines.processes import ToolFailed, free_loopback_port, run_tool
 from backup_pipelines.snapshot.reader import SnapshotReader
-from backup_pipelines.snapshot.streams import PROGRESS_EVERY_S
 from backup_pipelines.sources.postgres.base.basebackup import WalRange, lsn_value
 from backup_pipelines.sources.postgres.base.recovery import (
     conf_value,
@@ -48,6 +47,7 @@ from backup_pipelines.sources.postgres.scratch import (
     server_bin_dir,
 )
 from backup_pipelines.sources.source import DrillResult, Log
+from backup_pipelines.storage.streams import PROGRESS_EVERY_S
 from backup_pipelines.wal.archive import WalArchive
 from backup_pipelines.wal.names import segment_start
 
