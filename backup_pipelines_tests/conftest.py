@@ -78,12 +78,14 @@ RUN_ID = "5f0e9a1c-7d2b-4c11-9e8a-0b1c2d3e4f50"
 
 
 def wait_for_http(url: str, timeout_s: float = 30) -> None:
+    """Until `url` answers: a server still importing (a fresh machine compiles its modules on
+    first start) may accept the connection and answer seconds later."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            requests.get(url, timeout=1)
+            requests.get(url, timeout=5)
             return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):
             time.sleep(0.1)
     raise RuntimeError(f"{url} did not answer within {timeout_s} s")
 

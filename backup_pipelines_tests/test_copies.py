@@ -113,13 +113,15 @@ class CopyStores:
             "nas": {"local": {"root": str(self.nas_root)}},
         }
         for name, changes in extra.items():
-            stores[name] = stores[name] | changes
+            stores[name] = stores.get(name, {}) | changes
         self.file.write_text(yaml.safe_dump(stores, sort_keys=False))  # offsite first
 
 
 def copy_stores_beside(
-    primary_env: None, endpoint: str, home: Path, monkeypatch: pytest.MonkeyPatch
+    endpoint: str, home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[CopyStores]:
+    """The two copy stores (the off-site one on `endpoint`, the local one under `home`), in
+    the stores file the environment names."""
     bucket = f"offsite-{uuid.uuid4().hex[:12]}"
     s3_client(endpoint).create_bucket(Bucket=bucket)
     proxy = SwitchableProxy(int(endpoint.rsplit(":", 1)[1]))
@@ -137,7 +139,7 @@ def copy_stores_beside(
 @pytest.fixture
 def copies(s3_env, offsite_s3, tmp_path, monkeypatch) -> Iterator[CopyStores]:
     """The primary on this worker's moto, the off-site copy on the second, a local copy."""
-    yield from copy_stores_beside(s3_env, offsite_s3, tmp_path, monkeypatch)
+    yield from copy_stores_beside(offsite_s3, tmp_path, monkeypatch)
 
 
 def contents(store: SnapshotStore) -> dict[str, str]:
@@ -201,6 +203,12 @@ def test_every_object_reaches_every_store_byte_for_byte_once(
         assert run_backup("documents").success
     assert run_verification("consul").success  # a drill verdict
     push_wal(tmp_path / "pg_wal", "000000010000000000000001", "000000010000000000000002")
+    endpoint = os.environ["BACKUP_S3_ENDPOINT_URL"]  # a third store beside the primary's bucket:
+    near = f"near-{uuid.uuid4().hex[:12]}"  # copied by the S3 service itself
+    s3_client(endpoint).create_bucket(Bucket=near)
+    keys = {"access_key": "${OFFSITE_ACCESS_KEY}", "secret_key": "${OFFSITE_SECRET_KEY}"}
+    copies.write(near={"s3": {"endpoint_url": endpoint, "bucket": near, **keys}})
+    stores = {"offsite": copies.offsite, "nas": copies.nas, "near": make_s3_store(endpoint, near)}
 
     code, first = copy_report(capsys)
     assert code == 0
@@ -209,25 +217,25 @@ def test_every_object_reaches_every_store_byte_for_byte_once(
         source: [s.snapshot_id for s in reversed(primary.list_snapshots(source))]
         for source in ("consul", "documents")
     }
-    for store in ("offsite", "nas"):
+    for store in stores:
         assert first[store]["up_to_date"] and first[store]["error"] is None
         assert copied(first[store]) == expected
         assert first[store]["verdicts"] == 1 and first[store]["audit_records"] >= 6
     code, second = copy_report(capsys)  # sends the records the first copy wrote, nothing else
-    assert code == 0 and not copied(second["offsite"]) and not copied(second["nas"])
-    assert all(s["files"] == 0 for s in second["offsite"]["sources"])
+    assert code == 0 and not any(copied(second[store]) for store in stores)
+    assert all(s["files"] == 0 for store in stores for s in second[store]["sources"])
 
     everything = contents(primary)
     assert any(key.startswith("postgres_wal/") for key in everything)
     assert any(key.startswith("documents/restic/") for key in everything)
     assert any(key.startswith(".audit/") for key in everything)
     assert ".verification/consul.json" in everything
-    assert contents(copies.offsite) == everything
-    assert contents(copies.nas) == everything
+    for store in stores.values():
+        assert contents(store) == everything
     _, third = copy_report(capsys)
-    assert [third[s]["audit_records"] for s in ("offsite", "nas")] == [0, 0]
+    assert [third[store]["audit_records"] for store in stores] == [0, 0, 0]
 
-    for store in ("offsite", "nas"):
+    for store in stores:
         assert main(["verify", "--store", store]) == 0
         capsys.readouterr()
         assert main(["snapshots", "consul", "--json", "--store", store]) == 0
@@ -487,7 +495,7 @@ def dying_primary(backup_env, monkeypatch, offsite_s3) -> Iterator:
         monkeypatch.setenv("BACKUP_S3_ACCESS_KEY", S3_ACCESS_KEY)
         monkeypatch.setenv("BACKUP_S3_SECRET_KEY", S3_SECRET_KEY)
         try:
-            for stores in copy_stores_beside(None, offsite_s3, home, monkeypatch):
+            for stores in copy_stores_beside(offsite_s3, home, monkeypatch):
                 shutil.chown(stores.file, SERVER_USER)
                 yield primary, stores
         finally:

@@ -24,6 +24,7 @@ from pika.exceptions import AMQPError
 
 from backup_pipelines.dagster_defs.dagster_internals import RUN_KEY_TAG, SENSOR_NAME_TAG
 from backup_pipelines.events.broker import DEAD_LETTER_QUEUE, REQUESTS_QUEUE
+from backup_pipelines.events.outbox import confirmed_channel
 from backup_pipelines.runtime import Runtime
 from backup_pipelines.storage.names import shown
 
@@ -92,13 +93,7 @@ def take_requests(
     publisher confirms) to the dead-letter queue, so it never blocks the
     queue or its neighbours.
     """
-    parameters = pika.URLParameters(url)
-    parameters.socket_timeout = 5
-    parameters.connection_attempts = 1
-    connection = pika.BlockingConnection(parameters)
-    try:
-        channel = connection.channel()
-        channel.confirm_delivery()
+    with confirmed_channel(url) as channel:  # closing it returns what was not acked
         channel.queue_declare(REQUESTS_QUEUE, durable=True)
         channel.queue_declare(DEAD_LETTER_QUEUE, durable=True)
         requests: dict[str, RunRequest] = {}
@@ -122,9 +117,6 @@ def take_requests(
                     tags={"backup/reason": reason, "backup/trigger": REQUESTS_QUEUE},
                 )
         return list(requests.values())
-    finally:
-        if connection.is_open:
-            connection.close()  # what was not acked goes back to the queue
 
 
 def _set_aside(

@@ -93,8 +93,10 @@ class Outbox:
 
 
 @contextmanager
-def confirming_channel(url: str) -> Iterator[BlockingChannel]:
-    """A channel with publisher confirms, the exchange, queue and binding declared."""
+def confirmed_channel(url: str) -> Iterator[BlockingChannel]:
+    """A channel with publisher confirms, on a connection that gives up after a few seconds
+    (a broker that is down must not hold a run or a sensor tick). Closing it sends what was
+    not acked back to its queue."""
     parameters = pika.URLParameters(url)
     parameters.socket_timeout = CONNECT_TIMEOUT_S
     parameters.connection_attempts = 1
@@ -103,13 +105,20 @@ def confirming_channel(url: str) -> Iterator[BlockingChannel]:
     try:
         channel = connection.channel()
         channel.confirm_delivery()
-        channel.exchange_declare(EXCHANGE, "topic", durable=True)
-        channel.queue_declare(NOTIFICATIONS_QUEUE, durable=True)
-        channel.queue_bind(NOTIFICATIONS_QUEUE, EXCHANGE, BINDING)
         yield channel
     finally:
         if connection.is_open:
             connection.close()
+
+
+@contextmanager
+def confirming_channel(url: str) -> Iterator[BlockingChannel]:
+    """A confirmed channel with the events' exchange, queue and binding declared."""
+    with confirmed_channel(url) as channel:
+        channel.exchange_declare(EXCHANGE, "topic", durable=True)
+        channel.queue_declare(NOTIFICATIONS_QUEUE, durable=True)
+        channel.queue_bind(NOTIFICATIONS_QUEUE, EXCHANGE, BINDING)
+        yield channel
 
 
 class EventPublisher:

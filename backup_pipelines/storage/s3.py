@@ -21,7 +21,7 @@ from __future__ import annotations
 import io
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -157,59 +157,55 @@ class S3Backend(Backend):
         return self.failure("upload", name, exc)
 
     def put_file(self, key: str, path: Path) -> None:
-        name = self.key(key)
-        transfer = _transfer(path.stat().st_size)
-        retention = self.object_lock.retention() if self.object_lock else None
-        extra = _lock_headers(retention)
-        try:
-            self.client.upload_file(str(path), self.bucket, name, ExtraArgs=extra, Config=transfer)
-            if retention:
-                self.client.put_object_retention(Bucket=self.bucket, Key=name, Retention=retention)
-        except S3_ERRORS as exc:
-            raise self.upload_failure(name, exc) from None
+        def send(name: str, extra: dict[str, Any], config: TransferConfig) -> None:
+            self.client.upload_file(str(path), self.bucket, name, ExtraArgs=extra, Config=config)
+
+        self._transfer_into(key, path.stat().st_size, send)
 
     def put_stream(self, key: str, stream: BinaryIO, size: int | None = None) -> None:
         """A multipart upload read from `stream` a part at a time (boto3 keeps a few parts in
         memory, never the whole object)."""
-        name = self.key(key)
-        retention = self.object_lock.retention() if self.object_lock else None
-        try:
-            self.client.upload_fileobj(
-                stream,
-                self.bucket,
-                name,
-                ExtraArgs=_lock_headers(retention),
-                Config=_transfer(size or 0),
-            )
-            if retention:
-                self.client.put_object_retention(Bucket=self.bucket, Key=name, Retention=retention)
-        except S3_ERRORS as exc:
-            raise self.upload_failure(name, exc) from None
+
+        def send(name: str, extra: dict[str, Any], config: TransferConfig) -> None:
+            self.client.upload_fileobj(stream, self.bucket, name, ExtraArgs=extra, Config=config)
+
+        self._transfer_into(key, size or 0, send)
 
     def copy_from(self, other: Backend, key: str, size: int) -> bool:
         """S3's own copy (`UploadPartCopy` for large objects) when `other` is a bucket of the
         same service, which this backend's keys may read; streamed otherwise."""
         if not isinstance(other, S3Backend) or other.endpoint_url != self.endpoint_url:
             return False
+
+        def send(name: str, extra: dict[str, Any], config: TransferConfig) -> None:
+            copied = {"Bucket": other.bucket, "Key": other.key(key)}
+            try:
+                self.client.copy(copied, self.bucket, name, ExtraArgs=extra, Config=config)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("AccessDenied", "403"):
+                    raise _CopyRefused from None
+                raise
+
+        try:
+            self._transfer_into(key, size, send)
+        except _CopyRefused:
+            return False  # this store's keys may not read the other: stream it
+        return True
+
+    def _transfer_into(
+        self, key: str, size: int, send: Callable[[str, dict[str, Any], TransferConfig], None]
+    ) -> None:
+        """One managed (multipart) transfer of `size` bytes into `key`: `send` gets the
+        object's name, the Object Lock headers and the transfer config; the lock is confirmed
+        after it (multipart uploads need that on some stores)."""
         name = self.key(key)
         retention = self.object_lock.retention() if self.object_lock else None
         try:
-            self.client.copy(
-                {"Bucket": other.bucket, "Key": other.key(key)},
-                self.bucket,
-                name,
-                ExtraArgs=_lock_headers(retention),
-                Config=_transfer(size),
-            )
+            send(name, _lock_headers(retention), _transfer(size))
             if retention:
                 self.client.put_object_retention(Bucket=self.bucket, Key=name, Retention=retention)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("AccessDenied", "403"):
-                return False  # this store's keys may not read the other: stream it
-            raise self.upload_failure(name, exc) from None
         except S3_ERRORS as exc:
             raise self.upload_failure(name, exc) from None
-        return True
 
     def put_bytes(self, key: str, data: bytes) -> None:
         name = self.key(key)
@@ -385,6 +381,10 @@ class S3Backend(Backend):
                 self.deleter.delete_object(Bucket=self.bucket, **item)
             except S3_ERRORS as exc:
                 raise self.failure("delete", item["Key"], exc) from None
+
+
+class _CopyRefused(Exception):
+    """The service refused to copy between the two buckets (the keys cannot read the other)."""
 
 
 def _transfer(size: int) -> TransferConfig:

@@ -105,12 +105,9 @@ def copy_stream(source: BinaryIO, target: BinaryIO) -> None:
         target.write(view[:size])
 
 
-class HashingWriter(io.RawIOBase):
-    """Writes through to `inner`, hashing and counting the bytes as stored.
-
-    A write error (a full disk) is kept in `error`, as pyrage reports it
-    only as a generic failure of its own.
-    """
+class CountingWriter(io.RawIOBase):
+    """Writes through to `inner`, counting bytes; never closes `inner`. A write error (a full
+    disk) is kept in `error`."""
 
     def __init__(self, inner: BinaryIO):
         self._inner = inner
@@ -127,7 +124,6 @@ class HashingWriter(io.RawIOBase):
         except Exception as exc:
             self.error = exc
             raise
-        self._hash.update(data)
         self.size += len(data)
         return len(data)
 
@@ -141,7 +137,6 @@ class HashingReader(io.RawIOBase):
 
     def __init__(self, inner: BinaryIO):
         self._inner = inner
-        self._hash = hashlib.sha256()
         self.size = 0
         self.error: BaseException | None = None
 
@@ -165,27 +160,19 @@ class HashingReader(io.RawIOBase):
         while self.read(CHUNK_SIZE):
             pass
 
-    def hexdigest(self) -> str:
-        return self._hash.hexdigest()
 
-
-class CountingWriter(io.RawIOBase):
-    """Writes through to `inner`, counting bytes; never closes `inner`. A write error (a full
-    disk) is kept in `error`."""
+class HashingWriter(CountingWriter):
+    """A `CountingWriter` that also hashes the bytes as stored (a write error is kept in
+    `error`, as pyrage reports it only as a generic failure of its own)."""
 
     def __init__(self, inner: BinaryIO):
-        self._inner = inner
-        self.size = 0
-        self.error: BaseException | None = None
-
-    def writable(self) -> bool:
-        return True
+        super().__init__(inner)
+        self._hash = hashlib.sha256()
 
     def write(self, data: bytes) -> int:  # type: ignore[override]
-        try:
-            self._inner.write(data)
-        except Exception as exc:
-            self.error = exc
-            raise
-        self.size += len(data)
-        return len(data)
+        written = super().write(data)
+        self._hash.update(data)
+        return written
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()

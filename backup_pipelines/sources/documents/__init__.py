@@ -16,8 +16,8 @@ from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
 from backup_pipelines.sources.documents.backup import backup_documents, tree_fingerprint
 from backup_pipelines.sources.documents.drill import drill_tree
 from backup_pipelines.sources.documents.mirror import copy_repository
-from backup_pipelines.sources.documents.restic import ResticRepository, is_restic_id
-from backup_pipelines.sources.documents.restore import check_repository, restore_tree
+from backup_pipelines.sources.documents.restic import ResticRepository
+from backup_pipelines.sources.documents.restore import check_repository, restic_id, restore_tree
 from backup_pipelines.sources.source import DrillResult, Log, RestoreOptions, Source, cli
 from backup_pipelines.storage.layout import restic_repository
 from backup_pipelines.stores import build_store, primary_store
@@ -144,10 +144,3 @@ def restic_ids_to_forget(
     kept_ids = {found[:8] for snapshot in kept if (found := restic_id(snapshot))}
     dropped = {found for snapshot in deleted if (found := restic_id(snapshot))}
     return sorted(found for found in dropped if found[:8] not in kept_ids)
-
-
-def restic_id(snapshot: StoredSnapshot) -> str | None:
-    """The restic snapshot a documents snapshot's manifest names, when it is a restic id
-    (hex only: never read as an option or a path)."""
-    value = snapshot.manifest.stats.get("restic_snapshot_id")
-    return value if is_restic_id(value) else None

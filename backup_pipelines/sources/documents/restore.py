@@ -13,15 +13,22 @@ from backup_pipelines.sources.documents.restic import ResticRepository, is_resti
 from backup_pipelines.storage.names import shown
 
 
+def restic_id(snapshot: StoredSnapshot) -> str | None:
+    """The restic snapshot a documents snapshot's manifest names, when it is a restic id
+    (hex only: never read as an option or a path)."""
+    value = snapshot.manifest.stats.get("restic_snapshot_id")
+    return value if is_restic_id(value) else None
+
+
 def restic_id_of(snapshot: StoredSnapshot) -> str:
     """The restic snapshot a documents snapshot points at, checked (it goes on a command line)."""
-    restic_id = snapshot.manifest.stats.get("restic_snapshot_id")
-    if not is_restic_id(restic_id):
+    found = restic_id(snapshot)
+    if found is None:
         raise IntegrityError(
             f"documents/{snapshot.snapshot_id} names no valid restic snapshot id "
-            f"({shown(restic_id)})"
+            f"({shown(snapshot.manifest.stats.get('restic_snapshot_id'))})"
         )
-    return restic_id
+    return found
 
 
 def backed_up_root(snapshot: StoredSnapshot) -> PurePosixPath:
