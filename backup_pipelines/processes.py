@@ -9,12 +9,13 @@ matching message text wherever the tool is called.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
@@ -22,6 +23,7 @@ from backup_pipelines.errors import BackupError, ConfigurationError
 from backup_pipelines.redaction import redact
 
 STDERR_TAIL_BYTES = 2000
+PIPE_BYTES = 1 << 20
 
 
 class ToolMissing(ConfigurationError):
@@ -73,6 +75,7 @@ def running(
     text: bool = False,
     user: str | None = None,
     cwd: Path | None = None,
+    fed: bool = False,
 ) -> Iterator[subprocess.Popen]:
     """Start a tool with its stdout piped to the block; raise `ToolFailed` unless it exits 0.
 
@@ -80,12 +83,13 @@ def running(
     connection string; `secrets` are masked in what the tool printed. When
     the block raises, the tool is killed and the block's own error stands.
     `user` runs it as that OS user (root only: PostgreSQL's server refuses root).
+    `fed` gives it a pipe as stdin, for the block to write into (otherwise it reads nothing).
     """
     with tempfile.TemporaryFile() as stderr:
         try:
             process = subprocess.Popen(
                 list(argv),
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if fed else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
                 env=dict(env) if env is not None else None,
@@ -96,16 +100,28 @@ def running(
         except FileNotFoundError:
             raise ToolMissing(label, argv[0]) from None
         assert process.stdout is not None
+        if process.stdin is not None:
+            _widen(process.stdin)
         try:
             yield process
         except BaseException:
             process.kill()
             raise
         finally:
-            process.stdout.close()
+            for pipe in (process.stdin, process.stdout):
+                if pipe is not None:
+                    with suppress(BrokenPipeError):
+                        pipe.close()
             returncode = process.wait()
         if returncode != 0:
             raise ToolFailed(label, returncode, stderr_tail(stderr, secrets))
+
+
+def _widen(pipe: BinaryIO) -> None:
+    """A 1 MiB pipe instead of 64 KiB: a tool fed a stream of hundreds of megabytes then
+    wakes up sixteen times less often (Linux; elsewhere the pipe stays as it is)."""
+    with suppress(OSError, AttributeError):
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
 
 
 def run_tool(
@@ -116,8 +132,11 @@ def run_tool(
     secrets: Sequence[str | None] = (),
     user: str | None = None,
     cwd: Path | None = None,
+    input: bytes | None = None,
 ) -> str:
-    """Run a tool to completion and return its stdout (tools here print little)."""
-    with running(argv, label=label, env=env, secrets=secrets, user=user, cwd=cwd) as process:
-        output = process.stdout.read()
+    """Run a tool to completion and return its stdout (tools here print little); `input`
+    (small: a script) is its stdin, so it never has to rest in a file."""
+    tool = {"env": env, "secrets": secrets, "user": user, "cwd": cwd}
+    with running(argv, label=label, fed=input is not None, **tool) as process:
+        output, _ = process.communicate(input)
     return output.decode("utf-8", "replace")

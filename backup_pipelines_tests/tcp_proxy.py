@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 
 
 class CuttingProxy:
@@ -74,10 +75,13 @@ class CuttingProxy:
 class SwitchableProxy:
     """Forwards 127.0.0.1:<port> to an upstream port while up; `down()` closes every
     connection and stops listening (refusals, as from a store that is gone), `up()` listens on
-    the same port again. A store reached through it goes away and comes back unchanged."""
+    the same port again. A store reached through it goes away and comes back unchanged.
+    `downstream_rate` (bytes per second) makes what the upstream sends arrive slowly, as over
+    a thin link."""
 
-    def __init__(self, upstream_port: int):
+    def __init__(self, upstream_port: int, *, downstream_rate: float | None = None):
         self._upstream_port = upstream_port
+        self._rate = downstream_rate
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._listener: socket.socket | None = None
@@ -112,14 +116,16 @@ class SwitchableProxy:
             upstream = socket.create_connection(("127.0.0.1", self._upstream_port))
             with self._lock:
                 self._sockets += [client, upstream]
-            for pair in ((client, upstream), (upstream, client)):
-                threading.Thread(target=_pump, args=pair, daemon=True).start()
+            for pump in ((client, upstream, None), (upstream, client, self._rate)):
+                threading.Thread(target=_pump, args=pump, daemon=True).start()
 
 
-def _pump(source: socket.socket, target: socket.socket) -> None:
+def _pump(source: socket.socket, target: socket.socket, rate: float | None = None) -> None:
     try:
-        while data := source.recv(65536):
+        while data := source.recv(16384 if rate else 65536):
             target.sendall(data)
+            if rate:
+                time.sleep(len(data) / rate)
     except OSError:
         pass
     with contextlib.suppress(OSError):

@@ -1,7 +1,9 @@
 """PostgreSQL against the machine's real server: back up, restore into a fresh database, compare."""
 
+import itertools
 import json
 import os
+import re
 import stat
 import subprocess
 import time
@@ -9,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dagster import AssetKey, Backoff
+from dagster import AssetKey, Backoff, DagsterInstance
 from psycopg import sql
 from pyrage import x25519
 
@@ -42,6 +44,7 @@ from backup_pipelines_tests.postgres_fixtures import (
     scratch_databases,
     unique_name,
 )
+from backup_pipelines_tests.tcp_proxy import SwitchableProxy
 
 
 def target_dsn(database: str) -> str:
@@ -293,7 +296,7 @@ def test_deep_verify_finds_a_dump_pg_restore_cannot_read(backup_env, capsys):
     )
     assert main(["verify", "postgres"]) == 0
     assert main(["verify", "postgres", "--deep"]) == 1
-    assert "pg_restore --list of 'crm' failed" in capsys.readouterr().err
+    assert "pg_restore of crm.dump failed" in capsys.readouterr().err
 
 
 def test_snapshot_files_are_plain_tools_formats(source_db, tmp_path):
@@ -387,3 +390,46 @@ def test_force_replaces_a_database_in_use_only_once_the_restore_succeeded(source
             assert main([*command, "--database", source_db, "--force"]) == 0
         assert database_state(occupied) == database_state(source_db)
         assert_none_left_behind(before_restores)
+
+
+PROGRESS_LINE = re.compile(
+    r"pg_dump of database '[^']+' on [^:]+:\d+: [\d.]+ (?:B|KiB|MiB) of [\d.]+ MiB "
+    r"\(\d+%\) read, [\d.]+ (?:B|KiB|MiB)/s$"
+)
+
+
+@pytest.mark.slow
+def test_a_long_dump_says_how_far_it_has_come_every_ten_seconds(backup_env, monkeypatch):
+    """Over a thin link (200 kB/s) a dump of 3 MB takes more than 10 s: the Dagster log says
+    how much was read, of the database's size, at which rate, no more often than every 10 s."""
+    name = unique_name("bp_slow")
+    proxy = SwitchableProxy(5432, downstream_rate=200_000)
+    monkeypatch.setenv(
+        "BACKUP_POSTGRES_BACKUP_DSN", f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
+    )
+    monkeypatch.setenv("BACKUP_POSTGRES_DATABASES", name)
+    try:
+        with scratch_databases(name):
+            with connect("postgres") as admin:
+                admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            with connect(name) as connection:
+                connection.execute(
+                    "CREATE TABLE notes AS SELECT n, md5(random()::text) || md5(random()::text)"
+                    " AS body FROM generate_series(1, 40000) n"
+                )
+            instance = DagsterInstance.ephemeral()
+            result = run_backup("postgres", instance)
+            assert result.success
+            assert metadata_of(result, "postgres")["duration_s"] > 10
+            said = [(e.timestamp, e.user_message) for e in instance.all_logs(result.run_id)]
+    finally:
+        proxy.down()
+    progress = [
+        (at, line)
+        for at, line in said
+        if line.startswith(f"pg_dump of database '{name}'") and " read, " in line
+    ]
+    assert progress, [line for _, line in said]
+    assert all(PROGRESS_LINE.search(line) for _, line in progress), progress
+    times = [at for at, _ in progress]
+    assert all(later - earlier >= 9.5 for earlier, later in itertools.pairwise(times))

@@ -252,6 +252,7 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("pika").setLevel(logging.WARNING)  # its connection chatter is not ours
     argv = list(sys.argv[1:] if argv is None else argv)
     typed = command_line_secrets(argv)
     settings: Settings | ConfigurationError

@@ -133,7 +133,7 @@ def copy_source(runtime: Runtime, target: Runtime, source: Source, caller: Calle
         done.files += source.copy_own_data(primary, copy_store_, kept)
     for snapshot_id in wanted:
         try:
-            copy_snapshot(have[snapshot_id], primary, copy_store_)
+            copy_snapshot(have[snapshot_id], primary, copy_store_, caller.log)
         except IntegrityError as exc:  # this snapshot's, not the store's
             done.missing.append(snapshot_id)
             done.problems.append(short_error(exc, runtime.secrets))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections.abc import Callable
 
 from backup_pipelines.errors import IntegrityError, StorageFull, StoreError
 from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
@@ -24,7 +25,10 @@ class SnapshotConflict(IntegrityError):
 
 
 def copy_snapshot(
-    snapshot: StoredSnapshot, source: SnapshotStore, target: SnapshotStore
+    snapshot: StoredSnapshot,
+    source: SnapshotStore,
+    target: SnapshotStore,
+    progress: Callable[[str], None] | None = None,
 ) -> StoredSnapshot:
     """`snapshot` of `source` into `target`, or what `target` already holds of it (the same
     manifest). A failure leaves at most an attempt in `target`."""
@@ -39,7 +43,7 @@ def copy_snapshot(
     _clear_attempt(target, snapshot)
     for entry in snapshot.manifest.files:
         key = artifact_key(snapshot.source, snapshot.snapshot_id, entry.name)
-        copy_proven(source.backend, target.backend, key, Bytes(entry.size, entry.sha256))
+        copy_proven(source.backend, target.backend, key, Bytes(entry.size, entry.sha256), progress)
     raw = manifest_bytes(source, snapshot)
     target.backend.put_bytes(manifest_key(snapshot.source, snapshot.snapshot_id), raw)
     copied = target.read_manifest(snapshot.source, snapshot.snapshot_id)

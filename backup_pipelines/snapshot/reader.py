@@ -1,17 +1,21 @@
-"""Reading snapshots back: checking stored bytes, and turning them into plain artifacts.
+"""Reading snapshots back: checking stored bytes, and turning them into plain streams.
 
 Every read re-hashes the bytes as stored and compares them with the
-manifest, so a restore never silently uses a damaged artifact: the caller
-writes into a temporary file and only trusts it once `restore_artifact`
-has returned.
+manifest, so a restore never silently uses a damaged artifact. The plain
+bytes go from the store through memory into their consumer (a tool's
+stdin, a socket, a pipe): none of this writes them to disk, so with age
+recipients set the backup host holds nothing it could read without the
+identity. A consumer trusts what it read only once the read has returned.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+import subprocess
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -23,13 +27,14 @@ from pyrage import x25519
 from backup_pipelines.errors import IntegrityError, StoreError
 from backup_pipelines.snapshot.staging import stored_name
 from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
-from backup_pipelines.storage.files import disk_full
-from backup_pipelines.storage.names import check_artifact_name
 from backup_pipelines.storage.streams import (
     CHUNK_SIZE,
     CountingWriter,
+    EnoughRead,
     HashingReader,
     HashingWriter,
+    MeteredReader,
+    PipeFeed,
 )
 
 
@@ -59,12 +64,14 @@ def restore_artifact(
     name: str,
     destination: BinaryIO,
     identities: Sequence[x25519.Identity] = (),
+    progress: Callable[[str], None] | None = None,
 ) -> int:
     """Write the plain bytes of artifact `name` (its logical name) into `destination`.
 
     Decrypts and decompresses as it reads, checking size and sha256 of the
     stored bytes at the end. Returns the number of plain bytes written.
-    Raises `IntegrityError` if anything does not match.
+    Raises `IntegrityError` if anything does not match. `progress` hears how
+    much of the stored artifact has been read, every few seconds.
     """
     manifest = snapshot.manifest
     encrypted = manifest.encryption is not None
@@ -78,7 +85,8 @@ def restore_artifact(
         ) from None
     where = f"{snapshot.source}/{snapshot.snapshot_id}/{entry.name}"
     with store.open_file(snapshot.source, snapshot.snapshot_id, entry.name) as stored:
-        decoded = decode(stored, destination, identities if encrypted else None)
+        metered = MeteredReader(stored, f"reading {where}", progress, expected=entry.size)
+        decoded = decode(metered, destination, identities if encrypted else None)
     if decoded.stored.size != entry.size or decoded.stored.hexdigest() != entry.sha256:
         raise IntegrityError(f"{where}: stored bytes do not match the manifest (size or sha256)")
     decoded.check(where)
@@ -117,8 +125,8 @@ def decode(
     """Stored bytes → age (with `identities`; None: in the clear) → zstd → `destination`,
     hashing the stored bytes (and the plain ones with `hash_plain`: a pass restores of
     large artifacts do without) and reading `stored` to its end. A failing read or write raises as
-    itself; a stream that does not decode is kept in `Decoded.error` for the caller, who
-    first compares the stored bytes with what it expected."""
+    itself (but `EnoughRead` ends the decoding only); a stream that does not decode is kept in
+    `Decoded.error` for the caller, who first compares the stored bytes with what it expected."""
     reader = HashingReader(stored)
     plain = HashingWriter(destination) if hash_plain else CountingWriter(destination)
     decompressor = zstandard.ZstdDecompressor().stream_writer(plain, closefd=False)
@@ -131,32 +139,12 @@ def decode(
         error = None
     except Exception as exc:
         # pyrage reports a failing read or write as its own error: raise the real one
-        if failed := reader.error or plain.error:
+        failed = reader.error or plain.error
+        if failed is not None and not isinstance(failed, EnoughRead):
             raise failed from None
-        error = exc
+        error = None if failed is not None else exc
     reader.drain()
     return Decoded(reader, plain, identities is not None, error)
-
-
-@contextmanager
-def artifact_file(
-    store: SnapshotStore,
-    snapshot: StoredSnapshot,
-    name: str,
-    identities: Sequence[x25519.Identity],
-    work_dir: Path,
-) -> Iterator[Path]:
-    """The plain artifact `name` as a local file (checked, decrypted, decompressed), for
-    tools that need a real file; it is removed when the block ends."""
-    work_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=work_dir, prefix=f"{snapshot.source}-") as scratch:
-        path = Path(scratch) / check_artifact_name(name)
-        try:
-            with path.open("wb") as out:
-                restore_artifact(store, snapshot, name, out, identities)
-        except OSError as exc:
-            raise disk_full(exc, path) or exc from None
-        yield path
 
 
 @dataclass(frozen=True)
@@ -175,8 +163,57 @@ class SnapshotReader:
         """`<source>/<snapshot_id>`, for messages."""
         return f"{self.snapshot.source}/{self.snapshot.snapshot_id}"
 
-    def restore_artifact(self, name: str, destination: BinaryIO) -> int:
-        return restore_artifact(self.store, self.snapshot, name, destination, self.identities)
+    def restore_artifact(
+        self, name: str, destination: BinaryIO, progress: Callable[[str], None] | None = None
+    ) -> int:
+        return restore_artifact(
+            self.store, self.snapshot, name, destination, self.identities, progress
+        )
 
-    def artifact_file(self, name: str) -> AbstractContextManager[Path]:
-        return artifact_file(self.store, self.snapshot, name, self.identities, self.work_dir)
+    def feed(
+        self,
+        name: str,
+        stdin: BinaryIO,
+        *,
+        process: subprocess.Popen | None = None,
+        checks_all: bool = True,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        """Write the plain artifact into a tool's stdin (`process`'s, when given), then
+        close it: the plain bytes go from the store to the tool through memory only. A tool
+        that stops reading early ends the feed; with `checks_all` the rest is still read and
+        checked (`IntegrityError` when it does not match the manifest), unless the tool
+        failed."""
+        destination = PipeFeed(stdin, checks_all=checks_all, process=process)
+        try:
+            self.restore_artifact(name, destination, progress)
+        except BrokenPipeError:
+            pass  # the tool has what it wanted, or failed: its exit status says which
+        finally:
+            with suppress(BrokenPipeError):
+                stdin.close()
+
+    @contextmanager
+    def open_plain(self, name: str) -> Iterator[BinaryIO]:
+        """The plain artifact as a stream to read, decoded in a thread into a pipe: through
+        memory only. When the block ends (read to the end or not) every stored byte has been
+        checked against the manifest, or `IntegrityError` is raised."""
+        read_end, write_end = os.pipe()
+        failures: list[BaseException] = []
+
+        def produce() -> None:
+            try:
+                with open(write_end, "wb") as pipe:
+                    self.feed(name, pipe)
+            except BaseException as exc:  # handed to the reading thread, which raises it
+                failures.append(exc)
+
+        producer = threading.Thread(target=produce, name=f"decode-{name}", daemon=True)
+        producer.start()
+        try:
+            with open(read_end, "rb") as stream:
+                yield stream
+        finally:
+            producer.join()
+            if failures:  # the cause of what the reader saw (a stream that ended early)
+                raise failures[0]

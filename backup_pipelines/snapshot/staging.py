@@ -16,7 +16,6 @@ import contextlib
 import logging
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,13 +28,12 @@ import zstandard
 from pyrage import x25519
 
 from backup_pipelines.errors import ProducerFailed
-from backup_pipelines.processes import ToolFailed, running
+from backup_pipelines.processes import running
 from backup_pipelines.snapshot.manifest import FileEntry, Manifest, new_snapshot_id, utc_now
-from backup_pipelines.storage.files import DISK_FULL, disk_full, remove_stale
+from backup_pipelines.storage.files import disk_full, remove_stale
 from backup_pipelines.storage.names import check_artifact_name, split_source
 from backup_pipelines.storage.streams import (
     CHUNK_SIZE,
-    PROGRESS_EVERY_S,
     HashingWriter,
     IteratorReader,
     MeteredReader,
@@ -119,7 +117,8 @@ class StagedSnapshot:
         """Store a copy of a local file (an AOF segment, for example)."""
         label = label or str(path)
         with path.open("rb") as source:
-            entry, metered = self._write(name, source, label=label)
+            size = os.fstat(source.fileno()).st_size
+            entry, metered = self._write(name, source, label=label, expected_bytes=size)
         self._accept(entry, metered, label=label, expect_prefix=expect_prefix)
         return entry
 
@@ -132,8 +131,8 @@ class StagedSnapshot:
         env: Mapping[str, str] | None = None,
         expect_prefix: bytes = b"",
         secrets: Sequence[str | None] = (),
-        to_file: bool = False,
         watch: Callable[[memoryview], None] | None = None,
+        expected_bytes: int | None = None,
     ) -> FileEntry:
         """Store what a command writes to stdout; `ToolFailed` unless it exits 0.
 
@@ -141,51 +140,19 @@ class StagedSnapshot:
         used instead of argv in every message so no secret on a command line
         could leak, and `secrets` are masked in the command's stderr.
 
-        `to_file` hands the command `--file=PATH` in staging instead of a pipe,
-        for tools that seek back into their output: `pg_dump -Fc` then fills in
-        the offsets of its table of contents, which lets `pg_restore -j` go
-        straight to each table's data instead of scanning for it.
+        The output goes straight through zstd (and age) into staging: nothing
+        of it rests on disk in the clear. `expected_bytes` (a database's size)
+        turns the progress lines' byte counts into a share of the whole.
 
         `watch` sees every plain chunk as it passes (to read what the stream says
         of itself, as a base backup's label and manifest) without a second read.
         """
-        if to_file:
-            return self._add_command_file(
-                name, argv, label, expect_prefix, env=env, secrets=secrets
-            )
         with running(argv, label=label, env=env, secrets=secrets) as process:
-            entry, metered = self._write(name, process.stdout, label=label, watch=watch)
+            entry, metered = self._write(
+                name, process.stdout, label=label, watch=watch, expected_bytes=expected_bytes
+            )
         self._accept(entry, metered, label=label, expect_prefix=expect_prefix)
         return entry
-
-    def _add_command_file(
-        self, name: str, argv: Sequence[str], label: str, expect_prefix: bytes, **tool: Any
-    ) -> FileEntry:
-        """`add_command(to_file=True)`: the plain file (mode 0600) takes staging space
-        until it is compressed, then goes."""
-        plain = self.directory / f".{check_artifact_name(name)}.plain"
-        try:
-            os.close(os.open(plain, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-            with running([*argv, f"--file={plain}"], label=label, **tool) as process:
-                self._report_growth(process, plain, label)
-            return self.add_file(name, plain, expect_prefix=expect_prefix, label=label)
-        except OSError as exc:
-            raise disk_full(exc, plain) or exc from None
-        except ToolFailed as exc:  # the tool says it with the C library's words
-            full = [code for code in DISK_FULL if os.strerror(code) in exc.stderr]
-            raise disk_full(OSError(full[0], label), plain) if full else exc from None
-        finally:
-            plain.unlink(missing_ok=True)
-
-    def _report_growth(self, process: subprocess.Popen, path: Path, label: str) -> None:
-        """Wait for `process`, logging how much of `path` it has written now and then."""
-        while True:
-            try:
-                process.wait(timeout=PROGRESS_EVERY_S)
-                return
-            except subprocess.TimeoutExpired:
-                if self.progress:
-                    self.progress(f"{label}: {human_bytes(path.stat().st_size)} written so far")
 
     def _write(
         self,
@@ -194,11 +161,12 @@ class StagedSnapshot:
         *,
         label: str,
         watch: Callable[[memoryview], None] | None = None,
+        expected_bytes: int | None = None,
     ) -> tuple[FileEntry, MeteredReader]:
         target_name = stored_name(name, bool(self.recipients))
         if any(entry.name == target_name for entry in self.files):
             raise ValueError(f"artifact {name!r} is already part of this snapshot")
-        metered = MeteredReader(source, label, self.progress, watch)
+        metered = MeteredReader(source, label, self.progress, watch, expected_bytes)
         path = self.directory / check_artifact_name(target_name)
         try:
             with path.open("xb") as out:

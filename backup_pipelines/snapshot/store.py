@@ -43,6 +43,7 @@ from backup_pipelines.storage.layout import (
     source_prefix,
 )
 from backup_pipelines.storage.names import check_snapshot_id, check_source, is_snapshot_id, shown
+from backup_pipelines.storage.streams import ProgressMeter
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +164,10 @@ class SnapshotStore:
         try:
             for entry in staged.files:
                 key = artifact_key(staged.source, staged.snapshot_id, entry.name)
-                self.backend.put_file(key, staged.path_of(entry))
+                meter = ProgressMeter(
+                    f"storing {entry.name}", staged.progress, entry.size, verb="sent"
+                )
+                self.backend.put_file(key, staged.path_of(entry), meter.advance)
             raw = staged.manifest(finished_at=utc_now()).to_bytes()
             self.backend.put_bytes(manifest_key(staged.source, staged.snapshot_id), raw)
         except (StoreError, StorageFull, ConfigurationError) as exc:

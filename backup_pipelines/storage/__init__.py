@@ -14,6 +14,7 @@ so no slip above it can reach outside its root.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -64,8 +65,9 @@ class Backend(ABC):
         """Where an operator finds `prefix` (a path or an s3:// URL), ending in `/`."""
 
     @abstractmethod
-    def put_file(self, key: str, path: Path) -> None:
-        """Store a copy of the local file `path`; durable once this returns."""
+    def put_file(self, key: str, path: Path, progress: Callable[[int], None] | None = None) -> None:
+        """Store a copy of the local file `path`; durable once this returns. `progress` hears
+        the bytes sent as they go (where sending takes time: a network store)."""
 
     @abstractmethod
     def put_bytes(self, key: str, data: bytes) -> None:

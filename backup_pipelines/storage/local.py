@@ -17,7 +17,7 @@ import io
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,7 +65,8 @@ class LocalBackend(Backend):
     def _failure(self, action: str, path: Path, exc: OSError) -> Exception:
         return disk_full(exc, path) or StoreError(f"cannot {action} {path}: {exc.strerror or exc}")
 
-    def put_file(self, key: str, path: Path) -> None:
+    def put_file(self, key: str, path: Path, progress: Callable[[int], None] | None = None) -> None:
+        """A hard link where the staging area shares the disk (instant), else a copy."""
         target = self._unlinked(key)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -156,9 +156,11 @@ class S3Backend(Backend):
             )
         return self.failure("upload", name, exc)
 
-    def put_file(self, key: str, path: Path) -> None:
+    def put_file(self, key: str, path: Path, progress: Callable[[int], None] | None = None) -> None:
         def send(name: str, extra: dict[str, Any], config: TransferConfig) -> None:
-            self.client.upload_file(str(path), self.bucket, name, ExtraArgs=extra, Config=config)
+            self.client.upload_file(
+                str(path), self.bucket, name, ExtraArgs=extra, Config=config, Callback=progress
+            )
 
         self._transfer_into(key, path.stat().st_size, send)
 

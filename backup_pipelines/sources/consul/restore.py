@@ -8,15 +8,15 @@ import hashlib
 import io
 import json
 import tarfile
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, BinaryIO
 
 from backup_pipelines.errors import BackupError, IntegrityError
 from backup_pipelines.snapshot.reader import SnapshotReader
 from backup_pipelines.sources.consul.api import ConsulApi
 from backup_pipelines.sources.consul.dump import ARCHIVE_ARTIFACT, KV_ARTIFACT
 from backup_pipelines.sources.source import DrillResult, Log
+from backup_pipelines.storage.streams import CountingReader, SizedReader
 
 META_MEMBER = "meta.json"
 SMALL_MEMBER_LIMIT = 64 << 10
@@ -46,14 +46,24 @@ class Archive:
     digests: dict[str, str]
     sums: bytes
     meta: dict[str, Any] | None
+    size: int = 0
+    """The archive's bytes, as Consul wants them announced (Content-Length)."""
 
 
-def read_archive(path: Path) -> Archive:
-    """Stream through the gzip'd tar once; `IntegrityError` when it is not one."""
+def read_archive(reader: SnapshotReader) -> Archive:
+    """Stream through the gzip'd tar once, from the store; `IntegrityError` when it is not one."""
+    with reader.open_plain(ARCHIVE_ARTIFACT) as stream:
+        counted = CountingReader(stream)
+        archive = _read_tar(counted)
+        counted.drain()
+    return replace(archive, size=counted.size)
+
+
+def _read_tar(stream: BinaryIO) -> Archive:
     digests: dict[str, str] = {}
     sums, meta = b"", None
     try:
-        with tarfile.open(path, "r|gz") as tar:
+        with tarfile.open(fileobj=stream, mode="r|gz") as tar:
             for member in tar:
                 content = tar.extractfile(member) if member.isfile() else None
                 if content is None:
@@ -108,8 +118,7 @@ def drill_snapshot(reader: SnapshotReader) -> DrillResult:
     """The archive is whole and the KV export parses with the recorded key count: all that
     can be proven without an agent of the same version to restore into."""
     try:
-        with reader.artifact_file(ARCHIVE_ARTIFACT) as path:
-            archive = read_archive(path)
+        archive = read_archive(reader)
         entries = load_kv(reader)
     except BackupError as exc:
         return DrillResult([str(exc)])
@@ -147,11 +156,10 @@ def restore_kv(reader: SnapshotReader, api: ConsulApi, *, force: bool, log: Log)
 
 def restore_archive(reader: SnapshotReader, api: ConsulApi, log: Log) -> str:
     """Upload Consul's own archive (PUT /v1/snapshot): the whole cluster state, same version."""
-    with reader.artifact_file(ARCHIVE_ARTIFACT) as path:
-        problems = archive_problems(read_archive(path))
-        if problems:
-            raise IntegrityError("; ".join(problems))
-        log(f"uploading Consul's snapshot archive to {api.where}")
-        with path.open("rb") as body:
-            api.restore_snapshot(body)
+    archive = read_archive(reader)  # checked whole before anything reaches the target
+    if problems := archive_problems(archive):
+        raise IntegrityError("; ".join(problems))
+    log(f"uploading Consul's snapshot archive to {api.where}")
+    with reader.open_plain(ARCHIVE_ARTIFACT) as stream:
+        api.restore_snapshot(SizedReader(stream, archive.size))
     return f"restored {reader.where} (snapshot archive) into {api.where}"

@@ -148,6 +148,18 @@ def user_tables(connection: psycopg.Connection) -> list[tuple[str, str]]:
     ).fetchall()
 
 
+def table_bytes(connection: psycopg.Connection) -> dict[str, int]:
+    """Bytes of every table's rows (`pg_table_size`: heap and TOAST, no indexes) by
+    `schema.table`: what a restore balances its parallel loads by."""
+    rows = connection.execute(
+        "SELECT n.nspname || '.' || c.relname, pg_table_size(c.oid) FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.relkind = 'r' AND n.nspname <> ALL(%s)",
+        [list(SYSTEM_SCHEMAS)],
+    ).fetchall()
+    return dict(rows)
+
+
 def row_counts(connection: psycopg.Connection) -> dict[str, int]:
     """Exact rows per table (`schema.table`), and large objects under `pg_largeobject`.
 

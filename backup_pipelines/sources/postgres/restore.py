@@ -1,16 +1,15 @@
 """Restoring PostgreSQL snapshots: roles, whole databases, and the drill that proves it works.
 
-Each dump is fetched, checked against its sha256, decrypted and
-decompressed into a local temporary file first, because `pg_restore -j`
-(parallel restore, several times faster) needs a seekable file, and
-because nothing should reach the target from an artifact that turns out
-damaged halfway. It is restored into a new database, which replaces the
-target only once the restore succeeded.
+Each dump is streamed from the store into pg_restore (`stream_restore`):
+nothing of it rests on disk in the clear. It is restored into a new
+database of our own, which replaces the target only once the restore
+succeeded and every stored byte matched the manifest, so an artifact that
+turns out damaged halfway never reaches the target.
 """
 
 from __future__ import annotations
 
-import os
+import io
 import re
 import secrets
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ import psycopg
 from psycopg import sql
 
 from backup_pipelines.errors import BackupError
-from backup_pipelines.processes import ToolFailed, run_tool
+from backup_pipelines.processes import run_tool
 from backup_pipelines.snapshot.reader import SnapshotReader
 from backup_pipelines.snapshot.staging import logical_name
 from backup_pipelines.snapshot.store import StoredSnapshot
@@ -36,6 +35,7 @@ from backup_pipelines.sources.postgres.dump import (
     database_of,
     dump_artifact,
 )
+from backup_pipelines.sources.postgres.stream_restore import read_whole_dump, restore_dump
 from backup_pipelines.sources.source import Log
 
 ROLE_STATEMENT = re.compile(r'^(CREATE|ALTER) ROLE ("(?:[^"]|"")+"|[^\s;]+)(;| WITH .*;)$')
@@ -45,10 +45,6 @@ def snapshot_databases(snapshot: StoredSnapshot) -> list[str]:
     """The databases a snapshot holds, from its artifact names."""
     names = (logical_name(entry.name) for entry in snapshot.manifest.files)
     return sorted(database_of(name) for name in names if name.endswith(DUMP_SUFFIX))
-
-
-def parallel_jobs() -> int:
-    return max(1, len(os.sched_getaffinity(0)))
 
 
 def _admin_db(target_db: str) -> str:
@@ -181,31 +177,16 @@ def _allow_connections(connection: psycopg.Connection, name: str) -> None:
 
 
 def restore_database(
-    reader: SnapshotReader, source_db: str, cluster: Cluster, target_db: str, log: Log
+    reader: SnapshotReader,
+    source_db: str,
+    cluster: Cluster,
+    target_db: str,
+    figures: dict[str, Any],
+    log: Log,
 ) -> None:
     """Restore one database of the snapshot into an existing, empty `target_db`."""
-    with reader.artifact_file(dump_artifact(source_db)) as dump:
-        log(
-            f"restoring {source_db!r} into {target_db!r} on {cluster.where} "
-            f"with {parallel_jobs()} jobs"
-        )
-        try:
-            run_tool(
-                [
-                    "pg_restore",
-                    "--exit-on-error",
-                    f"--jobs={parallel_jobs()}",
-                    "--dbname",
-                    cluster.conninfo(target_db),
-                    str(dump),
-                ],
-                label=f"pg_restore of {source_db!r} into {target_db!r} on {cluster.where}",
-                env=cluster.child_env(),
-                secrets=cluster.secrets(),
-            )
-        except ToolFailed as exc:
-            hint = " (restore the roles first with --globals)" if "role" in exc.stderr else ""
-            raise BackupError(f"{exc}{hint}") from None
+    log(f"restoring {source_db!r} into {target_db!r} on {cluster.where}")
+    restore_dump(reader, dump_artifact(source_db), cluster, target_db, figures, log)
 
 
 def _unquote(identifier: str) -> str:
@@ -239,30 +220,23 @@ def tolerant_globals(lines: Sequence[str], current_user: str) -> list[str]:
 
 
 def apply_globals(reader: SnapshotReader, cluster: Cluster, log: Log) -> None:
-    """Create the snapshot's roles (and tablespaces) on the target, keeping roles that exist."""
+    """Create the snapshot's roles (and tablespaces) on the target, keeping roles that exist.
+
+    globals.sql (role passwords' hashes among it) goes from the store to psql's
+    stdin through memory: it is a few kilobytes, and never rests on disk."""
     with cluster.connect() as connection:
         current_user = connection.execute("SELECT current_user").fetchone()[0]
-    with reader.artifact_file(GLOBALS_ARTIFACT) as original:
-        tolerant = original.with_name("globals-tolerant.sql")
-        with original.open() as lines:
-            tolerant.write_text("".join(tolerant_globals(list(lines), current_user)))
-        log(f"applying roles and tablespaces to {cluster.where}")
-        run_tool(
-            [
-                "psql",
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-f",
-                str(tolerant),
-                "--dbname",
-                cluster.conninfo(MAINTENANCE_DB),
-            ],
-            label=f"applying globals.sql to {cluster.where}",
-            env=cluster.child_env(),
-            secrets=cluster.secrets(),
-        )
+    original = io.BytesIO()
+    reader.restore_artifact(GLOBALS_ARTIFACT, original)
+    lines = original.getvalue().decode("utf-8").splitlines(keepends=True)
+    log(f"applying roles and tablespaces to {cluster.where}")
+    run_tool(
+        ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--dbname", cluster.conninfo(MAINTENANCE_DB)],
+        label=f"applying globals.sql to {cluster.where}",
+        env=cluster.child_env(),
+        secrets=cluster.secrets(),
+        input="".join(tolerant_globals(lines, current_user)).encode("utf-8"),
+    )
 
 
 def restore_snapshot(
@@ -296,7 +270,7 @@ def restore_snapshot(
             scratch = scratch_name("restore")
             create_database(cluster, scratch, figures.get(source_db, {}), log)
             pending.append((scratch, target_db))
-            restore_database(reader, source_db, cluster, scratch, log)
+            restore_database(reader, source_db, cluster, scratch, figures.get(source_db, {}), log)
         while pending:
             swap_into_place(cluster, *pending[0], log)
             pending.pop(0)
@@ -337,19 +311,17 @@ def _database_pairs(
 
 
 def deep_verify_dumps(reader: SnapshotReader) -> list[str]:
-    """`pg_restore --list` over every dump, and a header check of globals.sql."""
+    """Every dump read whole by `pg_restore` (to no output), and a header check of globals.sql."""
     problems = []
     for name in snapshot_databases(reader.snapshot):
         try:
-            with reader.artifact_file(dump_artifact(name)) as dump:
-                run_tool(
-                    ["pg_restore", "--list", str(dump)], label=f"pg_restore --list of {name!r}"
-                )
+            read_whole_dump(reader, dump_artifact(name))
         except BackupError as exc:
             problems.append(str(exc))
-    with reader.artifact_file(GLOBALS_ARTIFACT) as globals_sql, globals_sql.open("rb") as header:
-        if b"PostgreSQL database cluster dump" not in header.read(4096):
-            problems.append(f"{GLOBALS_ARTIFACT}: not a pg_dumpall output")
+    head = io.BytesIO()
+    reader.restore_artifact(GLOBALS_ARTIFACT, head)
+    if b"PostgreSQL database cluster dump" not in head.getvalue()[:4096]:
+        problems.append(f"{GLOBALS_ARTIFACT}: not a pg_dumpall output")
     return problems
 
 
@@ -364,7 +336,7 @@ def restore_drill(reader: SnapshotReader, cluster: Cluster, log: Log) -> dict[st
         expected = figures.get(name, {}).get("row_counts", {})
         create_database(cluster, scratch, figures.get(name, {}), log)
         try:
-            restore_database(reader, name, cluster, scratch, log)
+            restore_database(reader, name, cluster, scratch, figures.get(name, {}), log)
             with cluster.connect(scratch) as connection:
                 restored = row_counts(connection)
         finally:

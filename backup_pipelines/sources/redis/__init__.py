@@ -89,7 +89,7 @@ class Redis(Source[RedisSettings, RedisRestore]):
         sync on a live server, so a different count is a warning; an RDB that does not load,
         or a database that comes back empty, is not a backup."""
         try:
-            result = restore_drill(reader)
+            result = restore_drill(reader, log)
         except IntegrityError as exc:
             return DrillResult([str(exc)])
         expected, loaded = result["expected_keys"], result["loaded_keys"]

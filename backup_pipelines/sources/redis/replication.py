@@ -4,10 +4,12 @@ The target is told to replicate (`REPLICAOF`) from a small master of ours
 that answers the replica's handshake and sends the snapshot's RDB as a full
 resynchronization, so the server loads it exactly as it loads its own file
 at start-up (every type, TTLs and functions, natively), and is then told
-`REPLICAOF NO ONE`. The master listens only for the length of the restore,
-on the address the target reaches this machine by, and serves only a
-replica that authenticates with a one-time password (`masterauth`, set for
-the restore and put back after).
+`REPLICAOF NO ONE`. The RDB is streamed from the store as it is decoded, in
+Redis's diskless form (`$EOF:<mark>`, no length up front): no plain copy of
+it rests on this machine's disk. The master listens only for the length of
+the restore, on the address the target reaches this machine by, and serves
+only a replica that authenticates with a one-time password (`masterauth`,
+set for the restore and put back after).
 
 Where the server refuses `REPLICAOF` or `CONFIG` (managed services, cluster
 mode), or does not sync in time (it cannot reach this machine), it is put
@@ -16,13 +18,15 @@ back as it was and the caller falls back to copying keys.
 
 from __future__ import annotations
 
+import io
+import re
 import secrets
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from contextlib import contextmanager, suppress
+from typing import BinaryIO
 
 import hiredis
 import redis
@@ -40,11 +44,62 @@ class ReplicationUnavailable(BackupError):
     the snapshot."""
 
 
-class RdbMaster:
-    """Serves one RDB file to replicas that authenticate, until closed."""
+class SocketWriter(io.RawIOBase):
+    """A writable file over a connected socket."""
 
-    def __init__(self, rdb: Path, address: str, password: str):
-        self.rdb = rdb
+    def __init__(self, connection: socket.socket):
+        self._connection = connection
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self._connection.sendall(data)
+        return len(data)
+
+
+class WithoutTrailingMark(io.RawIOBase):
+    """Passes an RDB through, minus the 40-byte end mark of a diskless sync that
+    `redis-cli --rdb -` leaves after the RDB (it cannot truncate its stdout): a replica
+    loading from the socket would take that mark for ours, and refuse the sync.
+
+    The RDB ends with its EOF opcode (0xFF) and an 8-byte checksum, so 49 bytes are held
+    back until `finish`; a mark is 40 hex digits, which that end never is."""
+
+    END = 1 + 8 + 40
+
+    def __init__(self, inner: BinaryIO):
+        self._inner = inner
+        self._held = b""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        held = self._held + bytes(data)
+        if len(held) > self.END:
+            self._inner.write(held[: -self.END])
+            held = held[-self.END :]
+        self._held = held
+        return len(data)
+
+    def finish(self) -> None:
+        held = self._held
+        if len(held) == self.END and held[0] == 0xFF and re.fullmatch(rb"[0-9a-f]{40}", held[9:]):
+            held = held[:9]
+        self._inner.write(held)
+
+
+RdbSource = Callable[[BinaryIO], object]
+"""Writes the plain RDB into the file it is given (the snapshot's, decoded as it is read)."""
+
+
+class RdbMaster:
+    """Serves one RDB, written by `source`, to replicas that authenticate, until closed."""
+
+    def __init__(self, source: RdbSource, address: str, password: str):
+        self.source = source
+        self.error: BaseException | None = None
         self.password = password
         self.listener = socket.create_server((address, 0))
         self.address = address
@@ -125,13 +180,23 @@ class RdbMaster:
                 continue
 
     def _send_rdb(self, connection: socket.socket) -> None:
+        """The RDB between `$EOF:<mark>` and the mark; a source that fails (a damaged
+        artifact) closes the connection unmarked, which the replica takes as a failed sync."""
         self.syncs += 1
         self.asked.set()
-        size = self.rdb.stat().st_size
-        connection.sendall(f"+FULLRESYNC {secrets.token_hex(20)} 0\r\n${size}\r\n".encode())
+        mark = secrets.token_hex(20).encode()  # 40 bytes, as Redis's own diskless sync
+        connection.sendall(
+            f"+FULLRESYNC {secrets.token_hex(20)} 0\r\n$EOF:".encode() + mark + b"\r\n"
+        )
         connection.settimeout(None)
-        with self.rdb.open("rb") as rdb:
-            connection.sendfile(rdb)
+        try:
+            self.source(SocketWriter(connection))
+        except BaseException as exc:  # told to the restoring thread, which raises it
+            self.error = exc
+            with suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+            return
+        connection.sendall(mark)
         connection.settimeout(1)
 
 
@@ -174,8 +239,9 @@ def _when_loaded(command: Callable[[], object]) -> None:
             time.sleep(0.1)
 
 
-def load_by_replication(target: RedisServer, rdb: Path, log: Log) -> None:
-    """Make the target load `rdb` as a replica would; `ReplicationUnavailable` when it cannot."""
+def load_by_replication(target: RedisServer, source: RdbSource, size: int, log: Log) -> None:
+    """Make the target load the RDB `source` writes (about `size` bytes) as a replica would;
+    `ReplicationUnavailable` when it cannot."""
     client = target.client()
     if client.info("replication").get("role") != "master":
         raise BackupError(f"Redis at {target.where} is a replica; restore into its master")
@@ -185,7 +251,7 @@ def load_by_replication(target: RedisServer, rdb: Path, log: Log) -> None:
         raise ReplicationUnavailable(
             f"no address of this machine reaches {target.where}: {exc}"
         ) from None
-    master = RdbMaster(rdb, address, secrets.token_urlsafe(24))
+    master = RdbMaster(source, address, secrets.token_urlsafe(24))
     try:
         with replicating(client, master):
             log(f"{target.where} loads the snapshot from {address}:{master.port} (REPLICAOF)")
@@ -194,15 +260,19 @@ def load_by_replication(target: RedisServer, rdb: Path, log: Log) -> None:
                     f"{target.where} did not sync from {address}:{master.port} within "
                     f"{SYNC_START_TIMEOUT_S} s (can it reach this machine?)"
                 )
-            _wait_until_loaded(client, master, target.where)
+            _wait_until_loaded(client, master, size, target.where)
     finally:
         master.close()
 
 
-def _wait_until_loaded(client: redis.Redis, master: RdbMaster, where: str) -> None:
+def _wait_until_loaded(client: redis.Redis, master: RdbMaster, size: int, where: str) -> None:
     """Until the replica's link is up; a second sync means it could not load the first."""
-    deadline = time.monotonic() + 60 + master.rdb.stat().st_size / LOAD_RATE_BYTES_S
+    deadline = time.monotonic() + 60 + size / LOAD_RATE_BYTES_S
     while time.monotonic() < deadline:
+        if isinstance(master.error, BackupError):  # the snapshot could not be read
+            raise master.error
+        if master.error is not None:
+            raise ReplicationUnavailable(f"{where} stopped reading the RDB: {master.error}")
         if master.syncs > 1:
             raise ReplicationUnavailable(
                 f"{where} could not load the RDB it was sent (see its log)"

@@ -22,18 +22,24 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import redis
 
 from backup_pipelines.errors import BackupError, IntegrityError
-from backup_pipelines.processes import ToolFailed, run_tool
+from backup_pipelines.processes import ToolFailed, running
 from backup_pipelines.snapshot.reader import SnapshotReader
 from backup_pipelines.snapshot.staging import logical_name
 from backup_pipelines.sources.redis.dump import RDB_ARTIFACT, restored_path
-from backup_pipelines.sources.redis.replication import ReplicationUnavailable, load_by_replication
+from backup_pipelines.sources.redis.replication import (
+    RdbSource,
+    ReplicationUnavailable,
+    WithoutTrailingMark,
+    load_by_replication,
+)
 from backup_pipelines.sources.redis.server import RedisServer, keyspace, throwaway_server
 from backup_pipelines.sources.source import Log
 from backup_pipelines.storage.files import disk_full
@@ -43,12 +49,47 @@ MIGRATE_BATCH = 10_000
 MIGRATE_TIMEOUT_MS = 60_000
 
 
-def check_rdb(path: Path) -> None:
-    """`redis-check-rdb`: the RDB parses from end to end (checksum included)."""
+def check_rdb(reader: SnapshotReader, log: Log | None = None) -> None:
+    """`redis-check-rdb`: the RDB parses from end to end (checksum included), read from
+    the store through its stdin; every stored byte is checked against the manifest."""
     try:
-        run_tool(["redis-check-rdb", str(path)], label="redis-check-rdb")
+        with running(["redis-check-rdb", "/dev/stdin"], label="redis-check-rdb", fed=True) as tool:
+            reader.feed(RDB_ARTIFACT, tool.stdin, process=tool, progress=log)
+            tool.stdout.read()
     except ToolFailed as exc:
         raise IntegrityError(str(exc)) from None
+
+
+def rdb_source(reader: SnapshotReader, log: Log) -> RdbSource:
+    """What writes the snapshot's plain RDB, decoded from the store as it is sent."""
+
+    def send(out: BinaryIO) -> None:
+        rdb = WithoutTrailingMark(out)
+        reader.restore_artifact(RDB_ARTIFACT, rdb, log)
+        rdb.finish()
+
+    return send
+
+
+def rdb_size(reader: SnapshotReader) -> int:
+    """The plain RDB's size as recorded at backup (the stored size for older snapshots)."""
+    stats = reader.snapshot.manifest.stats
+    return int(
+        stats.get("rdb_bytes") or sum(entry.size for entry in reader.snapshot.manifest.files)
+    )
+
+
+@contextmanager
+def loaded_throwaway(reader: SnapshotReader, log: Log) -> Iterator[RedisServer]:
+    """A throw-away redis-server holding the snapshot, loaded by replication from the store."""
+    with throwaway_server() as server:
+        try:
+            load_by_replication(server, rdb_source(reader, log), rdb_size(reader), log)
+        except ReplicationUnavailable as exc:
+            raise IntegrityError(
+                f"a throw-away redis-server could not load the RDB: {exc}"
+            ) from None
+        yield server
 
 
 def _holds(target: RedisServer) -> tuple[int, int]:
@@ -131,17 +172,16 @@ def restore_into_server(
             "libraries; add --force to replace them with the snapshot's"
         )
     _refuse_an_older_server(reader.snapshot.manifest.stats.get("redis_version", ""), target)
-    with reader.artifact_file(RDB_ARTIFACT) as rdb:
-        check_rdb(rdb)  # a replica that cannot load what its master sent aborts
-        if keys or functions:
-            log(f"emptying Redis at {target.where} (--force)")
-            target.client().flushall()
-            target.client().function_flush()
-        try:
-            load_by_replication(target, rdb, log)
-        except ReplicationUnavailable as exc:
-            log(f"{exc}; copying the keys from a throw-away server instead")
-            _copy_from_throwaway(rdb, target, log)
+    check_rdb(reader, log)  # a replica that cannot load what its master sent aborts
+    if keys or functions:
+        log(f"emptying Redis at {target.where} (--force)")
+        target.client().flushall()
+        target.client().function_flush()
+    try:
+        load_by_replication(target, rdb_source(reader, log), rdb_size(reader), log)
+    except ReplicationUnavailable as exc:
+        log(f"{exc}; copying the keys from a throw-away server instead")
+        _copy_from_throwaway(reader, target, log)
     keys, functions = _holds(target)
     return (
         f"restored {reader.where} into {target.where}: {keys} keys, {functions} function libraries"
@@ -163,9 +203,9 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(".") if part.isdigit())
 
 
-def _copy_from_throwaway(rdb: Path, target: RedisServer, log: Log) -> None:
+def _copy_from_throwaway(reader: SnapshotReader, target: RedisServer, log: Log) -> None:
     """Keys by MIGRATE, or DUMP / RESTORE where MIGRATE cannot reach; then the functions."""
-    with throwaway_server(rdb.parent) as source:
+    with loaded_throwaway(reader, log) as source:
         try:
             migrate_keys(source, target, log)
         except redis.ResponseError as exc:
@@ -177,13 +217,15 @@ def _copy_from_throwaway(rdb: Path, target: RedisServer, log: Log) -> None:
 def write_output_dir(reader: SnapshotReader, output_dir: Path, *, force: bool) -> str:
     """Write the RDB (and AOF files) where a stopped redis-server will load them.
 
-    Every file is fetched, checked, decrypted and decompressed into a scratch
-    directory inside `output_dir`, and the RDB must pass redis-check-rdb;
-    only then do the files replace what was there, so a damaged snapshot or
-    a wrong identity leaves the directory as it was.
+    The RDB must pass redis-check-rdb first; every file is then fetched,
+    checked, decrypted and decompressed into a scratch directory inside
+    `output_dir` (where the plain files are wanted), and only then do they
+    replace what was there, so a damaged snapshot or a wrong identity
+    leaves the directory as it was.
     """
     if output_dir.exists() and any(output_dir.iterdir()) and not force:
         raise BackupError(f"{output_dir} is not empty; add --force to write into it anyway")
+    check_rdb(reader)
     files = reader.snapshot.manifest.files
     names = [logical_name(entry.name) for entry in files]
     placed = {name: restored_path(name) for name in names}
@@ -195,7 +237,6 @@ def write_output_dir(reader: SnapshotReader, output_dir: Path, *, force: bool) -
                 path.parent.mkdir(exist_ok=True)
                 with path.open("xb") as out:
                     reader.restore_artifact(name, out)
-            check_rdb(Path(scratch, RDB_ARTIFACT))
             for top in sorted({relative.parts[0] for relative in placed.values()}):
                 _replace(Path(scratch, top), output_dir / top, Path(scratch))
     except OSError as exc:
@@ -212,20 +253,18 @@ def _replace(new: Path, old: Path, scratch: Path) -> None:
 
 def deep_verify_rdb(reader: SnapshotReader) -> list[str]:
     try:
-        with reader.artifact_file(RDB_ARTIFACT) as rdb:
-            check_rdb(rdb)
+        check_rdb(reader)
     except BackupError as exc:
         return [str(exc)]
     return []
 
 
-def restore_drill(reader: SnapshotReader) -> dict[str, Any]:
+def restore_drill(reader: SnapshotReader, log: Log) -> dict[str, Any]:
     """redis-check-rdb, then load into a throw-away server and count keys per database."""
-    with reader.artifact_file(RDB_ARTIFACT) as rdb:
-        check_rdb(rdb)
-        with throwaway_server(rdb.parent) as loaded:
-            restored = keyspace(loaded.client().info("keyspace"))
-            libraries = len(loaded.client().function_list())
+    check_rdb(reader, log)
+    with loaded_throwaway(reader, log) as loaded:
+        restored = keyspace(loaded.client().info("keyspace"))
+        libraries = len(loaded.client().function_list())
     expected = reader.snapshot.manifest.stats.get("keys", {})
     return {
         "expected_keys": expected,

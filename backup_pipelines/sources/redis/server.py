@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -124,42 +125,32 @@ def keyspace(info: dict[str, Any]) -> dict[str, int]:
 
 
 @contextmanager
-def throwaway_server(directory: Path, rdb_name: str = "dump.rdb") -> Iterator[RedisServer]:
-    """A private redis-server on a free loopback port that loads `directory/rdb_name`.
+def throwaway_server() -> Iterator[RedisServer]:
+    """A private, empty redis-server on a free loopback port, stopped when the block ends.
 
-    It keeps nothing (no save, no AOF) and is stopped when the block ends.
-    An RDB it cannot load is an `IntegrityError` quoting its log.
+    It keeps nothing (no save, no AOF) and loads what it replicates straight
+    from the socket (`repl-diskless-load on-empty-db`): its directory, 0700
+    and removed after, only ever holds its log.
     """
     port = free_loopback_port()
-    log = directory / "throwaway-redis.log"
-    command = [
-        "redis-server",
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--dir",
-        str(directory),
-        "--dbfilename",
-        rdb_name,
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--logfile",
-        str(log),
-    ]
-    try:
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
-    except FileNotFoundError:
-        raise ToolMissing("loading the snapshot", "redis-server") from None
-    server = RedisServer(host="127.0.0.1", port=port)
-    try:
-        _wait_until_loaded(process, server, log)
-        yield server
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with tempfile.TemporaryDirectory(prefix="redis-throwaway-") as directory:
+        log = Path(directory, "redis.log")
+        command = [
+            "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", directory,
+            "--save", "", "--appendonly", "no", "--repl-diskless-load", "on-empty-db",
+            "--logfile", str(log),
+        ]  # fmt: skip
+        try:
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+        except FileNotFoundError:
+            raise ToolMissing("loading the snapshot", "redis-server") from None
+        server = RedisServer(host="127.0.0.1", port=port)
+        try:
+            _wait_until_loaded(process, server, log)
+            yield server
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
 
 
 def _wait_until_loaded(process: subprocess.Popen, server: RedisServer, log: Path) -> None:

@@ -187,6 +187,7 @@ def base_backup(staged: StagedSnapshot, cluster: Cluster, archive: WalArchive, l
                     f"--label={label}",
                 ],
                 label=f"pg_basebackup of {cluster.where}",
+                expected_bytes=sum(db.size_bytes for db in cluster.list_databases()),
                 env=cluster.child_env(),
                 expect_prefix=b"backup_label",
                 secrets=cluster.secrets(),
