@@ -28,7 +28,6 @@ import shutil
 import sys
 import tarfile
 import tempfile
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -78,34 +77,10 @@ def refuse_occupied(target: Path, force: bool) -> None:
 
 def unpack_base(reader: SnapshotReader, directory: Path) -> None:
     """Unpack the snapshot's `base.tar` into `directory` as it streams from the store; raises
-    (leaving `directory` for the caller to remove) unless every stored byte proved sound."""
-    read_end, write_end = os.pipe()
-    failures: list[BaseException] = []
-
-    def produce() -> None:
-        with os.fdopen(write_end, "wb") as stream:
-            try:
-                reader.restore_artifact(BASE_ARTIFACT, stream)
-            except BrokenPipeError:
-                pass  # the unpacking side stopped first and says why
-            except BaseException as exc:
-                failures.append(exc)
-
-    producer = threading.Thread(target=produce, name="base-backup-reader", daemon=True)
-    producer.start()
-    try:
-        with os.fdopen(read_end, "rb") as stream:
-            _unpack(stream, directory)
-            while stream.read(1 << 20):  # the tar's trailing blocks: the sha256 covers them
-                pass
-    except BackupError:
-        producer.join()
-        if failures:  # a tar cut short by a failing read: the read's error is the cause
-            raise failures[0] from None
-        raise
-    producer.join()
-    if failures:
-        raise failures[0]
+    (leaving `directory` for the caller to remove) unless every stored byte proved sound. A
+    tar cut short by a failing read raises the read's error, its cause."""
+    with reader.open_plain(BASE_ARTIFACT) as stream:
+        _unpack(stream, directory)
 
 
 def _unpack(stream: BinaryIO, directory: Path) -> None:
