@@ -317,7 +317,15 @@ def test_the_base_backup_is_verified_drilled_and_its_archive_watched(
 ):
     local_pitr.query("CREATE TABLE orders (id int PRIMARY KEY, note text)")
     insert(local_pitr, 1, 300, "counted ")
+    local_pitr.query("ANALYZE orders")
+    scans = (
+        "SELECT seq_scan, coalesce(idx_scan, 0) FROM pg_stat_user_tables WHERE relname = 'orders'"
+    )
+    before = local_pitr.query(scans)
     base_backup()
+    assert local_pitr.query(scans) == before  # the catalog says which tables; none is read
+    databases = store_from_env().find("postgres_base").manifest.stats["databases"]
+    assert databases["postgres"]["row_estimates"]["public.orders"] == 300
     local_pitr.switch_wal()
     assert main(["verify", "postgres_base", "--deep"]) == 0
     assert main(["drill", "postgres_base"]) == 0

@@ -136,16 +136,28 @@ class Cluster:
         return [DatabaseInfo(*row) for row in rows]
 
 
+USER_TABLES = (
+    "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE (c.relkind = 'r' OR (c.relkind = 'm' AND c.relispopulated))"
+    " AND n.nspname <> ALL(%s) AND n.nspname NOT LIKE 'pg\\_temp\\_%%'"
+    " AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%%'"
+)
+"""Every table and populated materialized view outside the system schemas (a query's end)."""
+
+
 def user_tables(connection: psycopg.Connection) -> list[tuple[str, str]]:
     """(schema, table) of every table and populated materialized view outside the system schemas."""
-    return connection.execute(
-        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE (c.relkind = 'r' OR (c.relkind = 'm' AND c.relispopulated))"
-        " AND n.nspname <> ALL(%s) AND n.nspname NOT LIKE 'pg\\_temp\\_%%'"
-        " AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%%'"
-        " ORDER BY 1, 2",
-        [list(SYSTEM_SCHEMAS)],
-    ).fetchall()
+    query = f"SELECT n.nspname, c.relname {USER_TABLES} ORDER BY 1, 2"
+    return connection.execute(query, [list(SYSTEM_SCHEMAS)]).fetchall()
+
+
+def row_estimates(connection: psycopg.Connection) -> dict[str, int]:
+    """The planner's row estimate of every user table (`schema.table`): the catalog alone,
+    without reading a table (0 for one never analyzed)."""
+    query = (
+        f"SELECT n.nspname || '.' || c.relname, greatest(c.reltuples, 0)::bigint {USER_TABLES}"
+    )
+    return dict(connection.execute(query, [list(SYSTEM_SCHEMAS)]).fetchall())
 
 
 def table_bytes(connection: psycopg.Connection) -> dict[str, int]:

@@ -223,7 +223,7 @@ class PostgresBase(Source[PostgresBaseSettings, PostgresBaseRestore]):
 
     def drill(self, reader: SnapshotReader, log: Log) -> DrillResult:
         """The base backup restored into a throwaway cluster that recovers through the whole
-        archive; its rows compared with those counted when the backup began."""
+        archive; its tables compared with those the catalog listed when the backup began."""
         try:
             return drill_base(reader, self.archive(reader.store), log)
         except ConfigurationError:

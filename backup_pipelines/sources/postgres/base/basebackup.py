@@ -31,7 +31,7 @@ from backup_pipelines.processes import ToolFailed
 from backup_pipelines.snapshot.manifest import utc_now
 from backup_pipelines.snapshot.staging import StagedSnapshot
 from backup_pipelines.snapshot.store import StoredSnapshot
-from backup_pipelines.sources.postgres.cluster import Cluster, row_counts
+from backup_pipelines.sources.postgres.cluster import Cluster, row_estimates
 from backup_pipelines.sources.source import Log
 from backup_pipelines.storage.streams import human_bytes
 from backup_pipelines.wal.archive import WalArchive
@@ -169,7 +169,7 @@ def check_archiving(cluster: Cluster) -> int:
 def base_backup(staged: StagedSnapshot, cluster: Cluster, archive: WalArchive, log: Log) -> None:
     """Stage `base.tar` and record what recovery from it needs in the stats."""
     segment_bytes = check_archiving(cluster)
-    counts = live_row_counts(cluster)
+    tables = catalog_tables(cluster)
     ends, label = StreamEnds(), f"backup-pipelines {staged.snapshot_id}"
     log(f"base backup of {cluster.where} (pg_basebackup, tar to the pipeline)")
     with watching_the_archiver(cluster, label) as stalled:
@@ -207,7 +207,7 @@ def base_backup(staged: StagedSnapshot, cluster: Cluster, archive: WalArchive, l
         "server": cluster.where,
         "server_version": cluster.server_version(),
         "cluster_bytes": staged.plain_bytes[entry.name],
-        "databases": counts,
+        "databases": tables,
     }
     log(
         f"base backup from {positions['start_lsn']} to {positions['stop_lsn']} on timeline "
@@ -302,14 +302,16 @@ def segments_behind(cluster: Cluster, newest: str | None) -> int | None:
     return max(0, segment_number(current, size) - segment_number(newest, size) - 1)
 
 
-def live_row_counts(cluster: Cluster) -> dict[str, dict[str, Any]]:
-    """Rows per table of every database as the backup starts: what a drill compares with."""
+def catalog_tables(cluster: Cluster) -> dict[str, dict[str, Any]]:
+    """Every database's tables with the planner's row estimates, as the backup starts: what a
+    drill finds missing or not. From the catalog alone: counting rows would read the whole
+    cluster once more on top of the backup."""
     return {
-        database.name: {"row_counts": _counts(cluster, database.name)}
+        database.name: {"row_estimates": _estimates(cluster, database.name)}
         for database in cluster.list_databases()
     }
 
 
-def _counts(cluster: Cluster, database: str) -> dict[str, int]:
+def _estimates(cluster: Cluster, database: str) -> dict[str, int]:
     with cluster.connect(database) as connection:
-        return row_counts(connection)
+        return row_estimates(connection)
