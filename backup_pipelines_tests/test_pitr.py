@@ -4,11 +4,14 @@ started as an operator starts them, recovering through `wal-fetch`."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import subprocess
+import tarfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +22,9 @@ from dagster import AssetKey, DagsterInstance, build_sensor_context
 from backup_pipelines.cli import main
 from backup_pipelines.cli.wal import EXIT_STOP_RECOVERY
 from backup_pipelines.dagster_defs.continuous_archive import archive_sensor
+from backup_pipelines.errors import BackupError
+from backup_pipelines.snapshot.reader import SnapshotReader
+from backup_pipelines.sources.postgres.base.untar import untar_artifact
 from backup_pipelines.sources.registry import archiving
 from backup_pipelines.storage.layout import WAL_ARCHIVE
 from backup_pipelines.wal.archive import WalArchive
@@ -37,6 +43,7 @@ from backup_pipelines_tests.archiving_cluster import (
 )
 from backup_pipelines_tests.conftest import (
     age_identity_file,
+    commit_snapshot,
     failed_at_once,
     metadata_of,
     run_job,
@@ -383,3 +390,62 @@ def test_a_cluster_that_does_not_archive_is_refused_naming_what_to_set(backup_en
     assert store_from_env().list_snapshots("postgres_base") == []
     reason = runtime_from_env().sources["postgres_base"].not_configured()
     assert reason is not None and "does not archive its WAL" in reason
+
+
+def tar_of(*members: tuple[tarfile.TarInfo, bytes]) -> bytes:
+    """A tar holding `members` (a header, and the data of a file)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for info, data in members:
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "", mode: int = 0o600):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode = kind, link, mode
+    return info
+
+
+def untarred(store, staging_dir: Path, target: Path, tar: bytes) -> None:
+    snapshot = commit_snapshot(
+        store, staging_dir, {"base.tar": tar}, source="postgres_base", run_id=str(uuid.uuid4())
+    )
+    untar_artifact(SnapshotReader(store, snapshot, staging_dir / "work"), "base.tar", target)
+
+
+def test_a_base_backups_tar_unpacks_whole_and_a_hostile_one_stops_before_tar_sees_it(
+    store, staging_dir, tmp_path
+):
+    big = os.urandom(3 << 20)  # a file larger than a chunk: its data crosses writes
+    good = tar_of(
+        (member("base/1", tarfile.DIRTYPE, mode=0o700), b""),
+        (member("base/1/1259"), big),
+        (member("PG_VERSION"), b"15\n"),
+        (member("base/1/link", tarfile.SYMTYPE, "1259"), b""),
+        (member("hard", tarfile.LNKTYPE, "PG_VERSION"), b""),
+        (member("postmaster.pid"), b"4242\n"),
+    )
+    target = tmp_path / "data"
+    target.mkdir()
+    untarred(store, staging_dir, target, good)
+    assert (target / "base/1/1259").read_bytes() == big
+    assert (target / "base/1/link").resolve() == (target / "base/1/1259").resolve()
+    assert (target / "hard").read_text() == "15\n"
+    assert not (target / "postmaster.pid").exists()  # a server's leftovers are never restored
+
+    hostile = {
+        "../outside": member("../outside"),
+        "/etc/evil": member("/etc/evil"),
+        "escape": member("escape", tarfile.SYMTYPE, "../../etc"),
+        "device": member("device", tarfile.CHRTYPE),
+        "setuid": member("setuid", mode=0o4755),
+    }
+    for name, info in hostile.items():
+        refused = tmp_path / f"refused-{len(name)}-{info.type.hex()}"
+        refused.mkdir()
+        with pytest.raises(BackupError, match="would land outside"):
+            untarred(store, staging_dir, refused, tar_of((member("first"), b"x"), (info, b"")))
+        assert {p.name for p in refused.iterdir()} <= {"first"}, name
+    assert not (tmp_path.parent / "outside").exists()

@@ -154,9 +154,7 @@ def user_tables(connection: psycopg.Connection) -> list[tuple[str, str]]:
 def row_estimates(connection: psycopg.Connection) -> dict[str, int]:
     """The planner's row estimate of every user table (`schema.table`): the catalog alone,
     without reading a table (0 for one never analyzed)."""
-    query = (
-        f"SELECT n.nspname || '.' || c.relname, greatest(c.reltuples, 0)::bigint {USER_TABLES}"
-    )
+    query = f"SELECT n.nspname || '.' || c.relname, greatest(c.reltuples, 0)::bigint {USER_TABLES}"
     return dict(connection.execute(query, [list(SYSTEM_SCHEMAS)]).fetchall())
 
 

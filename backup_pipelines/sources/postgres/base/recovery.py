@@ -26,25 +26,20 @@ import pwd
 import shlex
 import shutil
 import sys
-import tarfile
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from pathlib import Path
 
-from backup_pipelines.errors import BackupError, ConfigurationError
+from backup_pipelines.errors import ConfigurationError
 from backup_pipelines.snapshot.reader import SnapshotReader
 from backup_pipelines.sources.postgres.base.basebackup import BASE_ARTIFACT
+from backup_pipelines.sources.postgres.base.untar import untar_artifact
 from backup_pipelines.sources.postgres.scratch import SERVER_USER, server_bin_dir
-from backup_pipelines.storage.names import shown, split_source
+from backup_pipelines.storage.names import split_source
 
 RECOVERY_SIGNAL = "recovery.signal"
 AUTO_CONF = "postgresql.auto.conf"
-LEFT_BY_THE_SERVER = ("postmaster.pid", "postmaster.opts")
-SAFE_EXTRACTION = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-"""tarfile's own guard where this Python has it (3.11.4 on); `_checked` in any case."""
-"""Files a running (or crashed) server leaves in its directory: never restored."""
 
 
 def wal_fetch_command(archive: str) -> str:
@@ -76,42 +71,10 @@ def refuse_occupied(target: Path, force: bool) -> None:
 
 
 def unpack_base(reader: SnapshotReader, directory: Path) -> None:
-    """Unpack the snapshot's `base.tar` into `directory` as it streams from the store; raises
-    (leaving `directory` for the caller to remove) unless every stored byte proved sound. A
-    tar cut short by a failing read raises the read's error, its cause."""
-    with reader.open_plain(BASE_ARTIFACT) as stream:
-        _unpack(stream, directory)
-
-
-def _unpack(stream: BinaryIO, directory: Path) -> None:
-    try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
-            for member in tar:
-                if member.name in LEFT_BY_THE_SERVER:
-                    continue
-                tar.extract(_checked(member), directory, **SAFE_EXTRACTION)
-    except tarfile.TarError as exc:
-        raise BackupError(f"{BASE_ARTIFACT} is not a valid tar ({exc})") from None
-    except OSError as exc:
-        raise BackupError(f"cannot unpack into {directory}: {exc.strerror or exc}") from None
-
-
-def _checked(member: tarfile.TarInfo) -> tarfile.TarInfo:
-    """A member that stays inside the directory: a file, a folder, or a link within it."""
-    path = PurePosixPath(member.name)
-    escapes = path.is_absolute() or ".." in path.parts
-    if member.issym() or member.islnk():
-        target = PurePosixPath(member.linkname)
-        base = path.parent if member.issym() else PurePosixPath()
-        escapes |= target.is_absolute() or ".." in (base / target).parts
-    elif not (member.isfile() or member.isdir()):
-        escapes = True
-    if escapes:
-        raise BackupError(
-            f"{BASE_ARTIFACT} holds {shown(member.name)}, which would land outside the data "
-            "directory or is not a file (a tablespace is not restored this way)"
-        )
-    return member
+    """Unpack the snapshot's `base.tar` into `directory` as it streams from the store
+    (`untar.py`); raises (leaving `directory` for the caller to remove) unless every member
+    was acceptable and every stored byte proved sound."""
+    untar_artifact(reader, BASE_ARTIFACT, directory)
 
 
 def recovery_settings(
