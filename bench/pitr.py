@@ -1,7 +1,7 @@
 """Point-in-time recovery: `wal-push` per WAL segment, the base backup and its restore, side by
 side with the plain tools, and the recovery point archiving achieves.
 
-    .venv/bin/python bench/pitr.py [--megabytes 200] [--segments 20] [--repeat 3]
+    .venv/bin/python bench/pitr.py [--megabytes 200] [--segments 41] [--repeat 3]
 
 Makes a throwaway cluster (as the `postgres` OS user) whose archive_command
 copies each WAL file aside and pushes it with `wal-push`, and fills it with
@@ -9,8 +9,14 @@ copies each WAL file aside and pushes it with `wal-push`, and fills it with
 WAL of real-looking rows). Then, each in its own process:
 
 - per 16 MiB segment: `wal-push` into a local store and into moto's S3
-  server (what archive_command costs PostgreSQL), next to `cp` and
-  `zstd -3` of the same segment;
+  server (what archive_command costs PostgreSQL when nothing waits behind
+  it), next to `cp` and `zstd -3` of the same segment;
+- a backlog: every segment waiting (`.ready`) at once, drained as
+  PostgreSQL's archiver does (one `wal-push` after another, `.ready` renamed
+  `.done` on exit 0; the first pushes the others ahead), into the local
+  store and into moto, next to `zstd -3` of the same files one by one;
+- during a bulk insert (`CREATE TABLE ... AS SELECT` of the largest table):
+  the WAL it writes per second, and the most `pg_wal` held meanwhile;
 - the base backup: `postgres_base_backup`'s snapshot time (its `duration_s`)
   next to `pg_basebackup -Ft -X none` to a directory, and piped through
   `zstd -T0 -3`;
@@ -29,8 +35,10 @@ import argparse
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -69,6 +77,18 @@ def per_segment(label: str, argv_for, segments: list[Path], env=None) -> tuple:
     return label, statistics.median(r[0] for r in runs), max(r[1] for r in runs)
 
 
+def moto_bucket(endpoint: str, bucket: str) -> dict[str, str]:
+    """A new bucket on moto's server, and the environment that stores into it."""
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=KEYS["access"],
+        aws_secret_access_key=KEYS["secret"],
+    ).create_bucket(Bucket=bucket)
+    return {**os.environ, **s3_env(endpoint, bucket)}
+
+
 def push_rows(segments: list[Path], scratch: Path) -> list[tuple]:
     local = {**os.environ, "BACKUP_ARTIFACTS_DIR": str(scratch / "push-store")}
     copies = scratch / "copies"
@@ -88,14 +108,7 @@ def push_rows(segments: list[Path], scratch: Path) -> list[tuple]:
         ),
     ]
     with moto_endpoint() as endpoint:
-        boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=KEYS["access"],
-            aws_secret_access_key=KEYS["secret"],
-        ).create_bucket(Bucket="wal")
-        remote = {**os.environ, **s3_env(endpoint, "wal")}
+        remote = moto_bucket(endpoint, "wal")
         rows.append(
             per_segment(
                 "wal-push (moto S3)",
@@ -105,6 +118,76 @@ def push_rows(segments: list[Path], scratch: Path) -> list[tuple]:
             )
         )
     return rows
+
+
+def drain_backlog(segments: list[Path], scratch: Path, env: dict[str, str]) -> float:
+    """Seconds for PostgreSQL's archiver loop to archive `segments`, all waiting at once."""
+    wal = scratch / f"pg_wal-{time.monotonic_ns()}"
+    (wal / "archive_status").mkdir(parents=True)
+    for segment in segments:
+        shutil.copy(segment, wal / segment.name)
+        (wal / "archive_status" / f"{segment.name}.ready").touch()
+    started = time.monotonic()
+    for segment in segments:
+        subprocess.run([str(COMMAND), "wal-push", str(wal / segment.name)], env=env, check=True)
+        (wal / "archive_status" / f"{segment.name}.ready").rename(
+            wal / "archive_status" / f"{segment.name}.done"
+        )
+    elapsed = time.monotonic() - started
+    shutil.rmtree(wal)
+    return elapsed
+
+
+def zstd_one_by_one(segments: list[Path], scratch: Path) -> float:
+    started = time.monotonic()
+    for segment in segments:
+        subprocess.run(["zstd", "-q", "-f", "-3", str(segment), "-o", str(scratch / "one.zst")])
+    return time.monotonic() - started
+
+
+def backlog_rows(segments: list[Path], scratch: Path) -> list[tuple[str, float]]:
+    local = {**os.environ, "BACKUP_ARTIFACTS_DIR": str(scratch / "backlog-store")}
+    rows = [
+        ("zstd -3, one after another", zstd_one_by_one(segments, scratch)),
+        ("wal-push backlog (local store)", drain_backlog(segments, scratch, local)),
+    ]
+    with moto_endpoint() as endpoint:
+        remote = moto_bucket(endpoint, "backlog")
+        rows.append(("wal-push backlog (moto S3)", drain_backlog(segments, scratch, remote)))
+    return rows
+
+
+class WalWatch:
+    """Samples the size of `pg_wal` while a bulk insert runs (the most it held)."""
+
+    def __init__(self, data: Path):
+        self.wal, self.most, self._stop = data / "pg_wal", 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> WalWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.2):
+            held = sum(p.stat().st_size for p in self.wal.glob("[0-9A-F]*") if p.is_file())
+            self.most = max(self.most, held)
+
+
+def bulk_insert(dsn: str) -> None:
+    """A bulk load as fast as the server writes: every activity copied into a new table."""
+    with psycopg.connect(dsn.rsplit("/", 1)[0] + "/crm", autocommit=True) as connection:
+        connection.execute("CREATE TABLE activities_bulk AS SELECT * FROM activities")
+
+
+def wal_written(dsn: str) -> int:
+    with psycopg.connect(dsn) as connection:
+        [(lsn,)] = connection.execute("SELECT pg_current_wal_lsn() - '0/0'").fetchall()
+    return int(lsn)
 
 
 def recovery_point(dsn: str, repeat: int) -> float:
@@ -135,7 +218,7 @@ def recovery_point(dsn: str, repeat: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--megabytes", type=int, default=200)
-    parser.add_argument("--segments", type=int, default=20)
+    parser.add_argument("--segments", type=int, default=41)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     home, raw = owned_directory("bench-pitr-store-"), owned_directory("bench-pitr-wal-")
@@ -148,9 +231,14 @@ def main() -> None:
             os.environ["BACKUP_POSTGRES_BACKUP_DSN"] = server.dsn
             print(f"filling a CRM-like database of about {args.megabytes} MB")
             fill(server.dsn, args.megabytes)
+            before, started = wal_written(server.dsn), time.monotonic()
+            with WalWatch(server.data) as watch:
+                bulk_insert(server.dsn)
+            fill_rate = (wal_written(server.dsn) - before) / (time.monotonic() - started)
             server.switch_wal()
             segments = sorted(p for p in raw.iterdir() if len(p.name) == 24)[-args.segments :]
             pushes = push_rows(segments, scratch)
+            backlog = backlog_rows(segments, scratch)
             plain_dir, piped = scratch / "plain", scratch / "piped.tar.zst"
             basebackup = ["pg_basebackup", "-d", server.dsn, "-Ft", "-X", "none", "-c", "fast"]
 
@@ -207,6 +295,15 @@ def main() -> None:
             f"{label:<32} {seconds * 1000:>8.0f} {SEGMENT / 2**20 / seconds:>8.0f} "
             f"{peak / 1024:>13.1f}"
         )
+    print(f"\na backlog of {len(segments)} segments, drained as PostgreSQL's archiver does")
+    print(f"{'':<32} {'seconds':>8} {'MiB/s':>8} {'x zstd':>8}")
+    for label, seconds in backlog:
+        rate = len(segments) * SEGMENT / 2**20 / seconds
+        print(f"{label:<32} {seconds:>8.2f} {rate:>8.0f} {seconds / backlog[0][1]:>8.2f}")
+    print(
+        f"\nduring a bulk insert: {fill_rate / 2**20:.0f} MiB/s of WAL written, pg_wal held at "
+        f"most {watch.most / 2**20:.0f} MiB (max_wal_size 4 GB)"
+    )
     print(f"\nbase backup of a {cluster_mib:.0f} MiB cluster, median of {args.repeat}")
     print(f"{'':<36} {'seconds':>8} {'output MiB':>11} {'peak RSS MiB':>13}")
     for label, seconds, output, peak in base:

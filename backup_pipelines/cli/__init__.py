@@ -2,9 +2,11 @@
 without Dagster (`commands.py`, its arguments in `parser.py`), and PostgreSQL's `wal-push` /
 `wal-fetch` (`wal.py`).
 
-PostgreSQL runs `wal-push` once per WAL file (every minute or faster), so
-`main` sends the WAL commands to their module before anything else is
-imported: not the sources, not Dagster's, not the other commands.
+PostgreSQL runs `wal-push` once per WAL file (every minute or faster, or
+back to back through a backlog), so `main` answers a segment pushed ahead
+before importing anything (`wal/ahead.py`), and sends the WAL commands to
+their module before the rest: not the sources, not Dagster's, not the other
+commands.
 """
 
 from __future__ import annotations
@@ -12,12 +14,18 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from backup_pipelines.cli import wal
+from backup_pipelines.wal import ahead
+
+WAL_COMMANDS = ("wal-push", "wal-fetch")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] and argv[0] in wal.WAL_COMMANDS:
+    if argv[:1] == ["wal-push"] and ahead.pushed_ahead(argv[1:]):
+        return 0
+    if argv[:1] and argv[0] in WAL_COMMANDS:
+        from backup_pipelines.cli import wal
+
         return wal.main(argv)
     from backup_pipelines.cli.commands import main as commands_main  # the sources: only here
 

@@ -16,7 +16,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from backup_pipelines.cli import wal
+from backup_pipelines.cli import WAL_COMMANDS, wal
 from backup_pipelines.cli.parser import build_parser, command_line_secrets
 from backup_pipelines.errors import BackupError, ConfigurationError, SnapshotNotFound
 from backup_pipelines.operations.caller import Caller
@@ -265,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command in wal.WAL_COMMANDS:  # `cli/__init__.py` sends them there directly
+    if args.command in WAL_COMMANDS:  # `cli/__init__.py` sends them there directly
         return wal.run(args)
     if getattr(args, "json", False):  # JSON for a program to read: no advice around it
         logging.getLogger("backup_pipelines.stores").setLevel(logging.ERROR)

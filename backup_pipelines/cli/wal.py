@@ -31,7 +31,6 @@ from backup_pipelines.redaction import redact
 from backup_pipelines.services import load_services
 from backup_pipelines.storage.names import TARGET_NAME
 
-WAL_COMMANDS = ("wal-push", "wal-fetch")
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 EXIT_NOT_HELD = 1
 EXIT_STOP_RECOVERY = 255

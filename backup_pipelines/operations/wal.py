@@ -11,31 +11,68 @@ trail.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
-from backup_pipelines.errors import StorageFull, StoreError
+from backup_pipelines.errors import BackupError, StorageFull, StoreError
 from backup_pipelines.operations.caller import Log
 from backup_pipelines.records.audit import Entry, Operation
 from backup_pipelines.services import Services
 from backup_pipelines.snapshot.encryption import load_identities
 from backup_pipelines.storage.layout import wal_archive_name
-from backup_pipelines.wal.archive import WalArchive
+from backup_pipelines.wal import ahead
+from backup_pipelines.wal.archive import ArchivedFile, WalArchive
 
+PUSHED_AHEAD = 64
+"""At most this many waiting segments (1 GiB of 16 MiB ones) pushed ahead by one command."""
+PUSHERS = max(2, len(os.sched_getaffinity(0)))
+"""Segments pushed at once: each is read, compressed and sent; the store's latency overlaps."""
 NAME_SHOWN = 64
 """Of a WAL name as given, what an audit record keeps (a real one has at most 40 characters)."""
 
 
-def push(services: Services, path: Path, target: str | None) -> bool:
-    """Store the WAL file at `path`; True once stored, False when an identical copy was there.
-    Compressed in the system's temporary directory, which the server's OS user can write
-    (the staging area may be another user's)."""
+def push(services: Services, path: Path, target: str | None) -> None:
+    """Store the WAL file at `path`, and push ahead the segments waiting after it
+    (`wal/ahead.py`), several at once. Compressed in the system's temporary directory, which
+    the server's OS user can write (the staging area may be another user's). Only the failure
+    of `path`'s own push is this command's: one pushed ahead is pushed again when asked for."""
     archive = WalArchive(services.store.backend, wal_archive_name(target))
+    spool = ahead.spool_dir(target)
+    waiting = ahead.waiting_after(path, PUSHED_AHEAD) if spool is not None else []
+
+    def store(segment: Path) -> ArchivedFile:
+        return archive.push(segment, services.staging.recipients, Path(tempfile.gettempdir()))
+
+    def store_ahead(segment: Path) -> tuple[Path, str, ArchivedFile]:
+        before = ahead.identity(segment)  # taken before the file is read for the push
+        return segment, before, store(segment)
+
     with failure_audited(services, "wal-push", archive.source, path.name):
-        return archive.push(path, services.staging.recipients, Path(tempfile.gettempdir()))
+        with ThreadPoolExecutor(max_workers=PUSHERS) as pool:
+            own = pool.submit(store, path)
+            later = [pool.submit(store_ahead, segment) for segment in waiting]
+            own.result()
+        _mark_pushed_ahead(archive, spool, [f.result() for f in later if f.exception() is None])
+
+
+def _mark_pushed_ahead(
+    archive: WalArchive, spool: Path | None, pushed: list[tuple[Path, str, ArchivedFile]]
+) -> None:
+    """A marker for each segment pushed ahead that the archive's listing shows: checked in
+    the store, not assumed from a push that returned."""
+    if spool is None or not pushed:
+        return
+    with contextlib.suppress(BackupError, OSError):  # no marker: pushed when asked for
+        listed = set(archive.holding([held for _, _, held in pushed]))
+        for segment, before, held in pushed:
+            if held in listed:
+                ahead.mark_stored(spool, segment, before, held.sha256)
 
 
 def fetch(services: Services, name: str, destination: Path, target: str | None, warn: Log) -> bool:

@@ -1,3 +1,4 @@
-"""PostgreSQL's write-ahead log kept between base backups: its file names (`names.py`) and the
-archive in a store (`archive.py`). Kept apart from the sources, so that `wal-push`, which
-PostgreSQL runs once per WAL file, starts without importing them."""
+"""PostgreSQL's write-ahead log kept between base backups: its file names (`names.py`), the
+archive in a store (`archive.py`), and the segments pushed ahead of PostgreSQL's asking
+(`ahead.py`). Kept apart from the sources, so that `wal-push`, which PostgreSQL runs once per
+WAL file, starts without importing them."""

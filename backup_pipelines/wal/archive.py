@@ -123,24 +123,33 @@ class WalArchive:
             raise WalConflict(f"{self.describe()} holds two different copies of {name}")
         return next(iter(held), None)
 
-    def push(self, path: Path, recipients: Sequence[x25519.Recipient], scratch: Path) -> bool:
-        """Store the WAL file at `path`; True once stored, False when an identical copy was
-        there already. `WalConflict` when the archive holds other content under its name."""
+    def push(
+        self, path: Path, recipients: Sequence[x25519.Recipient], scratch: Path
+    ) -> ArchivedFile:
+        """Store the WAL file at `path` (unless an identical copy is there already) and say
+        what the archive holds of it. `WalConflict` when it holds other content under its
+        name."""
         name = check_wal_name(path.name)
         held = self.find(name)
         if held is not None:  # a retry after a crash: only the content is read
             if held.sha256 == _sha256_of(path):
-                return False
+                return held
             raise WalConflict(
                 f"{self.describe()} already holds a different {name}: refusing to overwrite "
                 "it (is a second cluster archiving into the same place?)"
             )
-        self._put(path, name, recipients, scratch)
-        return True
+        return self._put(path, name, recipients, scratch)
+
+    def holding(self, files: Sequence[ArchivedFile]) -> list[ArchivedFile]:
+        """Those of `files` the archive's listing shows (one listing per folder)."""
+        listed: set[ArchivedFile] = set()
+        for folder in {folder_of(file.name) for file in files}:
+            listed.update(self.files(folder))
+        return [file for file in files if file in listed]
 
     def _put(
         self, path: Path, name: str, recipients: Sequence[x25519.Recipient], scratch: Path
-    ) -> None:
+    ) -> ArchivedFile:
         """Compress (and encrypt) in one read, hashing the content for the stored name."""
         try:
             scratch.mkdir(parents=True, exist_ok=True)
@@ -156,6 +165,7 @@ class WalArchive:
             raise disk_full(exc, scratch) or BackupError(
                 f"cannot archive {path}: {exc.strerror or exc}"
             ) from None
+        return archived
 
     def fetch(
         self,
