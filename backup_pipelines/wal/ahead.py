@@ -45,8 +45,8 @@ SEGMENT_FILE = re.compile(r"[0-9A-F]{24}")
 def spool_dir(target: str | None) -> Path | None:
     """This store's and target's spool directory, made if missing; None when it cannot be
     ours alone (another user's, a link), and nothing is then pushed ahead or answered."""
-    identity = "\0".join([*(os.environ.get(name, "") for name in STORE_VARIABLES), target or ""])
-    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    key = "\0".join([*(os.environ.get(name, "") for name in STORE_VARIABLES), target or ""])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     path = Path(tempfile.gettempdir()) / f"backup-pipelines-wal-ahead-{os.getuid()}-{digest}"
     try:
         path.mkdir(mode=0o700, exist_ok=True)
@@ -74,8 +74,8 @@ def mark_stored(spool: Path, path: Path, file_identity: str, sha256: str) -> Non
 
 
 def pushed_ahead(arguments: Sequence[str]) -> bool:
-    """Whether `wal-push ARGUMENTS` can answer 0 at once: its segment was pushed ahead, with
-    the content the file has now. The marker is used up either way."""
+    """Whether `wal-push ARGUMENTS` can answer 0 at once: its segment was pushed ahead, and
+    the file at its path is the very one pushed. The marker is used up either way."""
     path, target = _push_arguments(arguments)
     if path is None or SEGMENT_FILE.fullmatch(path.name) is None:
         return False
