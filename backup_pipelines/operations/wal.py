@@ -31,8 +31,6 @@ from backup_pipelines.wal.archive import ArchivedFile, WalArchive
 
 PUSHED_AHEAD = 64
 """At most this many waiting segments (1 GiB of 16 MiB ones) pushed ahead by one command."""
-PUSHERS = max(2, len(os.sched_getaffinity(0)))
-"""Segments pushed at once: each is read, compressed and sent; the store's latency overlaps."""
 NAME_SHOWN = 64
 """Of a WAL name as given, what an audit record keeps (a real one has at most 40 characters)."""
 
@@ -54,11 +52,17 @@ def push(services: Services, path: Path, target: str | None) -> None:
         return segment, before, store(segment)
 
     with failure_audited(services, "wal-push", archive.source, path.name):
-        with ThreadPoolExecutor(max_workers=PUSHERS) as pool:
+        with ThreadPoolExecutor(max_workers=pushers()) as pool:
             own = pool.submit(store, path)
             later = [pool.submit(store_ahead, segment) for segment in waiting]
             own.result()
         _mark_pushed_ahead(archive, spool, [f.result() for f in later if f.exception() is None])
+
+
+def pushers() -> int:
+    """Segments pushed at once, one per core and at least two: each is read, compressed and
+    sent, so one's wait for the store overlaps another's compression."""
+    return max(2, len(os.sched_getaffinity(0)))
 
 
 def _mark_pushed_ahead(

@@ -18,8 +18,8 @@ from typing import Any
 
 from backup_pipelines.errors import BackupError, ConfigurationError
 from backup_pipelines.processes import ToolFailed, run_tool, running
+from backup_pipelines.storage.streams import PROGRESS_EVERY_S
 
-PROGRESS_EVERY_S = 10.0
 HOST_TAG = "backup-pipelines"
 RESTIC_SNAPSHOT_ID = re.compile(r"[0-9a-f]{8}|[0-9a-f]{64}")
 PARTIAL_BACKUP = 3

@@ -129,7 +129,7 @@ class FromBlock(io.RawIOBase):
         self._inner = inner
         self._toc_left = len(toc.prefix)
         self._marker = marker
-        self._end_of_block = 1 + toc.int_size  # the marker's part that ends the block before
+        self._end_of_block = len(toc.end_of_block)  # the marker's part before the block
         self._seen = b""  # the end of what was dropped, where the marker may begin
         self._found = False
 
@@ -179,14 +179,20 @@ def plan_shares(toc: Toc, workers: int, table_bytes: Mapping[str, int]) -> list[
     the first share. An index or constraint that depends on nothing but one share's tables
     (and what that share builds) follows that share's data: no two shares ever lock the
     same table."""
+
+    def size(entry: TocEntry) -> int:
+        """Its table's bytes at backup (a manifest's figure: untrusted, 0 unless a count)."""
+        found = table_bytes.get(f"{entry.namespace}.{entry.tag}")
+        return found if isinstance(found, int) and found > 0 else 0
+
     data = toc.in_section("data")
     tables = [entry for entry in data if entry.desc == "TABLE DATA"]
     loads, owner = [0] * workers, {}  # TABLE dump id → share number
-    for entry in sorted(tables, key=lambda e: -table_bytes.get(f"{e.namespace}.{e.tag}", 0)):
+    for entry in sorted(tables, key=size, reverse=True):
         lightest = loads.index(min(loads))
         for dump_id in (entry.dump_id, *entry.dependencies):  # the data and its table
             owner[dump_id] = lightest
-        loads[lightest] += table_bytes.get(f"{entry.namespace}.{entry.tag}", 0) or 1
+        loads[lightest] += size(entry) or 1
     shares = [Share() for _ in range(workers)]
     for entry in data:
         shares[owner.get(entry.dump_id, 0)].data.append(entry)

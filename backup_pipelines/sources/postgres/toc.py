@@ -60,9 +60,13 @@ class Toc:
     for everything that needs no data block."""
 
     prefix: bytes
-    version: tuple[int, int]
     entries: list[TocEntry] = field(default_factory=list)
     int_size: int = 4
+
+    @property
+    def end_of_block(self) -> bytes:
+        """What ends a data block: a chunk of length 0 (`WriteInt(0)`)."""
+        return self._integer(0)
 
     def block_marker(self, entry: TocEntry) -> bytes | None:
         """The bytes that end the data block before `entry`'s and start its own: the end of
@@ -76,8 +80,7 @@ class Toc:
             return None
         if any(e.desc != "TABLE DATA" for e in before):
             return None
-        end_of_block = b"\x00" * (1 + self.int_size)
-        return end_of_block + DATA_BLOCK + self._integer(entry.dump_id)
+        return self.end_of_block + DATA_BLOCK + self._integer(entry.dump_id)
 
     def _integer(self, value: int) -> bytes:
         """`WriteInt`: a sign byte, then `int_size` bytes, least significant first."""
@@ -135,7 +138,7 @@ def read_toc(data: bytes | bytearray) -> Toc:
     version, offset_size = _read_header(cursor)
     entries = [_read_entry(cursor, version, offset_size) for _ in range(cursor.integer())]
     prefix = bytes(data[: cursor.position])
-    return Toc(prefix=prefix, version=version, entries=entries, int_size=cursor.int_size)
+    return Toc(prefix=prefix, entries=entries, int_size=cursor.int_size)
 
 
 def _read_header(cursor: _Cursor) -> tuple[tuple[int, int], int]:

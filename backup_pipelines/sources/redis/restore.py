@@ -72,11 +72,13 @@ def rdb_source(reader: SnapshotReader, log: Log) -> RdbSource:
 
 
 def rdb_size(reader: SnapshotReader) -> int:
-    """The plain RDB's size as recorded at backup (the stored size for older snapshots)."""
-    stats = reader.snapshot.manifest.stats
-    return int(
-        stats.get("rdb_bytes") or sum(entry.size for entry in reader.snapshot.manifest.files)
-    )
+    """The plain RDB's size as recorded at backup (a manifest's figure: untrusted), else the
+    stored size (older snapshots): what the wait for the load is measured by."""
+    manifest = reader.snapshot.manifest
+    recorded = manifest.stats.get("rdb_bytes")
+    if isinstance(recorded, int) and recorded > 0:
+        return recorded
+    return sum(entry.size for entry in manifest.files)
 
 
 @contextmanager
