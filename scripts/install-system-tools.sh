@@ -11,6 +11,8 @@ declare -A package_of=(
   [pg_dump]=postgresql-client [pg_restore]=postgresql-client [pg_dumpall]=postgresql-client
   [psql]=postgresql-client [redis-cli]=redis-tools [redis-check-rdb]=redis-tools
   [redis-server]=redis-server [restic]=restic [zstd]=zstd
+  # a base backup restores with GNU tar (the extraction), fed and checked by us
+  [tar]=tar
   [/usr/bin/time]=time
   # drills make throw-away PostgreSQL clusters with the server's initdb
   [/usr/lib/postgresql/*/bin/initdb]=postgresql
