@@ -46,6 +46,8 @@ PER_SOURCE = {
     "(base backup sources: their WAL archive).",
     "backup_wal_max_age_seconds": "How old the newest archived WAL file may grow before "
     "archiving counts as stalled (BACKUP_POSTGRES_WAL_MAX_AGE_S).",
+    "backup_wal_dropped_bytes_total": "WAL given up, not archived, because the store could "
+    "not be reached while more than BACKUP_WAL_QUEUE_MAX_BYTES waited (the gaps it records).",
     "backup_store_missing_snapshots": "Snapshots of the primary a copy store lacks (but those "
     "its own retention dropped).",
     "backup_store_oldest_missing_timestamp_seconds": "finished_at of the oldest snapshot of the "
@@ -152,9 +154,10 @@ class StoreCollector(Collector):
             }
         if (archive := source.continuous_archive) is not None:
             values["backup_wal_max_age_seconds"] = float(archive.max_age_s)
-            last = archive.reach(view.store).archived_at
-            if last is not None:
-                values["backup_wal_last_archived_timestamp_seconds"] = last.timestamp()
+            reach = archive.reach(view.store)
+            values["backup_wal_dropped_bytes_total"] = float(reach.given_up_bytes)
+            if reach.archived_at is not None:
+                values["backup_wal_last_archived_timestamp_seconds"] = reach.archived_at.timestamp()
         verdict = view.verdicts.read(source.name)
         if verdict is not None:
             values["backup_verification_last_passed"] = 1.0 if verdict.passed else 0.0

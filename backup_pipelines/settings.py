@@ -160,6 +160,10 @@ class BackupSettings(EnvironmentSettings):
     stores_file: Path | None = None
     """Copy stores beside the primary (`stores.py`); without it, the primary alone."""
 
+    wal_queue_max_bytes: int | None = Field(None, ge=1)
+    """WAL that may wait for an unreachable archive before the oldest is given up
+    (`wal/queue.py`); unset, none ever is."""
+
     verify_cron: str = "0 5 * * *"
     """When the verification plane drills every source's latest snapshot (UTC)."""
 

@@ -48,7 +48,8 @@ def markers(target: str | None = None) -> dict[str, str]:
     """Segment → sha256 of every marker of segments pushed ahead."""
     spool = ahead.spool_dir(target)
     assert spool is not None
-    return {marker.name: marker.read_text().split()[-1] for marker in spool.iterdir()}
+    found = [marker for marker in spool.iterdir() if ahead.SEGMENT_FILE.fullmatch(marker.name)]
+    return {marker.name: marker.read_text().split()[-1] for marker in found}
 
 
 def test_a_backlog_is_pushed_ahead_and_each_segment_answered_at_once(

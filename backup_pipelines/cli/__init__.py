@@ -4,7 +4,8 @@ without Dagster (`commands.py`, its arguments in `parser.py`), and PostgreSQL's 
 
 PostgreSQL runs `wal-push` once per WAL file (every minute or faster, or
 back to back through a backlog), so `main` answers a segment pushed ahead
-before importing anything (`wal/ahead.py`), and sends the WAL commands to
+(`wal/ahead.py`), or given up while the store cannot be reached
+(`wal/queue.py`), before importing anything, and sends the WAL commands to
 their module before the rest: not the sources, not Dagster's, not the other
 commands.
 """
@@ -14,14 +15,16 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from backup_pipelines.wal import ahead
+from backup_pipelines.wal import ahead, queue
 
 WAL_COMMANDS = ("wal-push", "wal-fetch")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["wal-push"] and ahead.pushed_ahead(argv[1:]):
+    if argv[:1] == ["wal-push"] and (
+        ahead.pushed_ahead(argv[1:]) or queue.given_up_at_once(argv[1:])
+    ):
         return 0
     if argv[:1] and argv[0] in WAL_COMMANDS:
         from backup_pipelines.cli import wal

@@ -65,20 +65,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def warn(line: str) -> None:
-    print(f"backup-pipelines wal-fetch: {line}", file=sys.stderr)
-
-
 def run(args: argparse.Namespace) -> int:
     """One WAL command, its failure said on stderr (the server's log) in one line."""
     fetching = args.command == "wal-fetch"
     failing = EXIT_STOP_RECOVERY if fetching else EXIT_FAILURE
+
+    def warn(line: str) -> None:
+        print(f"backup-pipelines {args.command}: {line}", file=sys.stderr)
+
     secrets: list[str] = []
     try:
         services = load_services()
         secrets = services.secrets
         if not fetching:
-            push(services, args.path, args.target)
+            push(services, args.path, args.target, warn)
             return EXIT_OK
         held = fetch(services, args.name, args.destination, args.target, warn)
         return EXIT_OK if held else EXIT_NOT_HELD

@@ -113,6 +113,7 @@ def _observe(
                     "last_archived_at": MetadataValue.timestamp(last),
                     "age_s": round(age, 1),
                     "segments_behind": behind if behind is not None else -1,
+                    "given_up_bytes": reach.given_up_bytes,
                 },
             )
         )

@@ -19,15 +19,20 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from backup_pipelines.errors import BackupError, StorageFull, StoreError
+from backup_pipelines.events.messages import FAILED, event_body
 from backup_pipelines.operations.caller import Log
 from backup_pipelines.records.audit import Entry, Operation
 from backup_pipelines.services import Services
 from backup_pipelines.snapshot.encryption import load_identities
-from backup_pipelines.storage.layout import wal_archive_name
-from backup_pipelines.wal import ahead
+from backup_pipelines.storage.layout import OUTBOX, wal_archive_name
+from backup_pipelines.wal import ahead, queue
 from backup_pipelines.wal.archive import ArchivedFile, WalArchive
+
+if TYPE_CHECKING:
+    from backup_pipelines.events.outbox import EventPublisher
 
 PUSHED_AHEAD = 64
 """At most this many waiting segments (1 GiB of 16 MiB ones) pushed ahead by one command."""
@@ -35,13 +40,38 @@ NAME_SHOWN = 64
 """Of a WAL name as given, what an audit record keeps (a real one has at most 40 characters)."""
 
 
-def push(services: Services, path: Path, target: str | None) -> None:
+def push(services: Services, path: Path, target: str | None, warn: Log) -> None:
     """Store the WAL file at `path`, and push ahead the segments waiting after it
     (`wal/ahead.py`), several at once. Compressed in the system's temporary directory, which
     the server's OS user can write (the staging area may be another user's). Only the failure
-    of `path`'s own push is this command's: one pushed ahead is pushed again when asked for."""
+    of `path`'s own push is this command's: one pushed ahead is pushed again when asked for.
+    When the store cannot be reached and more WAL waits than `BACKUP_WAL_QUEUE_MAX_BYTES`,
+    `path` is given up instead (`wal/queue.py`), and `warn` says so."""
     archive = WalArchive(services.store.backend, wal_archive_name(target))
     spool = ahead.spool_dir(target)
+    with failure_audited(services, "wal-push", archive.source, path.name):
+        try:
+            _push_with_those_waiting(services, archive, spool, path)
+        except (StoreError, StorageFull):
+            if spool is None:
+                raise
+            queue.note_unreachable(spool)
+            waiting = queue.over_bound(path, services.shared.wal_queue_max_bytes)
+            if waiting is None:
+                raise
+            _give_up(services, archive, spool, path, waiting, warn)
+            return
+    if spool is not None:
+        queue.note_stored(spool, path)
+        _record_pending_gap(services, archive, spool)
+
+
+def _push_with_those_waiting(
+    services: Services, archive: WalArchive, spool: Path | None, path: Path
+) -> None:
+    """`path` stored; the segments waiting after it pushed at the same time, and marked in
+    `spool` once the archive's listing shows them. Those not yet started when `path`'s push
+    fails are not tried."""
     waiting = ahead.waiting_after(path, PUSHED_AHEAD) if spool is not None else []
 
     def store(segment: Path) -> ArchivedFile:
@@ -51,12 +81,56 @@ def push(services: Services, path: Path, target: str | None) -> None:
         before = ahead.identity(segment)  # taken before the file is read for the push
         return segment, before, store(segment)
 
-    with failure_audited(services, "wal-push", archive.source, path.name):
-        with ThreadPoolExecutor(max_workers=pushers()) as pool:
-            own = pool.submit(store, path)
-            later = [pool.submit(store_ahead, segment) for segment in waiting]
+    with ThreadPoolExecutor(max_workers=pushers()) as pool:
+        own = pool.submit(store, path)
+        later = [pool.submit(store_ahead, segment) for segment in waiting]
+        try:
             own.result()
-        _mark_pushed_ahead(archive, spool, [f.result() for f in later if f.exception() is None])
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    _mark_pushed_ahead(archive, spool, [f.result() for f in later if f.exception() is None])
+
+
+def _give_up(
+    services: Services,
+    archive: WalArchive,
+    spool: Path,
+    path: Path,
+    waiting: int,
+    warn: Log,
+) -> None:
+    """`path` added to the gap in the spool; the gap's first segment announced
+    (`backup.failed`, from the spool's own outbox: the store is what cannot be reached)."""
+    gap = queue.give_up(spool, path)
+    warn(queue.given_up_line(path.name, waiting))
+    if gap.segments == 1:
+        error = (
+            f"{archive.describe()} cannot be reached and {waiting} bytes of WAL wait, over "
+            f"{queue.QUEUE_MAX_VARIABLE}: giving up the oldest waiting segments from "
+            f"{gap.first} so PostgreSQL's disk does not fill; point-in-time recovery cannot "
+            "pass them until a new base backup"
+        )
+        event = event_body(FAILED, archive.source, None, error=error)
+        _spool_events(services, spool).publish(event)
+
+
+def _record_pending_gap(services: Services, archive: WalArchive, spool: Path) -> None:
+    """The gap given up while the store could not be reached, written into it now that it
+    can; the events that waited in the spool's outbox sent."""
+    gap = queue.pending_gap(spool)
+    if gap is None:
+        return
+    archive.record_gap(gap)
+    queue.gap_recorded(spool)
+    _spool_events(services, spool).flush()
+
+
+def _spool_events(services: Services, spool: Path) -> EventPublisher:
+    """Events of `wal-push` wait in the spool (the server's OS user's), not the store's."""
+    from backup_pipelines.events.outbox import EventPublisher  # pika only where it is used
+
+    return EventPublisher(services.shared.rabbitmq_url.get_secret_value(), spool / OUTBOX)
 
 
 def pushers() -> int:

@@ -135,10 +135,12 @@ class DrillResult:
 
 @dataclass(frozen=True)
 class ArchiveReach:
-    """How far a continuous archive reaches: its newest file, and when that was stored."""
+    """How far a continuous archive reaches: its newest file, when that was stored, and the
+    bytes the live system gave up because the store could not be reached (gaps)."""
 
     newest: str | None
     archived_at: datetime | None
+    given_up_bytes: int = 0
 
 
 class ContinuousArchive(ABC):

@@ -66,17 +66,21 @@ def identity(path: Path) -> str:
 
 def mark_stored(spool: Path, path: Path, file_identity: str, sha256: str) -> None:
     """Say that the segment at `path`, the file `file_identity` names (taken before it was
-    read for the push), is in the archive with content `sha256` (written whole or not at all:
-    a temporary name, then a rename)."""
-    partial = spool / f".{path.name}.{os.getpid()}"
-    partial.write_text(f"{file_identity}\n{sha256}\n")
-    os.replace(partial, spool / path.name)
+    read for the push), is in the archive with content `sha256`."""
+    write_whole(spool / path.name, f"{file_identity}\n{sha256}\n")
+
+
+def write_whole(path: Path, text: str) -> None:
+    """`text` at `path`, whole or not at all: a temporary name beside it, then a rename."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    partial.write_text(text)
+    os.replace(partial, path)
 
 
 def pushed_ahead(arguments: Sequence[str]) -> bool:
     """Whether `wal-push ARGUMENTS` can answer 0 at once: its segment was pushed ahead, and
     the file at its path is the very one pushed. The marker is used up either way."""
-    path, target = _push_arguments(arguments)
+    path, target = push_arguments(arguments)
     if path is None or SEGMENT_FILE.fullmatch(path.name) is None:
         return False
     spool = spool_dir(target)
@@ -92,7 +96,7 @@ def pushed_ahead(arguments: Sequence[str]) -> bool:
         return False
 
 
-def _push_arguments(arguments: Sequence[str]) -> tuple[Path | None, str | None]:
+def push_arguments(arguments: Sequence[str]) -> tuple[Path | None, str | None]:
     """`PATH [--target T]` as PostgreSQL's archive_command passes them; (None, None) for
     anything else, which the full command then reads and answers."""
     words, path, target = list(arguments), None, None

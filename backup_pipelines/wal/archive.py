@@ -9,7 +9,8 @@ bytes, so one listing says whether the archive holds a file and with which
 content, and a fetch proves what it wrote. `<folder>` is the segment name's
 timeline and high half of its position (as pgBackRest groups them: 4 GiB of
 WAL each), or `history` for the timelines' `.history` files; pruning drops
-whole folders.
+whole folders. `gaps/<first>-<last>.json` records the segments given up while
+the store could not be reached (`wal/queue.py`).
 
 Everything read back is untrusted, like a manifest: only names shaped like
 PostgreSQL's WAL names are ever joined into a key, and what a fetch writes
@@ -45,8 +46,11 @@ from backup_pipelines.wal.names import (
     segment_name,
     segment_position,
 )
+from backup_pipelines.wal.queue import Gap
 
 HISTORY_FOLDER = "history"
+GAPS_FOLDER = "gaps"
+GAP_RECORD_MAX_BYTES = 4096
 FOLDER = re.compile(r"[0-9A-F]{16}|history")
 STORED = re.compile(
     r"(?P<name>[0-9A-F]{8}(\.history|[0-9A-F]{16}(\.partial|\.[0-9A-F]{8}\.backup)?))"
@@ -241,6 +245,25 @@ class WalArchive:
         )
         return [name for name in wanted if name not in held]
 
+    def record_gap(self, gap: Gap) -> None:
+        """Say in the archive that `gap`'s segments were given up (`wal/queue.py`)."""
+        self.backend.put_bytes(self._gap_key(gap), gap.to_json().encode())
+
+    def _gap_key(self, gap: Gap) -> str:
+        return wal_file_key(self.source, GAPS_FOLDER, gap.key_name)
+
+    def gaps(self) -> list[Gap]:
+        """The gaps recorded, oldest first; a record that is not one is left out (untrusted)."""
+        found = []
+        for name in self.backend.files(self._prefix(GAPS_FOLDER)):
+            fetched = self.backend.get(
+                wal_file_key(self.source, GAPS_FOLDER, name), GAP_RECORD_MAX_BYTES
+            )
+            gap = Gap.parsed(fetched.data) if fetched is not None else None
+            if gap is not None and gap.key_name == name:
+                found.append(gap)
+        return sorted(found, key=lambda gap: segment_position(gap.first))
+
     def newest_segment(self) -> str | None:
         """The segment furthest on in the archive, on any timeline."""
         for folder in reversed(self.folders()):
@@ -263,6 +286,9 @@ class WalArchive:
         A file `other` holds with other content is left as it is (`WalConflict`), as
         `push` would. Returns the names copied."""
         copied = []
+        for gap in set(self.gaps()) - set(other.gaps()):
+            other.record_gap(gap)
+            copied.append(gap.key_name)
         for folder in [HISTORY_FOLDER, *self.folders()]:
             theirs = {file.name: file for file in other.files(folder)}
             for file in self.files(folder):
@@ -279,11 +305,17 @@ class WalArchive:
     def prune_before(self, segment: str, *, dry_run: bool) -> tuple[list[str], list[str]]:
         """Drop every file before `segment`'s position, on every timeline: positions grow
         across timelines, so recovery from a base backup starting at `segment` never needs
-        one. Timelines' history files always stay. Folders wholly before go at once; a folder
-        S3 Object Lock still protects stays whole. Returns (removed, locked) file names."""
+        one; so do the gaps recorded before it. Timelines' history files always stay. Folders
+        wholly before go at once; a folder S3 Object Lock still protects stays whole. Returns
+        (removed, locked) file names."""
         cut = segment_position(segment)
         removed: list[str] = []
         locked: list[str] = []
+        for gap in self.gaps():
+            if segment_position(gap.last) < cut:
+                if not dry_run:
+                    self.backend.delete(self._gap_key(gap))
+                removed.append(gap.key_name)
         for folder in self.folders():
             if int(folder[8:], 16) > cut[0]:
                 continue

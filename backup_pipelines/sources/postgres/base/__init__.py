@@ -278,7 +278,8 @@ class WalArchiving(ContinuousArchive):
 
     def reach(self, store: SnapshotStore) -> ArchiveReach:
         archive = self.source.archive(store)
-        return ArchiveReach(archive.newest_segment(), archive.last_archived())
+        given_up = sum(gap.bytes for gap in archive.gaps())
+        return ArchiveReach(archive.newest_segment(), archive.last_archived(), given_up)
 
     def waiting(self, newest: str | None) -> int | None:
         return segments_behind(self.source.cluster(), newest)
@@ -298,15 +299,38 @@ class WalArchiving(ContinuousArchive):
 def check_reachable(snapshot: StoredSnapshot, archive: WalArchive, moment: datetime | None) -> None:
     """The archive holds what the base backup needs, and reaches `moment` (give or take the
     store's clock: PostgreSQL itself refuses to start a recovery that ends short of it)."""
-    missing = WalRange.of(snapshot).missing_from(archive)
+    wal = WalRange.of(snapshot)
+    missing = wal.missing_from(archive)
     if missing:
         raise BackupError(
             f"{archive.describe()} lacks WAL this base backup needs ({', '.join(missing[:3])})"
         )
+    refuse_across_gap(snapshot, wal, archive, moment)
     last = archive.last_archived()
     if moment is not None and (last is None or last + STORE_CLOCK_SLACK < moment):
         raise ConfigurationError(
             f"--target-time {format_utc(moment)} is after the end of {archive.describe()} "
             f"(its newest WAL file was stored {format_utc(last) if last else 'never'}): "
             "recovery could not reach it; leave --target-time out to recover to the end"
+        )
+
+
+def refuse_across_gap(
+    snapshot: StoredSnapshot, wal: WalRange, archive: WalArchive, moment: datetime | None
+) -> None:
+    """A recovery from `snapshot` to `moment` (None: the archive's end) that would have to
+    pass WAL given up while the store could not be reached (`wal/queue.py`) is refused,
+    naming the gap; a base backup taken after the gap recovers past it."""
+    for gap in archive.gaps():
+        if segment_position(gap.last) < segment_position(wal.start):
+            continue  # before this base backup began: it does not need that WAL
+        reachable = gap.starts_after
+        if moment is not None and reachable is not None and moment <= reachable:
+            continue
+        before = f"--target-time at or before {format_utc(reachable)}, or " if reachable else ""
+        raise ConfigurationError(
+            f"{archive.describe()} lacks WAL given up while the store could not be reached "
+            f"(BACKUP_WAL_QUEUE_MAX_BYTES): {gap.describe()}. Recovery from {snapshot.source} "
+            f"snapshot {snapshot.snapshot_id} cannot pass it: choose {before}a base backup "
+            "taken after it (take one now if there is none)"
         )
