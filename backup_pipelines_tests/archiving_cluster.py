@@ -136,6 +136,42 @@ def archiving_cluster(**overrides: str) -> Iterator[Server]:
         shutil.rmtree(home, ignore_errors=True)
 
 
+@contextmanager
+def standby_of(primary: Server, timeout_s: float = 60) -> Iterator[Server]:
+    """A hot standby of `primary`, streaming from it (pg_basebackup -R), on a port of its own;
+    it does not archive (archive_mode = on archives on the primary alone)."""
+    home = owned_directory("pitr-standby-")
+    data, port = home / "data", free_loopback_port()
+    try:
+        subprocess.run(
+            [str(BIN / "pg_basebackup"), "-D", str(data), "-R", "-X", "stream",
+             "-d", primary.dsn, "--checkpoint=fast"],
+            user=SERVER_USER, cwd="/", capture_output=True, check=True,
+        )  # fmt: skip
+        with (data / "postgresql.auto.conf").open("a") as conf:
+            conf.write(f"port = {port}\nunix_socket_directories = '{home}'\nhot_standby = on\n")
+        server = Server(data, port, home / "server.log")
+        pg_ctl(data, "-l", str(server.log), "-w", "start")
+        try:
+            yield server
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def replayed(standby: Server, primary: Server, timeout_s: float = 60) -> None:
+    """Until the standby has replayed everything the primary has written so far."""
+    [(written,)] = primary.query("SELECT pg_current_wal_lsn()::text")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        [(caught_up,)] = standby.query(f"SELECT pg_last_wal_replay_lsn() >= '{written}'::pg_lsn")
+        if caught_up:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the standby did not replay up to {written}: {standby.tail()}")
+
+
 def start_restored(data: Path, timeout_s: float = 120) -> Server:
     """Start a directory `restore postgres_base` prepared, on a port of its own, and wait
     until it has recovered and promoted; `RecoveryFailed` with its log when it stops."""

@@ -37,8 +37,10 @@ from backup_pipelines_tests.archiving_cluster import (
     owned_directory,
     readable_by_server,
     remove_restore,
+    replayed,
     restore_dir,
     server_writable,
+    standby_of,
     start_restored,
 )
 from backup_pipelines_tests.conftest import (
@@ -371,6 +373,40 @@ def test_the_base_backup_is_verified_drilled_and_its_archive_watched(
     assert routing_key == "backup.failed" and event["source"] == "postgres_base"
     assert set(event) == CONTRACT_FIELDS and "WAL archiving stalled" in event["error"]
     events.connection.close()
+
+
+@pytest.mark.slow
+def test_a_base_backup_and_a_dump_from_a_standby_restore_exactly_what_was_committed(
+    local_pitr, monkeypatch
+):
+    local_pitr.query("CREATE TABLE orders (id int PRIMARY KEY, note text)")
+    insert(local_pitr, 1, 100, "before the base backup ")
+    with standby_of(local_pitr) as standby:
+        replayed(standby, local_pitr)
+        monkeypatch.setenv("BACKUP_POSTGRES_STANDBY_DSN", standby.dsn)
+        metadata = base_backup()
+        stats = store_from_env().find("postgres_base").manifest.stats
+        assert stats["server"] == f"127.0.0.1:{standby.port}"
+        assert stats["standby_of"] == f"127.0.0.1:{local_pitr.port}" and metadata["files"] == 1
+        insert(local_pitr, 101, 150, "after the base backup ")
+        [(moment,)] = local_pitr.query("SELECT clock_timestamp()")
+        insert(local_pitr, 151, 170, "after the moment ")
+        local_pitr.switch_wal()
+
+        replayed(standby, local_pitr)  # the dumps need the standby alone: the primary is gone
+        monkeypatch.setenv("BACKUP_POSTGRES_BACKUP_DSN", "postgresql://postgres@127.0.0.1:1/none")
+        monkeypatch.setenv("BACKUP_POSTGRES_DATABASES", "postgres")
+        result = run_job("postgres_backup_job")
+        assert result.success, failed_at_once(result)
+        dumped = store_from_env().find("postgres").manifest.stats
+        assert dumped["server"] == f"127.0.0.1:{standby.port}"
+        assert dumped["databases"]["postgres"]["row_counts"]["public.orders"] == 170
+
+    target = restore("--target-time", moment.isoformat())
+    restored = start_restored(target)
+    assert rows(restored) == [(1, 150, 150)]
+    restored.stop()
+    remove_restore(target)
 
 
 def test_a_target_time_without_any_base_backup_says_so(backup_env, capsys):

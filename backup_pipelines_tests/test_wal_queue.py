@@ -22,7 +22,7 @@ from backup_pipelines_tests.archiving_cluster import (
 )
 from backup_pipelines_tests.conftest import make_s3_store, store_from_env
 from backup_pipelines_tests.tcp_proxy import SwitchableProxy
-from backup_pipelines_tests.test_events import events  # noqa: F401 (a fixture)
+from backup_pipelines_tests.test_events import EventQueue
 from backup_pipelines_tests.test_metrics import metrics_file
 from backup_pipelines_tests.test_pitr import base_backup, insert, pitr_cluster, restore, rows
 from backup_pipelines_tests.test_wal_ahead import archived, backlog, sha256_of
@@ -58,10 +58,11 @@ def test_only_the_oldest_segments_are_given_up_and_the_gap_is_recorded_once_the_
     store_behind_proxy,
     tmp_path,
     monkeypatch,
-    events,
-    capsys,  # noqa: F811
+    broker_url,
+    capsys,
 ):
     proxy, archive = store_behind_proxy
+    events = EventQueue(broker_url)
     monkeypatch.setenv(queue.QUEUE_MAX_VARIABLE, str(3 * MIB + MIB // 2))
     segments = backlog(tmp_path, 6, 1)
     proxy.down()
@@ -87,6 +88,7 @@ def test_only_the_oldest_segments_are_given_up_and_the_gap_is_recorded_once_the_
         3 * MIB,
     )
     assert events.drain_for("") == []  # announced once, at the gap's first segment
+    events.connection.close()
 
 
 def test_without_the_bound_nothing_is_ever_given_up(store_behind_proxy, tmp_path):

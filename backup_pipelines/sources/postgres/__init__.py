@@ -27,6 +27,8 @@ class PostgresSettings(SourceSettings):
     model_config = SettingsConfigDict(env_prefix="BACKUP_POSTGRES_")
 
     backup_dsn: SecretStr = SecretStr("postgresql://postgres@localhost:5432/postgres")
+    standby_dsn: SecretStr | None = None
+    """A hot standby of that cluster the dumps read instead, sparing the primary."""
     databases: CommaList = []
     """The databases to back up; all but the templates when empty."""
     drill_dsn: SecretStr | None = None
@@ -76,7 +78,10 @@ class Postgres(Source[PostgresSettings, PostgresRestore]):
         return Cluster(self.settings.backup_dsn.get_secret_value())
 
     def dump(self, staged: StagedSnapshot, log: Log) -> None:
-        dump_cluster(staged, self.cluster(), self.settings.databases, log)
+        """From the standby when one is set (a hot standby serves pg_dump's snapshot)."""
+        standby = self.settings.standby_dsn
+        read = Cluster(standby.get_secret_value()) if standby else self.cluster()
+        dump_cluster(staged, read, self.settings.databases, log)
 
     def deep_verify(self, reader: SnapshotReader) -> list[str]:
         return deep_verify_dumps(reader)

@@ -78,6 +78,11 @@ class PostgresBaseSettings(SourceSettings):
         validation_alias=AliasChoices("BACKUP_POSTGRES_BACKUP_DSN"),
     )
     """The cluster to back up, as the `postgres` source's (a role with REPLICATION)."""
+    standby_dsn: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("BACKUP_POSTGRES_STANDBY_DSN")
+    )
+    """A hot standby of that cluster pg_basebackup reads instead (the primary still archives
+    the WAL, and is asked about its archiving)."""
     cron: str = "30 1 * * *"
     wal_max_age_s: int = Field(
         900, ge=60, validation_alias=AliasChoices("BACKUP_POSTGRES_WAL_MAX_AGE_S")
@@ -137,6 +142,10 @@ class PostgresBase(Source[PostgresBaseSettings, PostgresBaseRestore]):
     def cluster(self) -> Cluster:
         return Cluster(self.settings.backup_dsn.get_secret_value())
 
+    def standby(self) -> Cluster | None:
+        standby = self.settings.standby_dsn
+        return Cluster(standby.get_secret_value()) if standby else None
+
     def not_configured(self) -> str | None:
         """A server that does not archive its WAL has no point-in-time recovery to back up
         (its schedule skips, saying what to set); an unreachable one fails the run as any."""
@@ -159,7 +168,14 @@ class PostgresBase(Source[PostgresBaseSettings, PostgresBaseRestore]):
     def dump(self, staged: StagedSnapshot, log: Log) -> None:
         """The archive is the store's this host writes to (it only lists, never reads)."""
         primary = build_store(primary_store(self.shared))
-        base_backup(staged, self.cluster(), self.archive(primary), log)
+        base_backup(
+            staged,
+            self.cluster(),
+            self.archive(primary),
+            log,
+            standby=self.standby(),
+            archive_wait_s=self.settings.wal_max_age_s,
+        )
 
     def deep_verify(self, reader: SnapshotReader) -> list[str]:
         return verify_base(reader, self.archive(reader.store))

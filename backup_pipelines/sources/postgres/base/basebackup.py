@@ -13,6 +13,14 @@ from start to stop. A server not archiving into this store fails here,
 naming what to set, instead of leaving a base backup that cannot be
 restored. Nothing is read back from the archive, so a backup host with
 only the age recipients (no identity) takes base backups too.
+
+From a hot standby (`standby_dsn`), pg_basebackup reads the standby, while
+the primary still archives the WAL and is the one asked about archiving.
+A standby's backup writes no `.backup` file and waits for no archiving, so
+here the primary is made to finish the segment holding the stop position
+(`pg_switch_wal`, when the role may) and the backup counts once the
+archive holds every segment from start to stop, as pgBackRest's
+`backup-standby` and Barman do.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -33,9 +42,9 @@ from backup_pipelines.snapshot.staging import StagedSnapshot
 from backup_pipelines.snapshot.store import StoredSnapshot
 from backup_pipelines.sources.postgres.cluster import Cluster, row_estimates
 from backup_pipelines.sources.source import Log
-from backup_pipelines.storage.streams import human_bytes
+from backup_pipelines.storage.streams import PROGRESS_EVERY_S, human_bytes
 from backup_pipelines.wal.archive import WalArchive
-from backup_pipelines.wal.names import SEGMENT, segment_name, segment_number
+from backup_pipelines.wal.names import SEGMENT, segment_name, segment_number, segment_position
 
 BASE_ARTIFACT = "base.tar"
 SETUP_HINT = (
@@ -44,6 +53,7 @@ SETUP_HINT = (
     'the README\'s "Point-in-time recovery"'
 )
 WATCH_EVERY_S = 5.0
+WAIT_POLL_S = 1.0
 TAR_BLOCK = 512
 HEAD_BYTES = 8 * TAR_BLOCK
 TAIL_BYTES = 64 << 10
@@ -111,10 +121,10 @@ def archiving_settings(cluster: Cluster) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def watching_the_archiver(cluster: Cluster, label: str) -> Iterator[list[str]]:
-    """While the block runs, ask the server every few seconds whether archiving fails; if it
-    does, end our base backup's session (pg_basebackup would wait for the archive forever)
-    and say why in the list yielded."""
+def watching_the_archiver(cluster: Cluster, label: str, session_on: Cluster) -> Iterator[list[str]]:
+    """While the block runs, ask the server (`cluster`, which archives) every few seconds
+    whether archiving fails; if it does, end our base backup's session on `session_on`
+    (pg_basebackup would wait for the archive forever) and say why in the list yielded."""
     stalled: list[str] = []
     done = threading.Event()
     since = archiving_settings(cluster)["now"]
@@ -129,7 +139,7 @@ def watching_the_archiver(cluster: Cluster, label: str) -> Iterator[list[str]]:
                         f"{found['last_failed_wal']}), so the base backup cannot complete: its "
                         "log says why wal-push fails"
                     )
-                    _end_session(cluster, label)
+                    _end_session(session_on, label)
                     return
 
     watcher = threading.Thread(target=watch, name="archiver-watch", daemon=True)
@@ -166,31 +176,42 @@ def check_archiving(cluster: Cluster) -> int:
     return found["wal_segment_size"]
 
 
-def base_backup(staged: StagedSnapshot, cluster: Cluster, archive: WalArchive, log: Log) -> None:
-    """Stage `base.tar` and record what recovery from it needs in the stats."""
-    segment_bytes = check_archiving(cluster)
-    tables = catalog_tables(cluster)
+def base_backup(
+    staged: StagedSnapshot,
+    primary: Cluster,
+    archive: WalArchive,
+    log: Log,
+    standby: Cluster | None = None,
+    archive_wait_s: float = 900,
+) -> None:
+    """Stage `base.tar` of `primary` (read from `standby` when given) and record what recovery
+    from it needs in the stats. From a standby, the backup waits at most `archive_wait_s` for
+    its WAL to reach the archive."""
+    segment_bytes = check_archiving(primary)
+    read = standby or primary
+    tables = catalog_tables(read)
     ends, label = StreamEnds(), f"backup-pipelines {staged.snapshot_id}"
-    log(f"base backup of {cluster.where} (pg_basebackup, tar to the pipeline)")
-    with watching_the_archiver(cluster, label) as stalled:
+    of = f"the standby {read.where} of {primary.where}" if standby else primary.where
+    log(f"base backup of {of} (pg_basebackup, tar to the pipeline)")
+    with watching_the_archiver(primary, label, read) as stalled:
         try:
             entry = staged.add_command(
                 BASE_ARTIFACT,
                 [
                     "pg_basebackup",
                     "--dbname",
-                    cluster.conninfo(),
+                    read.conninfo(),
                     "--pgdata=-",
                     "--format=tar",
                     "--wal-method=none",
                     "--checkpoint=fast",
                     f"--label={label}",
                 ],
-                label=f"pg_basebackup of {cluster.where}",
-                expected_bytes=sum(db.size_bytes for db in cluster.list_databases()),
-                env=cluster.child_env(),
+                label=f"pg_basebackup of {read.where}",
+                expected_bytes=sum(db.size_bytes for db in read.list_databases()),
+                env=read.child_env(),
                 expect_prefix=b"backup_label",
-                secrets=cluster.secrets(),
+                secrets=read.secrets(),
                 watch=ends,
             )
         except ToolFailed:
@@ -199,21 +220,80 @@ def base_backup(staged: StagedSnapshot, cluster: Cluster, archive: WalArchive, l
             raise
     stopped_by = utc_now()
     positions = backup_positions(ends, segment_bytes)
-    check_archived(archive, positions, segment_bytes)
+    if standby is None:
+        check_archived(archive, positions, segment_bytes)
+    else:
+        wait_until_archived(primary, archive, positions, segment_bytes, archive_wait_s, log)
     staged.stats |= positions | {
         "stop_time": stopped_by.isoformat(),
         "wal_segment_size": segment_bytes,
         "archive": archive.source,
-        "server": cluster.where,
-        "server_version": cluster.server_version(),
+        "server": read.where,
+        "server_version": read.server_version(),
         "cluster_bytes": staged.plain_bytes[entry.name],
         "databases": tables,
     }
+    if standby is not None:
+        staged.stats["standby_of"] = primary.where
     log(
         f"base backup from {positions['start_lsn']} to {positions['stop_lsn']} on timeline "
         f"{positions['timeline']}: {human_bytes(staged.plain_bytes[entry.name])}, its WAL "
         "archived"
     )
+
+
+def wait_until_archived(
+    primary: Cluster,
+    archive: WalArchive,
+    positions: dict[str, Any],
+    segment_bytes: int,
+    limit_s: float,
+    log: Log,
+) -> None:
+    """A standby's backup: the primary finishes the segment holding the stop position, then
+    every segment from start to stop must reach the archive within `limit_s`; a primary
+    whose archiving fails meanwhile ends the wait at once."""
+    start, stop = positions["start_wal"], positions["stop_wal"]
+    since = archiving_settings(primary)["now"]
+    _finish_segment(primary, stop, log)
+    began = time.monotonic()
+    next_report = began + PROGRESS_EVERY_S
+    while missing := archive.missing(start, stop, segment_bytes):
+        waited = time.monotonic() - began
+        found = archiving_settings(primary)
+        if found["failing"] and found["last_failed_time"] > since:
+            raise ConfigurationError(
+                f"PostgreSQL at {primary.where} fails to archive its WAL (last failure: "
+                f"{found['last_failed_wal']}), so the base backup from the standby cannot "
+                "count: its log says why wal-push fails"
+            )
+        if waited > limit_s:
+            raise BackupError(
+                f"the WAL this base backup needs did not reach {archive.describe()} within "
+                f"{limit_s:.0f} s (missing {', '.join(missing[:3])}): is the primary "
+                f"{primary.where} archiving with this store's wal-push? {SETUP_HINT}"
+            )
+        if time.monotonic() >= next_report:
+            log(f"waiting {waited:.0f} s for the primary to archive {', '.join(missing[:3])}")
+            next_report += PROGRESS_EVERY_S
+        time.sleep(WAIT_POLL_S)
+
+
+def _finish_segment(primary: Cluster, stop: str, log: Log) -> None:
+    """`pg_switch_wal` on the primary while it still writes the segment `stop` (or an
+    earlier one); a role that may not call it waits for the primary's archive_timeout."""
+    try:
+        with primary.connect() as connection:
+            [current] = connection.execute(
+                "SELECT pg_walfile_name(pg_current_wal_lsn())"
+            ).fetchone()
+            if segment_position(current) <= segment_position(stop):
+                connection.execute("SELECT pg_switch_wal()")
+    except psycopg.errors.InsufficientPrivilege:
+        log(
+            f"the role may not switch {primary.where}'s WAL segment: the backup waits for the "
+            "primary to finish it (archive_timeout)"
+        )
 
 
 def backup_positions(ends: StreamEnds, segment_bytes: int) -> dict[str, Any]:
