@@ -13,8 +13,9 @@ WAL of real-looking rows). Then, each in its own process:
   it), next to `cp` and `zstd -3` of the same segment;
 - a backlog: every segment waiting (`.ready`) at once, drained as
   PostgreSQL's archiver does (one `wal-push` after another, `.ready` renamed
-  `.done` on exit 0; the first pushes the others ahead), into the local
-  store and into moto, next to `zstd -3` of the same files one by one;
+  `.done` on exit 0; the first starts the helper that pushes the others
+  ahead), into the local store and into moto, next to `zstd -3` of the same
+  files one by one;
 - during a bulk insert (`CREATE TABLE ... AS SELECT` of the largest table):
   the WAL it writes per second, and the most `pg_wal` held meanwhile;
 - the base backup: `postgres_base_backup`'s snapshot time (its `duration_s`)

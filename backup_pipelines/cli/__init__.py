@@ -15,17 +15,20 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from backup_pipelines.wal import ahead, queue
+from backup_pipelines.wal import ahead
 
 WAL_COMMANDS = ("wal-push", "wal-fetch")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["wal-push"] and (
-        ahead.pushed_ahead(argv[1:]) or queue.given_up_at_once(argv[1:])
-    ):
+    if argv[:1] == ["wal-push"] and ahead.pushed_ahead(argv[1:]):
         return 0
+    if argv[:1] == ["wal-push"]:
+        from backup_pipelines.wal import queue  # only when the segment was not pushed ahead
+
+        if queue.given_up_at_once(argv[1:]):
+            return 0
     if argv[:1] and argv[0] in WAL_COMMANDS:
         from backup_pipelines.cli import wal
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from backup_pipelines.errors import BackupError, ConfigurationError
-from backup_pipelines.operations.wal import fetch, push
+from backup_pipelines.operations.wal import fetch, push, push_ahead
 from backup_pipelines.redaction import redact
 from backup_pipelines.services import load_services
 from backup_pipelines.storage.names import TARGET_NAME
@@ -50,6 +50,7 @@ def add_wal_commands(commands: Any) -> None:
     )
     push_.add_argument("path", type=Path, metavar="PATH", help="the WAL file (%%p)")
     push_.add_argument("--target", type=target_name, help=target_help)
+    push_.add_argument("--ahead", type=int, metavar="FD", help=argparse.SUPPRESS)  # the helper
     fetch_ = commands.add_parser(
         "wal-fetch",
         help="write one archived WAL file (restore_command = 'backup-pipelines wal-fetch %%f %%p')",
@@ -77,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         services = load_services()
         secrets = services.secrets
+        if not fetching and args.ahead is not None:
+            push_ahead(services, args.path, args.target, args.ahead)
+            return EXIT_OK
         if not fetching:
             push(services, args.path, args.target, warn)
             return EXIT_OK

@@ -11,17 +11,17 @@ trail.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
+import subprocess
+import sys
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from backup_pipelines.errors import BackupError, StorageFull, StoreError
+from backup_pipelines.errors import StorageFull, StoreError
 from backup_pipelines.events.messages import FAILED, event_body
 from backup_pipelines.operations.caller import Log
 from backup_pipelines.records.audit import Entry, Operation
@@ -35,23 +35,24 @@ if TYPE_CHECKING:
     from backup_pipelines.events.outbox import EventPublisher
 
 PUSHED_AHEAD = 64
-"""At most this many waiting segments (1 GiB of 16 MiB ones) pushed ahead by one command."""
+"""At most this many waiting segments (1 GiB of 16 MiB ones) in one batch of the helper."""
 NAME_SHOWN = 64
 """Of a WAL name as given, what an audit record keeps (a real one has at most 40 characters)."""
 
 
 def push(services: Services, path: Path, target: str | None, warn: Log) -> None:
-    """Store the WAL file at `path`, and push ahead the segments waiting after it
-    (`wal/ahead.py`), several at once. Compressed in the system's temporary directory, which
-    the server's OS user can write (the staging area may be another user's). Only the failure
-    of `path`'s own push is this command's: one pushed ahead is pushed again when asked for.
+    """Store the WAL file at `path`, having started the helper that pushes the segments
+    waiting after it (`wal/ahead.py`) when some wait. Compressed in the system's temporary
+    directory, which the server's OS user can write (the staging area may be another user's).
     When the store cannot be reached and more WAL waits than `BACKUP_WAL_QUEUE_MAX_BYTES`,
     `path` is given up instead (`wal/queue.py`), and `warn` says so."""
     archive = WalArchive(services.store.backend, wal_archive_name(target))
-    spool = ahead.spool_dir(target)
+    spool = _spool(target)
+    if spool is not None and _helper_wanted(spool, path):
+        start_helper(spool, path, target)
     with failure_audited(services, "wal-push", archive.source, path.name):
         try:
-            _push_with_those_waiting(services, archive, spool, path)
+            _store(services, archive, path)
         except (StoreError, StorageFull):
             if spool is None:
                 raise
@@ -66,30 +67,96 @@ def push(services: Services, path: Path, target: str | None, warn: Log) -> None:
         _record_pending_gap(services, archive, spool)
 
 
-def _push_with_those_waiting(
-    services: Services, archive: WalArchive, spool: Path | None, path: Path
-) -> None:
-    """`path` stored; the segments waiting after it pushed at the same time, and marked in
-    `spool` once the archive's listing shows them. Those not yet started when `path`'s push
-    fails are not tried."""
-    waiting = ahead.waiting_after(path, PUSHED_AHEAD) if spool is not None else []
+def _spool(target: str | None) -> Path | None:
+    found = ahead.spool_dir(target)
+    return Path(found) if found is not None else None
 
-    def store(segment: Path) -> ArchivedFile:
-        return archive.push(segment, services.staging.recipients, Path(tempfile.gettempdir()))
 
-    def store_ahead(segment: Path) -> tuple[Path, str, ArchivedFile]:
-        before = ahead.identity(segment)  # taken before the file is read for the push
-        return segment, before, store(segment)
+def _helper_wanted(spool: Path, path: Path) -> bool:
+    """Segments wait after `path`, and the store did not just fail."""
+    return bool(ahead.waiting_after(path, 1)) and not queue.recently_unreachable(spool)
 
-    with ThreadPoolExecutor(max_workers=pushers()) as pool:
-        own = pool.submit(store, path)
-        later = [pool.submit(store_ahead, segment) for segment in waiting]
-        try:
-            own.result()
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-    _mark_pushed_ahead(archive, spool, [f.result() for f in later if f.exception() is None])
+
+def _store(
+    services: Services,
+    archive: WalArchive,
+    segment: Path,
+    threads: int = -1,
+    listed: set[ArchivedFile] | None = None,
+) -> ArchivedFile:
+    scratch = Path(ahead.temp_dir())
+    return archive.push(segment, services.staging.recipients, scratch, threads, listed)
+
+
+def start_helper(spool: Path, path: Path, target: str | None) -> None:
+    """`wal-push --ahead FD PATH` in a session of its own, outliving this command: it pushes
+    what waits after `path` while this command stores `path` and returns. It is handed the
+    spool's lock already taken (none is started while another helper holds it). Its output
+    goes nowhere: a segment it could not push is pushed again when PostgreSQL asks for it."""
+    lock = ahead.claim_helper_lock(spool)
+    if lock is None:
+        return
+    try:
+        subprocess.Popen(
+            [sys.executable, "-m", "backup_pipelines.cli", "wal-push", "--ahead", str(lock)]
+            + (["--target", target] if target else [])
+            + [str(path)],
+            start_new_session=True,
+            pass_fds=(lock,),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    finally:
+        os.close(lock)  # the helper's copy keeps the lock
+
+
+def push_ahead(services: Services, path: Path, target: str | None, lock: int) -> None:
+    """The helper, holding the spool's lock (`lock`): the segments ready after `path`,
+    oldest first, several at once, each marked once the archive's listing shows it; again
+    for those that became ready meanwhile, until none is left. The first failure ends it
+    (what was not marked is pushed when asked for)."""
+    spool = _spool(target)
+    if spool is None:
+        return
+    ahead.hold_helper_lock(lock)
+    archive = WalArchive(services.store.backend, wal_archive_name(target))
+    tried: set[str] = set()
+    with ThreadPoolExecutor(pushers()) as pool:
+        while batch := _unmarked(spool, path, tried):
+            tried.update(segment.name for segment in batch)
+            listed = archive.listing([segment.name for segment in batch])
+            pushing = [pool.submit(_store_ahead, services, archive, s, listed) for s in batch]
+            try:
+                for done in as_completed(pushing):
+                    segment, before, held = done.result()
+                    if archive.holding([held]):
+                        ahead.mark_stored(spool, segment, before, held.sha256)
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+
+
+def _unmarked(spool: Path, path: Path, tried: set[str]) -> list[Path]:
+    """The segments ready after `path` that have no marker and were not tried yet."""
+    waiting = map(Path, ahead.waiting_after(path, PUSHED_AHEAD + len(tried)))
+    fresh = [s for s in waiting if s.name not in tried and not (spool / s.name).exists()]
+    return fresh[:PUSHED_AHEAD]
+
+
+def _store_ahead(
+    services: Services, archive: WalArchive, segment: Path, listed: set[ArchivedFile]
+) -> tuple[Path, str, ArchivedFile]:
+    """One segment of the helper's batch: compressed on this thread alone (the pool has one
+    per core), checked against the batch's listing."""
+    before = ahead.identity(segment)  # taken before the file is read for the push
+    return segment, before, _store(services, archive, segment, 0, listed)
+
+
+def pushers() -> int:
+    """Segments the helper pushes at once, one per core and at least two: each is read,
+    compressed and sent, so one's wait for the store overlaps another's compression."""
+    return max(2, len(os.sched_getaffinity(0)))
 
 
 def _give_up(
@@ -131,26 +198,6 @@ def _spool_events(services: Services, spool: Path) -> EventPublisher:
     from backup_pipelines.events.outbox import EventPublisher  # pika only where it is used
 
     return EventPublisher(services.shared.rabbitmq_url.get_secret_value(), spool / OUTBOX)
-
-
-def pushers() -> int:
-    """Segments pushed at once, one per core and at least two: each is read, compressed and
-    sent, so one's wait for the store overlaps another's compression."""
-    return max(2, len(os.sched_getaffinity(0)))
-
-
-def _mark_pushed_ahead(
-    archive: WalArchive, spool: Path | None, pushed: list[tuple[Path, str, ArchivedFile]]
-) -> None:
-    """A marker for each segment pushed ahead that the archive's listing shows: checked in
-    the store, not assumed from a push that returned."""
-    if spool is None or not pushed:
-        return
-    with contextlib.suppress(BackupError, OSError):  # no marker: pushed when asked for
-        listed = set(archive.holding([held for _, _, held in pushed]))
-        for segment, before, held in pushed:
-            if held in listed:
-                ahead.mark_stored(spool, segment, before, held.sha256)
 
 
 def fetch(services: Services, name: str, destination: Path, target: str | None, warn: Log) -> bool:

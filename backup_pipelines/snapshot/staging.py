@@ -47,14 +47,18 @@ ZSTD_LEVEL = 3
 
 
 def encode(
-    source: BinaryIO, out: BinaryIO, recipients: Sequence[x25519.Recipient] = ()
+    source: BinaryIO,
+    out: BinaryIO,
+    recipients: Sequence[x25519.Recipient] = (),
+    threads: int = -1,
 ) -> HashingWriter:
     """`source` → zstd → age (to `recipients`, when there are any) → `out`, in bounded
     memory; the writer returned has the stored bytes' size and sha256. A failing read or
     write raises as itself: `source` and the writer keep it in `error`, which pyrage would
-    report as a failure of its own."""
+    report as a failure of its own. zstd uses every core (`threads` -1), or as many threads
+    as `threads` says (0: this one alone, when the caller runs several encodes at once)."""
     sink = HashingWriter(out)
-    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1)
+    compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=threads)
     with compressor.stream_reader(source, read_size=CHUNK_SIZE) as compressed:
         try:
             if recipients:

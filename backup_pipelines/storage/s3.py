@@ -157,12 +157,22 @@ class S3Backend(Backend):
         return self.failure("upload", name, exc)
 
     def put_file(self, key: str, path: Path, progress: Callable[[int], None] | None = None) -> None:
+        """One PutObject for a file smaller than a part (a WAL segment, a manifest): the
+        transfer manager's threads and futures cost more than they save there."""
+        size = path.stat().st_size
+
         def send(name: str, extra: dict[str, Any], config: TransferConfig) -> None:
+            if size < MIN_PART_SIZE:
+                with path.open("rb") as body:
+                    self.client.put_object(Bucket=self.bucket, Key=name, Body=body, **extra)
+                if progress is not None:
+                    progress(size)
+                return
             self.client.upload_file(
                 str(path), self.bucket, name, ExtraArgs=extra, Config=config, Callback=progress
             )
 
-        self._transfer_into(key, path.stat().st_size, send)
+        self._transfer_into(key, size, send)
 
     def put_stream(self, key: str, stream: BinaryIO, size: int | None = None) -> None:
         """A multipart upload read from `stream` a part at a time (boto3 keeps a few parts in

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import re
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -51,6 +52,8 @@ from backup_pipelines.wal.queue import Gap
 HISTORY_FOLDER = "history"
 GAPS_FOLDER = "gaps"
 GAP_RECORD_MAX_BYTES = 4096
+IN_MEMORY_MAX = 64 << 20
+"""A WAL file up to this size is compressed in memory, not through a scratch file."""
 FOLDER = re.compile(r"[0-9A-F]{16}|history")
 STORED = re.compile(
     r"(?P<name>[0-9A-F]{8}(\.history|[0-9A-F]{16}(\.partial|\.[0-9A-F]{8}\.backup)?))"
@@ -120,21 +123,29 @@ class WalArchive:
         found = (ArchivedFile.parse(name) for name in self.backend.files(self._prefix(folder)))
         return [file for file in found if file is not None]
 
-    def find(self, name: str) -> ArchivedFile | None:
-        """The archived copy of `name`, or None; two different ones are refused."""
-        held = {file for file in self.files(folder_of(name)) if file.name == name}
+    def find(self, name: str, listed: Iterable[ArchivedFile] | None = None) -> ArchivedFile | None:
+        """The archived copy of `name`, or None; two different ones are refused. `listed`:
+        its folder's files as listed moments ago (listed now without it)."""
+        if listed is None:
+            listed = self.files(folder_of(name))
+        held = {file for file in listed if file.name == name}
         if len({file.sha256 for file in held}) > 1:
             raise WalConflict(f"{self.describe()} holds two different copies of {name}")
         return next(iter(held), None)
 
     def push(
-        self, path: Path, recipients: Sequence[x25519.Recipient], scratch: Path
+        self,
+        path: Path,
+        recipients: Sequence[x25519.Recipient],
+        scratch: Path,
+        threads: int = -1,
+        listed: Iterable[ArchivedFile] | None = None,
     ) -> ArchivedFile:
         """Store the WAL file at `path` (unless an identical copy is there already) and say
-        what the archive holds of it. `WalConflict` when it holds other content under its
-        name."""
+        what the archive holds of it, compressed with `threads` (`encode`'s); `listed` as
+        `find` takes it. `WalConflict` when it holds other content under its name."""
         name = check_wal_name(path.name)
-        held = self.find(name)
+        held = self.find(name, listed)
         if held is not None:  # a retry after a crash: only the content is read
             if held.sha256 == _sha256_of(path):
                 return held
@@ -142,29 +153,44 @@ class WalArchive:
                 f"{self.describe()} already holds a different {name}: refusing to overwrite "
                 "it (is a second cluster archiving into the same place?)"
             )
-        return self._put(path, name, recipients, scratch)
+        return self._put(path, name, recipients, scratch, threads)
 
     def holding(self, files: Sequence[ArchivedFile]) -> list[ArchivedFile]:
-        """Those of `files` the archive's listing shows (one listing per folder)."""
-        listed: set[ArchivedFile] = set()
-        for folder in {folder_of(file.name) for file in files}:
-            listed.update(self.files(folder))
+        """Those of `files` the archive's listing shows."""
+        listed = self.listing([file.name for file in files])
         return [file for file in files if file in listed]
 
+    def listing(self, names: Sequence[str]) -> set[ArchivedFile]:
+        """The files of the folders `names` fall in (one listing per folder)."""
+        return {file for folder in {folder_of(n) for n in names} for file in self.files(folder)}
+
     def _put(
-        self, path: Path, name: str, recipients: Sequence[x25519.Recipient], scratch: Path
+        self,
+        path: Path,
+        name: str,
+        recipients: Sequence[x25519.Recipient],
+        scratch: Path,
+        threads: int,
     ) -> ArchivedFile:
-        """Compress (and encrypt) in one read, hashing the content for the stored name."""
+        """Compress (and encrypt) in one read, hashing the content for the stored name: in
+        memory for a segment of up to `IN_MEMORY_MAX` bytes, in a file under `scratch` for a
+        larger one (`wal_segment_size` may be up to 1 GiB)."""
         try:
-            scratch.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=scratch, prefix=f".{name}-") as out:
-                with _open_wal(path) as source:
-                    plain = HashingReader(source)
-                    encode(plain, out, recipients)  # type: ignore[arg-type]
-                out.flush()
-                os.fsync(out.fileno())
-                archived = ArchivedFile(name, plain.hexdigest(), bool(recipients))
-                self.backend.put_file(self._key(archived), Path(out.name))
+            with _open_wal(path) as source:
+                plain = HashingReader(source)
+                if os.fstat(source.fileno()).st_size <= IN_MEMORY_MAX:
+                    with io.BytesIO() as out:
+                        encode(plain, out, recipients, threads)  # type: ignore[arg-type]
+                        archived = ArchivedFile(name, plain.hexdigest(), bool(recipients))
+                        self.backend.put_bytes(self._key(archived), out.getvalue())
+                    return archived
+                scratch.mkdir(parents=True, exist_ok=True)
+                with tempfile.NamedTemporaryFile(dir=scratch, prefix=f".{name}-") as out:
+                    encode(plain, out, recipients, threads)  # type: ignore[arg-type]
+                    out.flush()
+                    os.fsync(out.fileno())
+                    archived = ArchivedFile(name, plain.hexdigest(), bool(recipients))
+                    self.backend.put_file(self._key(archived), Path(out.name))
         except OSError as exc:
             raise disk_full(exc, scratch) or BackupError(
                 f"cannot archive {path}: {exc.strerror or exc}"

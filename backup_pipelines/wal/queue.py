@@ -75,8 +75,7 @@ class Gap:
         except (ValueError, TypeError):
             return None
         if gap is None or not all(
-            isinstance(name, str) and ahead.SEGMENT_FILE.fullmatch(name)
-            for name in (gap.first, gap.last)
+            isinstance(name, str) and ahead.is_segment_name(name) for name in (gap.first, gap.last)
         ):
             return None
         counts = (gap.segments, gap.bytes)
@@ -119,7 +118,7 @@ def waiting_bytes(path: Path) -> int:
     total = 0
     for segment in [path, *ahead.waiting_after(path, sys.maxsize)]:
         try:
-            total += segment.stat().st_size
+            total += os.stat(segment).st_size
         except OSError:
             continue
     return total
@@ -192,13 +191,14 @@ def gap_recorded(spool: Path) -> None:
 def given_up_at_once(arguments: list[str]) -> bool:
     """The fast path: `wal-push ARGUMENTS` answers 0 without trying the store when a push
     failed to reach it moments ago and more than the bound waits (the segment given up)."""
-    path, target = ahead.push_arguments(arguments)
+    given, target = ahead.push_arguments(arguments)
     limit = queue_max()
-    if path is None or ahead.SEGMENT_FILE.fullmatch(path.name) is None or limit is None:
+    if given is None or not ahead.is_segment_name(os.path.basename(given)) or limit is None:
         return False
-    spool = ahead.spool_dir(target)
-    if spool is None or not recently_unreachable(spool):
+    found = ahead.spool_dir(target)
+    if found is None or not recently_unreachable(spool := Path(found)):
         return False
+    path = Path(given)
     waiting = over_bound(path, limit)
     if waiting is None:
         return False
