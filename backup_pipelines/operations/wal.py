@@ -11,6 +11,7 @@ trail.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from backup_pipelines.errors import StorageFull, StoreError
+from backup_pipelines.errors import BackupError, StorageFull, StoreError
 from backup_pipelines.events.messages import FAILED, event_body
 from backup_pipelines.operations.caller import Log
 from backup_pipelines.records.audit import Entry, Operation
@@ -184,12 +185,14 @@ def _give_up(
 
 def _record_pending_gap(services: Services, archive: WalArchive, spool: Path) -> None:
     """The gap given up while the store could not be reached, written into it now that it
-    can; the events that waited in the spool's outbox sent."""
+    can; the events that waited in the spool's outbox sent. Failing, it waits for the next
+    push: this one's segment is stored."""
     gap = queue.pending_gap(spool)
     if gap is None:
         return
-    archive.record_gap(gap)
-    queue.gap_recorded(spool)
+    with contextlib.suppress(BackupError, OSError):
+        archive.record_gap(gap)
+        queue.gap_recorded(spool)
     _spool_events(services, spool).flush()
 
 
