@@ -10,16 +10,14 @@ turns out damaged halfway never reaches the target.
 from __future__ import annotations
 
 import io
-import re
 import secrets
-from collections.abc import Sequence
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from backup_pipelines.errors import BackupError
-from backup_pipelines.processes import run_tool
+from backup_pipelines.redaction import redact
 from backup_pipelines.snapshot.reader import SnapshotReader
 from backup_pipelines.snapshot.staging import logical_name
 from backup_pipelines.snapshot.store import StoredSnapshot
@@ -35,10 +33,14 @@ from backup_pipelines.sources.postgres.dump import (
     database_of,
     dump_artifact,
 )
+from backup_pipelines.sources.postgres.globals_sql import (
+    GlobalsRefused,
+    role_of,
+    role_statements,
+    shown,
+)
 from backup_pipelines.sources.postgres.stream_restore import read_whole_dump, restore_dump
 from backup_pipelines.sources.source import Log
-
-ROLE_STATEMENT = re.compile(r'^(CREATE|ALTER) ROLE ("(?:[^"]|"")+"|[^\s;]+)(;| WITH .*;)$')
 
 
 def snapshot_databases(snapshot: StoredSnapshot) -> list[str]:
@@ -189,54 +191,33 @@ def restore_database(
     restore_dump(reader, dump_artifact(source_db), cluster, target_db, figures, log)
 
 
-def _unquote(identifier: str) -> str:
-    if identifier.startswith('"'):
-        return identifier[1:-1].replace('""', '"')
-    return identifier
-
-
-def tolerant_globals(lines: Sequence[str], current_user: str) -> list[str]:
-    """pg_dumpall's role statements, made safe to apply to a server that has roles already.
-
-    `CREATE ROLE x` becomes a no-op when x exists (pg_dumpall emits it even
-    for `postgres`), and the role we are connected as is left untouched:
-    changing its password mid-restore would lock this restore out.
-    """
-    result = []
-    for line in lines:
-        match = ROLE_STATEMENT.match(line.rstrip("\n"))
-        if match and _unquote(match.group(2)) == current_user:
-            result.append(
-                f"-- kept as is (the restoring user): {match.group(1)} ROLE {match.group(2)}\n"
-            )
-        elif match and match.group(1) == "CREATE":
-            result.append(
-                f"DO $restore$ BEGIN CREATE ROLE {match.group(2)}; "
-                "EXCEPTION WHEN duplicate_object THEN NULL; END $restore$;\n"
-            )
-        else:
-            result.append(line)
-    return result
-
-
 def apply_globals(reader: SnapshotReader, cluster: Cluster, log: Log) -> None:
     """Create the snapshot's roles (and tablespaces) on the target, keeping roles that exist.
 
-    globals.sql (role passwords' hashes among it) goes from the store to psql's
-    stdin through memory: it is a few kilobytes, and never rests on disk."""
-    with cluster.connect() as connection:
-        current_user = connection.execute("SELECT current_user").fetchone()[0]
+    globals.sql (role passwords' hashes among it) comes from the store through memory (a few
+    kilobytes, never on disk) and is applied as the statements `globals_sql.py` allows, one
+    by one: a planted file is refused before anything changes. `CREATE ROLE` of a role that
+    exists is skipped, and the role we are connected as is left untouched (changing its
+    password mid-restore would lock this restore out)."""
     original = io.BytesIO()
     reader.restore_artifact(GLOBALS_ARTIFACT, original)
-    lines = original.getvalue().decode("utf-8").splitlines(keepends=True)
+    statements = role_statements(original.getvalue().decode("utf-8", "replace"))
     log(f"applying roles and tablespaces to {cluster.where}")
-    run_tool(
-        ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--dbname", cluster.conninfo(MAINTENANCE_DB)],
-        label=f"applying globals.sql to {cluster.where}",
-        env=cluster.child_env(),
-        secrets=cluster.secrets(),
-        input="".join(tolerant_globals(lines, current_user)).encode("utf-8"),
-    )
+    with cluster.connect(MAINTENANCE_DB) as connection:
+        current_user = connection.execute("SELECT current_user").fetchone()[0]
+        for kind, statement in statements:
+            if role_of(kind, statement) == current_user:
+                continue
+            try:
+                connection.execute(statement.encode("utf-8"))
+            except psycopg.errors.DuplicateObject:
+                if kind != "create role":
+                    raise
+            except psycopg.Error as exc:
+                raise BackupError(
+                    f"applying globals.sql to {cluster.where}: {shown(statement)} failed: "
+                    f"{redact(str(exc).strip().splitlines()[0], cluster.secrets())}"
+                ) from None
 
 
 def restore_snapshot(
@@ -311,17 +292,22 @@ def _database_pairs(
 
 
 def deep_verify_dumps(reader: SnapshotReader) -> list[str]:
-    """Every dump read whole by `pg_restore` (to no output), and a header check of globals.sql."""
+    """Every dump read whole by `pg_restore` (to no output), and globals.sql read as the
+    statements a restore would apply."""
     problems = []
     for name in snapshot_databases(reader.snapshot):
         try:
             read_whole_dump(reader, dump_artifact(name))
         except BackupError as exc:
             problems.append(str(exc))
-    head = io.BytesIO()
-    reader.restore_artifact(GLOBALS_ARTIFACT, head)
-    if b"PostgreSQL database cluster dump" not in head.getvalue()[:4096]:
+    roles = io.BytesIO()
+    reader.restore_artifact(GLOBALS_ARTIFACT, roles)
+    if b"PostgreSQL database cluster dump" not in roles.getvalue()[:4096]:
         problems.append(f"{GLOBALS_ARTIFACT}: not a pg_dumpall output")
+    try:
+        role_statements(roles.getvalue().decode("utf-8", "replace"))
+    except GlobalsRefused as exc:
+        problems.append(str(exc))
     return problems
 
 

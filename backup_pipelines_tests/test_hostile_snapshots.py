@@ -1,0 +1,60 @@
+"""A snapshot is untrusted input: whoever can write the store can plant one that becomes
+`latest`. Its content must never run as code on the restore or drill host."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from backup_pipelines.cli import main
+from backup_pipelines_tests.archiving_cluster import owned_directory
+from backup_pipelines_tests.conftest import commit_snapshot, runtime_from_env
+from backup_pipelines_tests.postgres_fixtures import connect, unique_name
+
+SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+PLANTED = {
+    "meta-command": "\\! touch {canary}\n",
+    "copy to program": "COPY (SELECT 1) TO PROGRAM 'touch {canary}';\n",
+    "library at login": "ALTER ROLE {role} SET session_preload_libraries = 'evil';\n",
+}
+
+
+def planted_globals(role: str, line: str) -> bytes:
+    """pg_dumpall's real output with a superuser role of ours and `line` before it all (before
+    pg_dump's own `\\restrict`, which would stop psql's meta-commands after it)."""
+    real = subprocess.run(
+        ["pg_dumpall", "--globals-only", "--dbname", SERVER],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    evil = f"CREATE ROLE {role};\nALTER ROLE {role} WITH SUPERUSER LOGIN PASSWORD 'planted';\n"
+    return f"{evil}{line}{real}".encode()
+
+
+@pytest.mark.parametrize("planted", PLANTED, ids=list(PLANTED))
+def test_a_planted_globals_sql_runs_nothing_and_creates_no_role(backup_env, capsys, planted):
+    canary_dir = owned_directory("planted-")  # writable by root and by the server's user
+    canary, role = canary_dir / "canary", unique_name("bp_planted")
+    runtime = runtime_from_env()
+    line = PLANTED[planted].format(canary=canary, role=role)
+    commit_snapshot(
+        runtime.store, runtime.staging.directory, {"globals.sql": planted_globals(role, line)}
+    )
+    try:
+        restore = ["restore", "postgres", "--target-dsn", SERVER, "--globals", "--force"]
+        assert main(restore) == 1
+        assert "nothing of it is applied" in capsys.readouterr().err
+        assert main(["verify", "postgres", "--deep"]) == 1
+        assert "nothing of it is applied" in capsys.readouterr().err
+        assert main(["drill", "postgres"]) == 1
+        assert not canary.exists()
+        with connect("postgres") as admin:
+            found = admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role])
+            assert found.fetchone() is None
+    finally:
+        shutil.rmtree(canary_dir, ignore_errors=True)
+        with connect("postgres") as admin:
+            admin.execute(f'DROP ROLE IF EXISTS "{role}"')
