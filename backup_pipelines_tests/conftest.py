@@ -300,6 +300,7 @@ def age_identity_file(path: Path) -> tuple[str, Path]:
     """A new age key: its public recipient, and its identity written to `path`."""
     identity = x25519.Identity.generate()
     path.write_text(f"# test key\n{identity}\n")
+    path.chmod(0o600)
     return str(identity.to_public()), path
 
 

@@ -150,9 +150,23 @@ def test_an_identity_file_that_is_not_one_is_a_clear_configuration_error(
     )
     binary = tmp_path / "key.bin"
     binary.write_bytes(os.urandom(64) + b"\xff\xfe")
+    binary.chmod(0o600)
     monkeypatch.setenv("BACKUP_AGE_IDENTITY_FILE", str(binary))
     assert main(["restore", "redis", "--output-dir", str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err == (
         f"error: BACKUP_AGE_IDENTITY_FILE: {binary} is not an age identity file (it is not "
         "text; age-keygen writes one 'AGE-SECRET-KEY-...' line)\n"
     )
+
+    key = tmp_path / "identity.txt"
+    key.write_text(f"{identity}\n")
+    key.chmod(0o644)  # as a careless copy leaves it: every user of the host reads it
+    monkeypatch.setenv("BACKUP_AGE_IDENTITY_FILE", str(key))
+    assert main(["restore", "redis", "--output-dir", str(tmp_path / "out")]) == 2
+    said = capsys.readouterr().err
+    assert "can be read by every user (mode 0644)" in said and f"chmod 600 {key}" in said
+    assert not (tmp_path / "out").exists()
+    key.chmod(0o640)  # a group of its own may read it (a verifier account)
+    main(["restore", "redis", "--output-dir", str(tmp_path / "out")])
+    said = capsys.readouterr().err  # decrypted: only this test's RDB, a header alone, fails
+    assert "every user" not in said and "redis-check-rdb failed" in said

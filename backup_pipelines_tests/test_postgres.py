@@ -25,6 +25,7 @@ from backup_pipelines_tests.conftest import (
     PASSWORD,
     RUN_ID,
     SOURCE_DSN,
+    age_identity_file,
     checks_of,
     commit_snapshot,
     failed_at_once,
@@ -56,10 +57,8 @@ def backup_store(request, backup_env, monkeypatch, tmp_path) -> str:
     """The local store in the clear, then S3 with every artifact encrypted to an age key."""
     if request.param == "s3-encrypted":
         request.getfixturevalue("s3_env")
-        identity = x25519.Identity.generate()
-        identity_file = tmp_path / "age-identity.txt"
-        identity_file.write_text(f"# test key\n{identity}\n")
-        monkeypatch.setenv("BACKUP_ENCRYPTION_RECIPIENTS", str(identity.to_public()))
+        recipient, identity_file = age_identity_file(tmp_path / "age-identity.txt")
+        monkeypatch.setenv("BACKUP_ENCRYPTION_RECIPIENTS", recipient)
         monkeypatch.setenv("BACKUP_AGE_IDENTITY_FILE", str(identity_file))
     return request.param
 
@@ -340,9 +339,9 @@ def assert_none_left_behind(before: set[str], timeout_s: float = 60) -> None:
 def test_a_damaged_snapshot_or_a_wrong_key_never_touches_the_target(
     source_db, monkeypatch, tmp_path, capsys
 ):
-    identity, identity_file = x25519.Identity.generate(), tmp_path / "age-identity.txt"
-    identity_file.write_text(f"{identity}\n")
-    monkeypatch.setenv("BACKUP_ENCRYPTION_RECIPIENTS", str(identity.to_public()))
+    recipient, identity_file = age_identity_file(tmp_path / "age-identity.txt")
+    the_key = identity_file.read_text()
+    monkeypatch.setenv("BACKUP_ENCRYPTION_RECIPIENTS", recipient)
     monkeypatch.setenv("BACKUP_AGE_IDENTITY_FILE", str(identity_file))
     assert run_backup("postgres").success
     occupied, missing = unique_name("bp_occupied"), unique_name("bp_missing")
@@ -364,7 +363,7 @@ def test_a_damaged_snapshot_or_a_wrong_key_never_touches_the_target(
         assert "cannot decrypt with the identity" in capsys.readouterr().err
         assert database_state(occupied) == before
 
-        identity_file.write_text(f"{identity}\n")
+        identity_file.write_text(the_key)
         store = store_from_env()
         snapshot = store.find("postgres")
         flip_byte(store, snapshot.snapshot_id, f"{source_db}.dump.zst.age", offset=5000)

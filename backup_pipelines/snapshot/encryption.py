@@ -7,6 +7,8 @@ needed, and the format stays readable with the standard `age` tool:
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,13 +36,22 @@ class IdentityMissing(ConfigurationError):
 
 
 def load_identities(path: Path | None) -> list[x25519.Identity]:
-    """Read the `AGE-SECRET-KEY-...` lines of an age identity file (as `age-keygen` writes)."""
+    """Read the `AGE-SECRET-KEY-...` lines of an age identity file (as `age-keygen` writes);
+    one that every user of the host may read is refused, as ssh refuses such a key."""
     if path is None:
         raise IdentityMissing(
             "this snapshot is encrypted: set BACKUP_AGE_IDENTITY_FILE to the age identity file"
         )
     try:
-        text = path.read_bytes().decode("utf-8")
+        with path.open("rb") as stream:
+            mode = os.fstat(stream.fileno()).st_mode
+            if mode & 0o007:
+                raise ConfigurationError(
+                    f"BACKUP_AGE_IDENTITY_FILE: {path} can be read by every user (mode "
+                    f"{stat.S_IMODE(mode):04o}): it decrypts every backup, so it is not used; "
+                    f"chmod 600 {path} (or 640, with a group of its own)"
+                )
+            text = stream.read().decode("utf-8")
     except OSError as exc:
         raise ConfigurationError(
             f"BACKUP_AGE_IDENTITY_FILE: cannot read {path}: {exc.strerror}"
