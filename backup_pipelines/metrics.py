@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 from backup_pipelines.cron import cron_interval
 from backup_pipelines.errors import StorageFull, StoreError, UnreadableManifest
 from backup_pipelines.runtime import Runtime
+from backup_pipelines.snapshot.manifest import utc_now
 from backup_pipelines.snapshot.store import StoredSnapshot
 from backup_pipelines.sources.source import Source
 from backup_pipelines.stores import PRIMARY
@@ -86,7 +87,8 @@ class StoreCollector(Collector):
                     continue  # `snapshots` and `verify` report it
                 if found is not None:
                     known[snapshot_id] = found
-        return [known[i] for i in ids if i in known]
+        now = utc_now()  # a snapshot ahead of the clocks would hold the newest time forever
+        return [known[i] for i in ids if i in known and not known[i].ahead_of_clocks(now)]
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         with self._lock:

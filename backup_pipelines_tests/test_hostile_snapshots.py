@@ -1,17 +1,22 @@
 """A snapshot is untrusted input: whoever can write the store can plant one that becomes
-`latest`. Its content must never run as code on the restore or drill host."""
+`latest`. Its content must never run as code on the restore or drill host, and its id (a
+clock far ahead, or a planted future) must never make it the newest."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
+from datetime import timedelta
 
 import pytest
 
 from backup_pipelines.cli import main
+from backup_pipelines.snapshot.manifest import utc_now
 from backup_pipelines_tests.archiving_cluster import owned_directory
 from backup_pipelines_tests.conftest import commit_snapshot, runtime_from_env
 from backup_pipelines_tests.postgres_fixtures import connect, unique_name
+from backup_pipelines_tests.test_metrics import metrics_file
 
 SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 PLANTED = {
@@ -58,3 +63,34 @@ def test_a_planted_globals_sql_runs_nothing_and_creates_no_role(backup_env, caps
         shutil.rmtree(canary_dir, ignore_errors=True)
         with connect("postgres") as admin:
             admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+def test_a_snapshot_from_a_clock_a_day_ahead_is_never_latest_nor_pruned_in_place_of_the_newest(
+    backup_env, monkeypatch, tmp_path, capsys
+):
+    runtime = runtime_from_env()
+    store, staging = runtime.store, runtime.staging.directory
+    newest = commit_snapshot(store, staging, {"dump.rdb": b"REDIS0011 real"}, source="redis")
+    with monkeypatch.context() as clock_ahead:
+        a_day_on = utc_now() + timedelta(days=1)
+        clock_ahead.setattr("backup_pipelines.snapshot.staging.utc_now", lambda: a_day_on)
+        ahead = commit_snapshot(store, staging, {"dump.rdb": b"REDIS0011 ahead"}, source="redis")
+    assert ahead.snapshot_id > newest.snapshot_id  # it sorts first
+
+    assert store.find("redis").snapshot_id == newest.snapshot_id
+    assert main(["snapshots", "redis", "--json"]) == 0
+    listed = capsys.readouterr()
+    assert [s["snapshot_id"] for s in json.loads(listed.out)] == [newest.snapshot_id]
+    assert f"{ahead.snapshot_id}" in listed.err and "after this host's clock" in listed.err
+
+    for rule in ("DAILY", "WEEKLY", "MONTHLY", "YEARLY"):
+        monkeypatch.setenv(f"BACKUP_RETENTION_{rule}", "0")
+    monkeypatch.setenv("BACKUP_RETENTION_LAST", "1")
+    assert main(["prune"]) == 0
+    assert "outside the rules, never deleted" in capsys.readouterr().err
+    assert store.read_manifest("redis", newest.snapshot_id) is not None
+    assert store.read_manifest("redis", ahead.snapshot_id) is not None
+
+    scraped = metrics_file(tmp_path)
+    finished = scraped["backup_snapshot_last_success_timestamp_seconds"]["redis"]
+    assert finished == newest.manifest.finished_at.timestamp()

@@ -63,10 +63,24 @@ def report_unreadable(unreadable: Sequence[Unreadable]) -> None:
         )
 
 
+def report_ahead(ahead: Sequence[tuple[StoredSnapshot, str]]) -> None:
+    """Say on stderr which snapshots lie ahead of the clocks (and are therefore not used)."""
+    for snapshot, reason in ahead:
+        print(
+            f"warning: {snapshot.location}: {reason} (a clock far ahead, or a planted "
+            "snapshot): never latest, not counted by retention or monitoring; restore it "
+            "only by its id, if you trust it",
+            file=sys.stderr,
+        )
+
+
 def report_unreadable_for_latest(runtime: Runtime, source: str, snapshot_id: str) -> None:
-    """`latest` passes over unreadable manifests: say which, so none goes unnoticed."""
+    """`latest` passes over unreadable manifests and snapshots ahead of the clocks: say which,
+    so none goes unnoticed."""
     if snapshot_id == LATEST:
-        report_unreadable(runtime.store.survey(source).unreadable)
+        survey = runtime.store.survey(source)
+        report_unreadable(survey.unreadable)
+        report_ahead(survey.ahead)
 
 
 def selected(runtime: Runtime, word: str | None) -> list[str]:
@@ -82,6 +96,7 @@ def cmd_snapshots(args: argparse.Namespace, runtime: Runtime) -> int:
     found = [snapshot for survey in surveys for snapshot in survey.snapshots]
     snapshots = sorted(found, key=lambda s: s.manifest.started_at, reverse=True)
     report_unreadable([item for survey in surveys for item in survey.unreadable])
+    report_ahead([item for survey in surveys for item in survey.ahead])
     if args.json:
         print(json.dumps([_listing(snapshot) for snapshot in snapshots], indent=2))
         return EXIT_OK

@@ -33,6 +33,8 @@ class SourcePrune:
     leftovers: list[str]
     """Day-old interrupted attempts and locations whose manifest is unreadable."""
     unreadable: list[Unreadable] = field(default_factory=list)
+    ahead: list[tuple[StoredSnapshot, str]] = field(default_factory=list)
+    """Snapshots whose id lies ahead of the clocks, and why: outside the rules, never deleted."""
     freed_bytes: int = 0
     locked: dict[str, datetime] = field(default_factory=dict)
     """What the rules (or the leftover age) would delete but S3 Object Lock still protects,
@@ -46,7 +48,9 @@ def prune_source(
 
     Only locations the store listed are ever deleted, and a snapshot's id is
     the location it was read from (the store checks the manifest agrees).
-    Each snapshot goes manifest first, so a prune cut short leaves every
+    A snapshot whose id lies ahead of the clocks (`StoredSnapshot.ahead_of_clocks`) is
+    outside the rules: it cannot take the place of the really newest one, and is never
+    deleted by them. Each snapshot goes manifest first, so a prune cut short leaves every
     listed snapshot whole; what the source keeps outside the store (restic's
     snapshots) is released only after the manifests are gone, so no listed
     snapshot points at data that was dropped. A location any of whose objects
@@ -68,12 +72,11 @@ def prune_source(
     deleted = [i for i in decision.delete if i not in locked]
     stale = [i for i in stale if i not in locked]
     report = SourcePrune(source.name, decision.keep, deleted, stale, survey.unreadable)
-    report.locked = locked
+    report.locked, report.ahead = locked, survey.ahead
     report.freed_bytes = sum(snapshots[i].manifest.size_bytes for i in deleted)
-    still_there = decision.keep + [i for i in locked if i in snapshots]
-    release = source.forgetting(
-        store, [snapshots[i] for i in deleted], [snapshots[i] for i in still_there]
-    )
+    still_there = [snapshots[i] for i in decision.keep + [i for i in locked if i in snapshots]]
+    still_there += [snapshot for snapshot, _ in survey.ahead]  # what they need stays too
+    release = source.forgetting(store, [snapshots[i] for i in deleted], still_there)
     if dry_run:
         return report
     for snapshot_id in deleted + stale:
@@ -117,6 +120,8 @@ def apply_retention(
         report = prune_source(store, source, rules.for_source(source), dry_run=dry_run, now=now)
         for found in report.unreadable:
             warn(f"{found.location}: {found.reason}; not a snapshot, removed once a day old")
+        for snapshot, reason in report.ahead:
+            warn(f"{snapshot.location}: {reason}; outside the rules, never deleted by them")
         verb = "would delete" if dry_run else "deleted"
         log(
             f"{source.name}: keeping {len(report.keep)}, {verb} {len(report.delete)} snapshots "

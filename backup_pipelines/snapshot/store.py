@@ -22,7 +22,7 @@ import hashlib
 import logging
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import BinaryIO
 
 from backup_pipelines.errors import (
@@ -33,7 +33,7 @@ from backup_pipelines.errors import (
     StoreError,
     UnreadableManifest,
 )
-from backup_pipelines.snapshot.manifest import Manifest, utc_now
+from backup_pipelines.snapshot.manifest import Manifest, format_utc, utc_now
 from backup_pipelines.snapshot.staging import StagedSnapshot
 from backup_pipelines.storage import Backend, Fetched, NotFollowed
 from backup_pipelines.storage.layout import (
@@ -42,7 +42,13 @@ from backup_pipelines.storage.layout import (
     snapshot_prefix,
     source_prefix,
 )
-from backup_pipelines.storage.names import check_snapshot_id, check_source, is_snapshot_id, shown
+from backup_pipelines.storage.names import (
+    check_snapshot_id,
+    check_source,
+    is_snapshot_id,
+    shown,
+    snapshot_started,
+)
 from backup_pipelines.storage.streams import ProgressMeter
 
 logger = logging.getLogger(__name__)
@@ -52,6 +58,9 @@ PRIMARY = "primary"
 their own (`stores.py`)."""
 
 LATEST = "latest"
+CLOCK_SLACK = timedelta(minutes=10)
+"""How far a snapshot's id may lie after the clocks we have before it counts as ahead of them
+(the store's clock and ours may differ a little)."""
 MAX_MANIFEST_BYTES = 16 << 20
 """Far above any real manifest; a larger file is not read into memory at all."""
 
@@ -65,10 +74,31 @@ class StoredSnapshot:
     manifest_sha256: str
     locked_until: datetime | None = None
     """Until when S3 Object Lock protects its manifest (written last, so locked longest)."""
+    written_at: datetime | None = field(default=None, compare=False)
+    """When the store says its manifest was written (the store's clock, not ours); known once
+    listed, not compared (the same snapshot, just committed, does not know it yet)."""
 
     @property
     def source(self) -> str:
         return self.manifest.source
+
+    def ahead_of_clocks(self, now: datetime) -> str | None:
+        """Why the snapshot's id lies in the future of the clocks we have (this host's, and
+        the store's write time), which only a clock far ahead or a planted snapshot gives;
+        None when it does not. Such a snapshot is reported, never `latest`, never counted by
+        retention or monitoring."""
+        try:
+            began = snapshot_started(self.snapshot_id)
+        except ValueError:
+            return "its id does not name a moment"
+        if began > now + CLOCK_SLACK:
+            return f"its id says it began at {format_utc(began)}, after this host's clock"
+        if self.written_at is not None and began > self.written_at + CLOCK_SLACK:
+            return (
+                f"its id says it began at {format_utc(began)}, after the store wrote it "
+                f"({format_utc(self.written_at)})"
+            )
+        return None
 
     @property
     def snapshot_id(self) -> str:
@@ -103,6 +133,8 @@ class Survey:
     snapshots: list[StoredSnapshot] = field(default_factory=list)
     unreadable: list[Unreadable] = field(default_factory=list)
     attempts: list[Attempt] = field(default_factory=list)
+    ahead: list[tuple[StoredSnapshot, str]] = field(default_factory=list)
+    """Complete snapshots whose id lies ahead of the clocks, and why: reported, never used."""
 
 
 def parse_manifest(
@@ -111,6 +143,7 @@ def parse_manifest(
     snapshot_id: str,
     location: str,
     locked_until: datetime | None = None,
+    written_at: datetime | None = None,
 ) -> StoredSnapshot:
     """The one gate between a manifest's bytes and a snapshot the system acts on."""
     where = f"{source}/{snapshot_id}"
@@ -127,7 +160,8 @@ def parse_manifest(
             f"{where}: manifest.json describes {shown(manifest.source)}/"
             f"{shown(manifest.snapshot_id)}, not the location it was read from"
         )
-    return StoredSnapshot(manifest, location, hashlib.sha256(raw).hexdigest(), locked_until)
+    digest = hashlib.sha256(raw).hexdigest()
+    return StoredSnapshot(manifest, location, digest, locked_until, written_at)
 
 
 class SnapshotStore:
@@ -203,7 +237,9 @@ class SnapshotStore:
         if fetched is None:
             return None
         location = self.location(source, snapshot_id)
-        return parse_manifest(fetched.data, source, snapshot_id, location, fetched.locked_until)
+        return parse_manifest(
+            fetched.data, source, snapshot_id, location, fetched.locked_until, fetched.modified
+        )
 
     def _fetch_manifest(self, source: str, snapshot_id: str) -> Fetched | None:
         try:
@@ -228,11 +264,18 @@ class SnapshotStore:
                 if fetched is None:
                     self._add_attempt(survey, source, snapshot_id)
                     continue
-                survey.snapshots.append(
-                    parse_manifest(
-                        fetched.data, source, snapshot_id, location, fetched.locked_until
-                    )
+                snapshot = parse_manifest(
+                    fetched.data,
+                    source,
+                    snapshot_id,
+                    location,
+                    fetched.locked_until,
+                    fetched.modified,
                 )
+                if reason := snapshot.ahead_of_clocks(utc_now()):
+                    survey.ahead.append((snapshot, reason))
+                else:
+                    survey.snapshots.append(snapshot)
             except UnreadableManifest as exc:
                 modified = fetched.modified if fetched else utc_now()
                 survey.unreadable.append(
@@ -259,7 +302,8 @@ class SnapshotStore:
         if snapshot_id == LATEST:
             for candidate in self.location_ids(source):
                 with contextlib.suppress(UnreadableManifest):  # `survey` reports those
-                    if snapshot := self.read_manifest(source, candidate):
+                    snapshot = self.read_manifest(source, candidate)
+                    if snapshot and not snapshot.ahead_of_clocks(utc_now()):  # reported too
                         return snapshot
             raise SnapshotNotFound(f"there is no complete {source} snapshot in {self.describe()}")
         try:

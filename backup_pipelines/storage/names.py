@@ -11,6 +11,7 @@ has to think about it.
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
 SNAPSHOT_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}")
 """The contract's `YYYYMMDDTHHMMSSZ-<8 hex>`; ASCII digits only (`\\d` would take any script's)."""
@@ -29,6 +30,11 @@ def shown(value: object, limit: int = 60) -> str:
 
 def is_snapshot_id(value: object) -> bool:
     return isinstance(value, str) and SNAPSHOT_ID.fullmatch(value) is not None
+
+
+def snapshot_started(snapshot_id: str) -> datetime:
+    """When a snapshot began, as its id says (`YYYYMMDDTHHMMSSZ-...`, UTC)."""
+    return datetime.strptime(snapshot_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
 
 
 def check_snapshot_id(value: str) -> str:
