@@ -164,13 +164,16 @@ class BackupSettings(EnvironmentSettings):
     """WAL that may wait for an unreachable archive before the oldest is given up
     (`wal/queue.py`); unset, none ever is."""
 
+    restore_roots: CommaList = []
+    """Directories a restore launched from Dagster may write into (none: no directory)."""
+
     verify_cron: str = "0 5 * * *"
     """When the verification plane drills every source's latest snapshot (UTC)."""
 
     database_url: SecretStr | None = None
     retry_delay_s: float = Field(30, ge=0)
 
-    _split = field_validator("encryption_recipients", mode="before")(split_commas)
+    _split = field_validator("encryption_recipients", "restore_roots", mode="before")(split_commas)
     _retention = field_validator(*RETENTION_COUNTS, mode="before")(_retention_count)
     _non_negative = field_validator(*RETENTION_COUNTS)(_non_negative_count)
 

@@ -172,6 +172,7 @@ def test_each_dagster_operation_leaves_exactly_one_record(store_env, monkeypatch
     assert "cannot connect to Redis at 127.0.0.1:1" in record["error"]
 
     config = {"source": "redis", "output_dir": str(tmp_path / "out")}
+    monkeypatch.setenv("BACKUP_RESTORE_ROOTS", str(tmp_path))
     restored = run_job("restore_job", run_config={"ops": {"restore_snapshot": {"config": config}}})
     assert restored.success
     [record] = [r for r in records() if r["run_id"] == restored.run_id]

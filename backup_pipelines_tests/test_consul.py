@@ -111,7 +111,9 @@ def test_restore_job_restores_with_the_token_it_was_built_with(backup_env, consu
 
 def test_restore_job_refuses_options_of_another_source(backup_env, consul):
     assert run_backup("consul").success
-    config = restore_config(source="consul", target=consul.url, database="crm", force=True)
+    config = restore_config(
+        source="consul", target=consul.url, database="crm", force=True, confirm=consul.url
+    )
     message = failed_at_once(run_job("restore_job", run_config=config), ROOT_TOKEN)
     assert message.startswith("database does not apply to consul: its options are ")
 

@@ -120,7 +120,9 @@ def test_incremental_backups_restore_each_tree_exactly(documents_root, tmp_path,
 
 
 @pytest.mark.slow
-def test_restore_refuses_a_non_empty_directory_without_force(documents_root, tmp_path, capsys):
+def test_restore_refuses_a_non_empty_directory_without_force(
+    documents_root, tmp_path, capsys, monkeypatch
+):
     assert run_backup("documents").success
     target = tmp_path / "occupied"
     target.mkdir()
@@ -132,6 +134,7 @@ def test_restore_refuses_a_non_empty_directory_without_force(documents_root, tmp
     assert tree_state(target) == tree_state(documents_root)
 
     from_dagster = tmp_path / "from-dagster"
+    monkeypatch.setenv("BACKUP_RESTORE_ROOTS", str(tmp_path))
     config = {"source": "documents", "target": str(from_dagster)}
     result = run_job("restore_job", run_config={"ops": {"restore_snapshot": {"config": config}}})
     assert result.success

@@ -222,6 +222,7 @@ def test_a_failed_check_and_a_restore_are_announced(backup_env, events, broker_d
                         "source": "rabbitmq",
                         "target": "http://127.0.0.1:15672",
                         "force": True,
+                        "confirm": "http://127.0.0.1:15672",
                         "snapshot": snapshot.snapshot_id,
                     }
                 }
@@ -240,6 +241,7 @@ def test_a_failed_check_and_a_restore_are_announced(backup_env, events, broker_d
                         "source": "rabbitmq",
                         "target": "http://127.0.0.1:15672",
                         "force": True,
+                        "confirm": "http://127.0.0.1:15672",
                     }
                 }
             }

@@ -531,8 +531,9 @@ def test_a_symbolic_link_in_the_store_is_never_followed(backup_env, rdb, tmp_pat
     assert sorted(p.name for p in elsewhere.iterdir()) == ["dump.rdb.zst", MANIFEST_NAME]
 
 
-def test_restore_job_refuses_a_path_for_a_snapshot(backup_env, rdb, tmp_path):
+def test_restore_job_refuses_a_path_for_a_snapshot(backup_env, rdb, tmp_path, monkeypatch):
     fill_store(make_local_store(backup_env), backup_env / ".staging", rdb)
+    monkeypatch.setenv("BACKUP_RESTORE_ROOTS", str(tmp_path))
     config = {"source": SOURCE, "snapshot": "../../outside", "output_dir": str(tmp_path / "o")}
     result = run_job("restore_job", run_config={"ops": {"restore_snapshot": {"config": config}}})
     assert not result.success

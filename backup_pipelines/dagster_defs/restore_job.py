@@ -7,10 +7,19 @@ the kinds they apply to. Options that hold secrets are left out: run config
 is visible in the UI and stored with the run, so give a target without a
 password and let the Dagster process find it (PGPASSFILE or PGPASSWORD in
 its environment for PostgreSQL).
+
+Dagster's open-source UI has no login, so a restore launched from it is held
+to more than the command's: a directory it writes (a restored file tree, an
+output directory, a data directory) must lie inside one of
+`BACKUP_RESTORE_ROOTS` (none set: no directory at all), named without `..`,
+links resolved; and `force` (which replaces what is there) needs `confirm`
+to repeat the target exactly.
 """
 
+import os
 from collections.abc import Mapping
-from typing import Any, Literal
+from pathlib import Path as PathType
+from typing import Any, Literal, get_args
 
 from dagster import (
     Config,
@@ -24,14 +33,14 @@ from dagster import (
 from pydantic import Field, create_model
 
 from backup_pipelines.dagster_defs.caller import in_run
-from backup_pipelines.errors import BackupError
+from backup_pipelines.errors import BackupError, ConfigurationError
 from backup_pipelines.operations.restore import holding_store, restore
 from backup_pipelines.runtime import Runtime
 from backup_pipelines.snapshot.store import LATEST
 from backup_pipelines.sources.registry import SOURCES
 from backup_pipelines.sources.source import SECRET_OPTION, Source
 
-FIXED = ("source", "snapshot", "store")
+FIXED = ("source", "snapshot", "store", "confirm")
 
 
 def _shared_option_fields() -> dict[str, Any]:
@@ -79,6 +88,14 @@ def restore_config(sources: Mapping[str, type[Source]]) -> type[Config]:
                 "that holds the snapshot when the primary cannot be reached)",
             ),
         ),
+        confirm=(
+            str | None,
+            Field(
+                None,
+                description="with force: the target (or the directory) again, exactly as "
+                "typed above (force replaces what it holds)",
+            ),
+        ),
         **_shared_option_fields(),
     )
 
@@ -90,6 +107,44 @@ def options_of(config: Config) -> dict[str, Any]:
         for name, value in config.model_dump().items()
         if name not in FIXED and value not in (None, False)
     }
+
+
+def refuse_from_the_ui(runtime: Runtime, source: str, config: Config) -> None:
+    """`ConfigurationError` for what the UI may not ask: a directory outside the restore
+    roots, or `force` without `confirm` repeating the target (or the directory) it replaces."""
+    options = options_of(config)
+    kind = runtime.sources[source].restore_options
+    places = [str(options["target"])] if "target" in options else []
+    for name, value in options.items():
+        field = kind.model_fields.get(name)
+        if field is not None and PathType in (field.annotation, *get_args(field.annotation)):
+            inside_restore_roots(name, str(value), runtime.shared.restore_roots)
+            places.append(str(value))
+    if options.get("force") and config.confirm not in places:
+        raise ConfigurationError(
+            "'force' replaces what the target holds: set 'confirm' to the target exactly as "
+            "given above"
+        )
+
+
+def inside_restore_roots(name: str, value: str, roots: list[str]) -> None:
+    """A directory the UI names must be absolute, without `..`, and (links resolved) inside
+    one of the restore roots."""
+    if not roots:
+        raise ConfigurationError(
+            f"'{name}': a restore from Dagster writes no directory unless BACKUP_RESTORE_ROOTS "
+            "names where it may (or restore with the backup-pipelines command)"
+        )
+    if not os.path.isabs(value) or ".." in value.split(os.sep):
+        raise ConfigurationError(f"'{name}': give an absolute directory without '..'")
+    resolved = os.path.realpath(value)
+    for root in roots:
+        real_root = os.path.realpath(root)
+        if os.path.commonpath([resolved, real_root]) == real_root:
+            return
+    raise ConfigurationError(
+        f"'{name}': {value} is outside BACKUP_RESTORE_ROOTS ({', '.join(roots)})"
+    )
 
 
 def restore_job(sources: Mapping[str, type[Source]]) -> JobDefinition:
@@ -105,6 +160,7 @@ def restore_job(sources: Mapping[str, type[Source]]) -> JobDefinition:
         source = config.source
         caller = in_run(context.run_id, context.log)
         try:
+            refuse_from_the_ui(runtime, source, config)
             if config.store:
                 reading = runtime.on_store(config.store)
             else:
