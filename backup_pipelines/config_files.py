@@ -24,6 +24,8 @@ from backup_pipelines.settings import RetentionOverrides
 from backup_pipelines.storage.names import shown
 
 MAX_FILE_BYTES = 1 << 20
+MAX_DEPTH = 32
+"""Far deeper than any targets or stores file needs."""
 REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 REFUSED = object()
 """What `referenced` gives for a literal secret: the field is left out, the problem said."""
@@ -44,7 +46,26 @@ class _Pairs(list):
 
 
 class _PairsLoader(yaml.SafeLoader):
-    """PyYAML keeps the last of two equal keys silently; this keeps them all."""
+    """PyYAML keeps the last of two equal keys silently; this keeps them all. Aliases are
+    refused (a few lines of `*a` that repeat each other expand to gigabytes: the billion
+    laughs), and so is nesting deeper than `MAX_DEPTH` (PyYAML recurses once per level)."""
+
+    depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed here", self.peek_event().start_mark
+            )
+        if self.depth >= MAX_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark
+            )
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 def _construct_pairs(loader: _PairsLoader, node: yaml.MappingNode) -> _Pairs:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -51,6 +52,23 @@ def split_commas(value: object) -> object:
 def upper_case(value: object) -> object:
     """An Object Lock mode as S3 spells it, however it was typed."""
     return value.strip().upper() if isinstance(value, str) else value
+
+
+def check_endpoint(value: str | None) -> str | None:
+    """An S3 endpoint is `scheme://host[:port]` and never carries credentials: a user or
+    password in it would be shown wherever the store is named (the keys have their own
+    settings)."""
+    if value is None:
+        return None
+    found = urlsplit(value)
+    if found.scheme not in ("http", "https") or not found.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    if found.username is not None or found.password is not None:
+        raise ValueError(
+            "must not hold a user or password (the keys go in their own settings): it would "
+            "be shown wherever the store is named"
+        )
+    return value
 
 
 def check_prune_keys(access: object, secret: object, names: str) -> None:
@@ -178,6 +196,7 @@ class BackupSettings(EnvironmentSettings):
     _non_negative = field_validator(*RETENTION_COUNTS)(_non_negative_count)
 
     _upper_case = field_validator("s3_object_lock_mode", mode="before")(upper_case)
+    _endpoint = field_validator("s3_endpoint_url")(check_endpoint)
 
     @model_validator(mode="after")
     def _prune_keys_together(self) -> BackupSettings:

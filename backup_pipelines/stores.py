@@ -60,6 +60,7 @@ from backup_pipelines.redaction import validation_problems
 from backup_pipelines.settings import (
     BackupSettings,
     RetentionOverrides,
+    check_endpoint,
     check_prune_keys,
     secret_values,
     upper_case,
@@ -98,6 +99,8 @@ class S3Location(BaseModel):
         """As in the environment, an empty value counts as unset (a role without prune keys
         gives an empty variable)."""
         return None if value == "" else value
+
+    _endpoint = field_validator("endpoint_url")(check_endpoint)
 
     _upper_case = field_validator("object_lock_mode", mode="before")(upper_case)
 

@@ -72,6 +72,8 @@ def test_s3_needs_bucket_and_both_keys(backup_env, monkeypatch):
         ("BACKUP_ENCRYPTION_RECIPIENTS", "age1-not-a-key", "recipient 1 is not an age public key"),
         ("BACKUP_VERIFY_CRON", "nightly", "not a valid cron expression"),
         ("BACKUP_CONSUL_CRON", "0 0 30 2 *", "a day February never has"),
+        ("BACKUP_S3_ENDPOINT_URL", "http://minio:s3cr3t-pw@minio:9000", "user or password"),
+        ("BACKUP_S3_ENDPOINT_URL", "minio:9000", "http:// or https:// URL with a host"),
     ],
 )
 def test_bad_values_name_the_variable(backup_env, monkeypatch, variable, value, complaint):

@@ -360,6 +360,16 @@ MALFORMED = {
     ),
     "not a mapping": ("redis: [a, b]\n", "redis: must be a mapping"),
     "not YAML": ("redis:\n  cache: {host: a\n", "not YAML"),
+    "billion laughs": (
+        "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+        + "".join(
+            f"{n}: &{n} [{', '.join(['*' + p] * 10)}]\n"
+            for p, n in zip("abcdefgh", "bcdefghi", strict=True)
+        )
+        + "redis:\n  cache: {host: *i, port: 1}\n",
+        "aliases (*name) are not allowed here",
+    ),
+    "nested too deep": ("redis: " + "[" * 100_000 + "]" * 100_000 + "\n", "nested deeper than"),
 }
 
 
