@@ -135,6 +135,29 @@ def test_restore_takes_the_fastest_path_the_target_allows(
             assert target.config_get("masterauth") == {"masterauth": "the-servers-own"}
 
 
+def test_a_target_that_fails_midway_keeps_what_it_held(backup_env, source_redis, tmp_path, capsys):
+    """--force never empties the target first: one that runs out of memory halfway (or dies)
+    still holds its keys; once it can take them, it ends holding exactly the snapshot."""
+    assert run_backup("redis").success
+    managed = ("--rename-command", "REPLICAOF", "", "--rename-command", "SLAVEOF", "")
+    with redis_process(tmp_path / "small", TARGET_PASSWORD, config=managed) as target:
+        for n in range(20):
+            target.set(f"old:{n}", "kept")
+        target.config_set("maxmemory-policy", "noeviction")
+        target.config_set("maxmemory", target.info("memory")["used_memory"] + 64 * 1024)
+        command = ["restore", "redis", "--target-url", target_url(target), "--force"]
+        assert main(command) == 1
+        said = capsys.readouterr().err
+        assert "refused the snapshot's keys (command not allowed when used memory" in said
+        assert "fsm:user" not in said  # the keys and values the command carried are data
+        assert [target.get(f"old:{n}") for n in range(20)] == [b"kept"] * 20
+
+        target.config_set("maxmemory", 0)
+        assert main(command) == 0
+        assert target.keys("old:*") == []
+        assert_same_data(server_state(target), server_state(source_redis))
+
+
 def test_restore_job_restores_into_a_running_server(backup_env, source_redis, target_redis):
     assert run_backup("redis").success
     config = {"source": "redis", "target": target_url(target_redis)}

@@ -175,10 +175,6 @@ def restore_into_server(
         )
     _refuse_an_older_server(reader.snapshot.manifest.stats.get("redis_version", ""), target)
     check_rdb(reader, log)  # a replica that cannot load what its master sent aborts
-    if keys or functions:
-        log(f"emptying Redis at {target.where} (--force)")
-        target.client().flushall()
-        target.client().function_flush()
     try:
         load_by_replication(target, rdb_source(reader, log), rdb_size(reader), log)
     except ReplicationUnavailable as exc:
@@ -206,14 +202,60 @@ def _version(text: str) -> tuple[int, ...]:
 
 
 def _copy_from_throwaway(reader: SnapshotReader, target: RedisServer, log: Log) -> None:
-    """Keys by MIGRATE, or DUMP / RESTORE where MIGRATE cannot reach; then the functions."""
+    """Keys by MIGRATE, or DUMP / RESTORE where MIGRATE cannot reach; then the functions. The
+    target is never emptied first: each key is replaced in place, and only once all of the
+    snapshot's are in do the keys and libraries it lacks go, so a target that fails or dies
+    midway keeps what it held (with the keys copied so far)."""
     with loaded_throwaway(reader, log) as source:
         try:
-            migrate_keys(source, target, log)
+            try:
+                migrate_keys(source, target, log)
+            except redis.ResponseError as exc:
+                log(f"MIGRATE cannot reach {target.where} ({exc}); copying key by key")
+                copy_keys(source, target, log)
+            target.client().function_restore(source.client().function_dump(), "REPLACE")
         except redis.ResponseError as exc:
-            log(f"MIGRATE cannot reach {target.where} ({exc}); copying key by key")
-            copy_keys(source, target, log)
-        target.client().function_restore(source.client().function_dump(), "REPLACE")
+            raise BackupError(
+                f"Redis at {target.where} refused the snapshot's keys ({_server_said(exc)}); "
+                "it keeps the keys it held, beside those copied before"
+            ) from None
+        _remove_what_the_snapshot_lacks(source, target, log)
+
+
+def _server_said(exc: redis.ResponseError) -> str:
+    """The server's own words: a pipeline's error also quotes the command, keys and values
+    (data) included, which must not reach a log."""
+    return str(exc).rsplit("caused error: ", 1)[-1][:200]
+
+
+def _libraries(server: RedisServer) -> set[str]:
+    """The names of the function libraries `server` holds (FUNCTION LIST answers each as a
+    flat list of field names and values)."""
+    names = set()
+    for entry in server.client().function_list():
+        fields = dict(zip(entry[::2], entry[1::2], strict=True))
+        name = fields.get("library_name", fields.get(b"library_name"))
+        names.add(name.decode() if isinstance(name, bytes) else str(name))
+    return names
+
+
+def _remove_what_the_snapshot_lacks(source: RedisServer, target: RedisServer, log: Log) -> None:
+    """The target's keys (in every database) and function libraries the snapshot does not
+    hold, deleted: the target ends holding exactly the snapshot."""
+    removed = 0
+    for db in _databases(target):
+        reader, writer = source.client(db), target.client(db)
+        for keys in _batches(writer.scan_iter(count=BATCH), BATCH):
+            check = reader.pipeline(transaction=False)
+            for key in keys:
+                check.exists(key)
+            gone = [key for key, held in zip(keys, check.execute(), strict=True) if not held]
+            if gone:
+                removed += writer.delete(*gone)
+    for library in _libraries(target) - _libraries(source):
+        target.client().function_delete(library)
+    if removed:
+        log(f"{removed} keys the snapshot does not hold removed from {target.where}")
 
 
 def write_output_dir(reader: SnapshotReader, output_dir: Path, *, force: bool) -> str:
