@@ -14,12 +14,14 @@ import os
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
-from backup_pipelines.errors import BackupError, ConfigurationError
+from backup_pipelines.errors import BackupError, ConfigurationError, SourceUnavailable
 from backup_pipelines.redaction import redact
 
 STDERR_TAIL_BYTES = 2000
@@ -115,6 +117,47 @@ def running(
             returncode = process.wait()
         if returncode != 0:
             raise ToolFailed(label, returncode, stderr_tail(stderr, secrets))
+
+
+class Stalled(SourceUnavailable):
+    """A tool gave nothing for longer than its limit: the source it reads hangs."""
+
+
+@contextmanager
+def stopped_when_stalled(
+    process: subprocess.Popen, label: str, progress: Callable[[], int], limit_s: float
+) -> Iterator[None]:
+    """Kill `process` once `progress()` (bytes it gave so far) has not grown for `limit_s`:
+    a source that accepted the connection and never answers (a stopped server, a dead
+    network path) would otherwise hold the backup, and its pool slot, forever. `Stalled`
+    names it, as a transient failure (the run's retry policy tries again)."""
+    stalled, done = threading.Event(), threading.Event()
+
+    def watch() -> None:
+        seen, since = progress(), time.monotonic()
+        while not done.wait(min(1.0, limit_s / 4)):
+            if (now := progress()) != seen:
+                seen, since = now, time.monotonic()
+            elif time.monotonic() - since >= limit_s:
+                stalled.set()
+                process.kill()
+                return
+
+    watcher = threading.Thread(target=watch, name=f"stall-watch {label}", daemon=True)
+    watcher.start()
+    try:
+        yield
+    except BackupError:
+        if not stalled.is_set():
+            raise
+    finally:
+        done.set()
+        watcher.join()
+    if stalled.is_set():
+        raise Stalled(
+            f"{label} gave nothing for {limit_s:.0f} s and was stopped: is the source hung (a "
+            "stopped server, a dead network path)? BACKUP_STALL_TIMEOUT_S sets how long to wait"
+        )
 
 
 def _widen(pipe: BinaryIO) -> None:

@@ -56,7 +56,11 @@ class Services:
                 f"{', '.join(spec.name for spec in self.stores)})"
             )
         self.spec = named[0]
-        self.staging = Staging(shared.staging_dir, parse_recipients(shared.encryption_recipients))
+        self.staging = Staging(
+            shared.staging_dir,
+            parse_recipients(shared.encryption_recipients),
+            shared.stall_timeout_s,
+        )
 
     def on_store(self, name: str) -> Services:
         """The same services, bound to the store `name`."""

@@ -182,6 +182,8 @@ class BackupSettings(EnvironmentSettings):
     """WAL that may wait for an unreachable archive before the oldest is given up
     (`wal/queue.py`); unset, none ever is."""
 
+    stall_timeout_s: float = Field(600, ge=1)
+    """How long a dump may give no byte before its source counts as hung and the run fails."""
     restore_roots: CommaList = []
     """Directories a restore launched from Dagster may write into (none: no directory)."""
 

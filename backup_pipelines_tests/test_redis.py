@@ -2,7 +2,11 @@
 
 import json
 import logging
+import os
+import signal
 import subprocess
+import threading
+import time
 
 import pytest
 
@@ -311,3 +315,43 @@ def test_a_damaged_snapshot_never_touches_the_target(
     assert "stored bytes do not match the manifest" in capsys.readouterr().err
     assert [p.name for p in output.iterdir()] == ["dump.rdb"]
     assert (output / "dump.rdb").read_bytes() == b"the RDB a server runs on"
+
+
+def stop_when_the_sync_begins(server_pid: int, stopped: threading.Event) -> None:
+    """SIGSTOP the server once `redis-cli --rdb` runs against it: the connection is open and
+    the server, frozen, will never send a byte (a hung process, a dead network path)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = subprocess.run(["pgrep", "-f", "redis-cli.*--rdb"], capture_output=True)
+        if found.returncode == 0:
+            os.kill(server_pid, signal.SIGSTOP)
+            stopped.set()
+            return
+        time.sleep(0.01)
+
+
+def test_a_server_that_hangs_mid_backup_fails_it_within_the_stall_timeout(
+    backup_env, monkeypatch, tmp_path
+):
+    delay = ("--repl-diskless-sync-delay", "3")  # the sync waits: time to freeze the server
+    with redis_process(tmp_path / "hung", config=delay) as client:
+        fill_crm_data(client)
+        monkeypatch.setenv("BACKUP_REDIS_HOST", "127.0.0.1")
+        monkeypatch.setenv("BACKUP_REDIS_PORT", str(port_of(client)))
+        monkeypatch.setenv("BACKUP_STALL_TIMEOUT_S", "2")
+        pid, stopped = client.info("server")["process_id"], threading.Event()
+        freezer = threading.Thread(target=stop_when_the_sync_begins, args=(pid, stopped))
+        freezer.start()
+        try:
+            started = time.monotonic()
+            result = run_backup("redis")
+            took = time.monotonic() - started
+        finally:
+            freezer.join()
+            os.kill(pid, signal.SIGCONT)
+        assert stopped.is_set(), "the server was never frozen: no test"
+        assert not result.success and took < 60
+        failures = [e for e in result.all_events if e.is_step_failure]
+        said = str(failures[-1].step_failure_data.user_failure_data.description)
+        assert "gave nothing for 2 s and was stopped: is the source hung" in said
+        assert not list((backup_env / "redis").glob("*/manifest.json"))

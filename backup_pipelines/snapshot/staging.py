@@ -28,7 +28,7 @@ import zstandard
 from pyrage import x25519
 
 from backup_pipelines.errors import ProducerFailed
-from backup_pipelines.processes import running
+from backup_pipelines.processes import running, stopped_when_stalled
 from backup_pipelines.snapshot.manifest import FileEntry, Manifest, new_snapshot_id, utc_now
 from backup_pipelines.storage.files import disk_full, remove_stale
 from backup_pipelines.storage.names import check_artifact_name, split_source
@@ -44,6 +44,8 @@ from backup_pipelines.storage.streams import (
 logger = logging.getLogger(__name__)
 
 ZSTD_LEVEL = 3
+STALL_AFTER_S = 600.0
+"""The default of `BACKUP_STALL_TIMEOUT_S`."""
 
 
 def encode(
@@ -93,6 +95,8 @@ class StagedSnapshot:
     directory: Path
     recipients: Sequence[x25519.Recipient] = ()
     progress: Callable[[str], None] | None = None
+    stall_after_s: float = STALL_AFTER_S
+    """How long a producing command may give nothing before it counts as hung."""
     files: list[FileEntry] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
     plain_bytes: dict[str, int] = field(default_factory=dict)
@@ -110,8 +114,8 @@ class StagedSnapshot:
         self, name: str, chunks: Iterable[bytes], *, expect_prefix: bytes = b""
     ) -> FileEntry:
         """Store an artifact produced by Python code (an HTTP body, a generator)."""
-        reader = IteratorReader(chunks)
-        entry, metered = self._write(name, reader, label=name)
+        metered = MeteredReader(IteratorReader(chunks), name, self.progress)  # type: ignore[arg-type]
+        entry = self._write(name, metered)
         self._accept(entry, metered, label=name, expect_prefix=expect_prefix)
         return entry
 
@@ -122,7 +126,8 @@ class StagedSnapshot:
         label = label or str(path)
         with path.open("rb") as source:
             size = os.fstat(source.fileno()).st_size
-            entry, metered = self._write(name, source, label=label, expected_bytes=size)
+            metered = MeteredReader(source, label, self.progress, expected=size)
+            entry = self._write(name, metered)
         self._accept(entry, metered, label=label, expect_prefix=expect_prefix)
         return entry
 
@@ -152,32 +157,24 @@ class StagedSnapshot:
         of itself, as a base backup's label and manifest) without a second read.
         """
         with running(argv, label=label, env=env, secrets=secrets) as process:
-            entry, metered = self._write(
-                name, process.stdout, label=label, watch=watch, expected_bytes=expected_bytes
-            )
+            metered = MeteredReader(process.stdout, label, self.progress, watch, expected_bytes)
+            given = lambda: metered.total  # noqa: E731
+            with stopped_when_stalled(process, label, given, self.stall_after_s):
+                entry = self._write(name, metered)
         self._accept(entry, metered, label=label, expect_prefix=expect_prefix)
         return entry
 
-    def _write(
-        self,
-        name: str,
-        source: BinaryIO,
-        *,
-        label: str,
-        watch: Callable[[memoryview], None] | None = None,
-        expected_bytes: int | None = None,
-    ) -> tuple[FileEntry, MeteredReader]:
+    def _write(self, name: str, metered: MeteredReader) -> FileEntry:
         target_name = stored_name(name, bool(self.recipients))
         if any(entry.name == target_name for entry in self.files):
             raise ValueError(f"artifact {name!r} is already part of this snapshot")
-        metered = MeteredReader(source, label, self.progress, watch, expected_bytes)
         path = self.directory / check_artifact_name(target_name)
         try:
             with path.open("xb") as out:
                 sink = encode(metered, out, self.recipients)
         except OSError as exc:
             raise disk_full(exc, path) or exc from None
-        return FileEntry(name=target_name, size=sink.size, sha256=sink.hexdigest()), metered
+        return FileEntry(name=target_name, size=sink.size, sha256=sink.hexdigest())
 
     def _accept(
         self, entry: FileEntry, metered: MeteredReader, *, label: str, expect_prefix: bytes
@@ -221,6 +218,7 @@ def stage(
     *,
     recipients: Sequence[x25519.Recipient] = (),
     progress: Callable[[str], None] | None = None,
+    stall_after_s: float = STALL_AFTER_S,
 ) -> Iterator[StagedSnapshot]:
     """A fresh staging directory for one snapshot; removed if the block raises."""
     started_at = utc_now()
@@ -241,6 +239,7 @@ def stage(
         directory=directory,
         recipients=recipients,
         progress=progress,
+        stall_after_s=stall_after_s,
     )
     try:
         yield staged
@@ -257,11 +256,19 @@ class Staging:
 
     directory: Path
     recipients: Sequence[x25519.Recipient] = ()
+    stall_after_s: float = STALL_AFTER_S
 
     def stage(
         self, source: str, run_id: str, progress: Callable[[str], None] | None = None
     ) -> contextlib.AbstractContextManager[StagedSnapshot]:
-        return stage(self.directory, source, run_id, recipients=self.recipients, progress=progress)
+        return stage(
+            self.directory,
+            source,
+            run_id,
+            recipients=self.recipients,
+            progress=progress,
+            stall_after_s=self.stall_after_s,
+        )
 
     def work_dir(self, purpose: str) -> Path:
         """Scratch space for `purpose` (restore, verify, drill), pruned like staging."""

@@ -17,7 +17,12 @@ import redis
 from backup_pipelines.errors import IntegrityError
 from backup_pipelines.processes import ToolFailed
 from backup_pipelines.snapshot.staging import StagedSnapshot
-from backup_pipelines.sources.redis.server import RedisRefused, RedisServer, keyspace
+from backup_pipelines.sources.redis.server import (
+    QUESTION_TIMEOUT_S,
+    RedisRefused,
+    RedisServer,
+    keyspace,
+)
 from backup_pipelines.storage.names import check_artifact_name
 
 RDB_ARTIFACT = "dump.rdb"
@@ -65,8 +70,9 @@ def dump_server(
     log: Callable[[str], None] = print,
 ) -> None:
     """Stage the RDB (and AOF files); record keys per database, memory and version in stats."""
-    info = server.info()
-    delay = _sync_delay(server)
+    patience = min(QUESTION_TIMEOUT_S, staged.stall_after_s)  # as long as a dump may stall
+    info = server.info(timeout_s=patience)
+    delay = _sync_delay(server, patience)
     if delay:
         log(f"waiting for {server.where} to start the sync (repl-diskless-sync-delay {delay} s)")
     try:
@@ -99,10 +105,11 @@ def dump_server(
     )
 
 
-def _sync_delay(server: RedisServer) -> int:
+def _sync_delay(server: RedisServer, timeout_s: float) -> int:
     """The server's repl-diskless-sync-delay, or 0 when CONFIG is not allowed to us."""
     try:
-        value = server.client().config_get("repl-diskless-sync-delay")
+        asked = server.client(timeout_s=timeout_s)
+        value = asked.config_get("repl-diskless-sync-delay")
     except redis.RedisError:
         return 0
     return int(value.get("repl-diskless-sync-delay", 0) or 0)

@@ -31,6 +31,8 @@ from backup_pipelines.processes import ToolMissing, free_loopback_port
 from backup_pipelines.redaction import mask_url
 
 STARTUP_TIMEOUT_S = 60
+QUESTION_TIMEOUT_S = 30
+BULK_TIMEOUT_S = 300
 
 
 class RedisUnavailable(SourceUnavailable):
@@ -71,7 +73,10 @@ class RedisServer:
     def secrets(self) -> list[str | None]:
         return [self.password]
 
-    def client(self, db: int | None = None) -> redis.Redis:
+    def client(self, db: int | None = None, timeout_s: float = BULK_TIMEOUT_S) -> redis.Redis:
+        """A client whose every reply must come within `timeout_s`: long for bulk work
+        (MIGRATE of a large batch), `QUESTION_TIMEOUT_S` for a question (INFO, CONFIG GET),
+        so a hung server fails a backup in seconds rather than holding it."""
         return redis.Redis(
             host=self.host,
             port=self.port,
@@ -79,7 +84,7 @@ class RedisServer:
             password=self.password,
             db=self.db if db is None else db,
             socket_connect_timeout=10,
-            socket_timeout=300,
+            socket_timeout=timeout_s,
         )
 
     def cli_args(self) -> list[str]:
@@ -94,10 +99,10 @@ class RedisServer:
             env["REDISCLI_AUTH"] = self.password
         return env
 
-    def info(self) -> dict[str, Any]:
+    def info(self, timeout_s: float = QUESTION_TIMEOUT_S) -> dict[str, Any]:
         """INFO of the server, with connection failures turned into clear, classified errors."""
         try:
-            return self.client().info()
+            return self.client(timeout_s=timeout_s).info()
         except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
             raise RedisRefused(
                 f"Redis at {self.where} refused the credentials ({exc}); check "
