@@ -1,5 +1,6 @@
 """Redis against real redis-server processes: back up, restore into a fresh server, compare."""
 
+import fcntl
 import json
 import logging
 import os
@@ -11,7 +12,7 @@ import time
 import pytest
 
 from backup_pipelines.cli import main
-from backup_pipelines.snapshot.staging import stage
+from backup_pipelines.snapshot.staging import BACKUP_LOCK, stage
 from backup_pipelines.sources.redis.dump import dump_server
 from backup_pipelines.sources.redis.restore import copy_keys
 from backup_pipelines.sources.redis.server import RedisServer, RedisUnavailable
@@ -355,3 +356,23 @@ def test_a_server_that_hangs_mid_backup_fails_it_within_the_stall_timeout(
         said = str(failures[-1].step_failure_data.user_failure_data.description)
         assert "gave nothing for 2 s and was stopped: is the source hung" in said
         assert not list((backup_env / "redis").glob("*/manifest.json"))
+
+
+def test_two_backups_of_one_source_launched_outside_the_daemon_run_one_after_another(
+    backup_env, source_redis, capfd
+):
+    """Pools hold only for runs the daemon launches; `dagster asset materialize` twice, or a
+    run beside the command's, must still not dump one source twice at once."""
+    lock_file = backup_env / ".staging" / "redis" / BACKUP_LOCK
+    lock_file.parent.mkdir(parents=True)
+    results = []
+    with lock_file.open("a") as running:  # a backup of redis in progress
+        fcntl.flock(running, fcntl.LOCK_EX)
+        second = threading.Thread(target=lambda: results.append(run_backup("redis")))
+        second.start()
+        second.join(timeout=3)
+        assert second.is_alive() and not results  # waiting, not dumping
+    second.join(timeout=60)
+    assert results and results[0].success
+    said = capfd.readouterr().err
+    assert "another backup of redis runs on this host: waiting for it to end" in said

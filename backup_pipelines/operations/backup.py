@@ -38,9 +38,13 @@ def announce_start(services: Services, caller: Caller, source: str) -> None:
 def stage(runtime: Runtime, caller: Caller, source: str) -> StagedSnapshot:
     """The source dumped into a fresh staging directory, which goes if the dump fails: a
     snapshot not yet committed (`ToolFailed`, `ProducerFailed`, `SourceUnavailable`, ...).
-    A backup is a Dagster run's: the run's id ends the snapshot's."""
+    A backup is a Dagster run's: the run's id ends the snapshot's. Never two dumps of one
+    source at once on this host."""
     assert caller.run_id, "a backup runs in a Dagster run"
-    with runtime.staging.stage(source, caller.run_id, caller.log) as staged:
+    with (
+        runtime.staging.one_at_a_time(source, caller.log),
+        runtime.staging.stage(source, caller.run_id, caller.log) as staged,
+    ):
         runtime.sources[source].dump(staged, caller.log)
     return staged
 

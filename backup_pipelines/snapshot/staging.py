@@ -13,6 +13,7 @@ snapshot survives.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import shutil
@@ -44,6 +45,7 @@ from backup_pipelines.storage.streams import (
 logger = logging.getLogger(__name__)
 
 ZSTD_LEVEL = 3
+BACKUP_LOCK = ".backup.lock"
 STALL_AFTER_S = 600.0
 """The default of `BACKUP_STALL_TIMEOUT_S`."""
 
@@ -269,6 +271,23 @@ class Staging:
             progress=progress,
             stall_after_s=self.stall_after_s,
         )
+
+    @contextlib.contextmanager
+    def one_at_a_time(self, source: str, log: Callable[[str], None]) -> Iterator[None]:
+        """Dumps of `source` on this host one after another, whatever launched them (two
+        `dagster asset materialize`, a run and the command): Dagster's pools hold only for
+        runs its daemon launches. A lock file in the source's staging folder, held while the
+        block runs; a second backup waits for the first, saying so."""
+        folder = self.directory / source
+        folder.mkdir(parents=True, exist_ok=True)
+        with (folder / BACKUP_LOCK).open("a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log(f"another backup of {source} runs on this host: waiting for it to end")
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            os.utime(lock.name)  # fresh: the staging area's day-old sweep leaves it be
+            yield
 
     def work_dir(self, purpose: str) -> Path:
         """Scratch space for `purpose` (restore, verify, drill), pruned like staging."""
