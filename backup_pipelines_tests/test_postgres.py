@@ -432,3 +432,26 @@ def test_a_long_dump_says_how_far_it_has_come_every_ten_seconds(backup_env, monk
     assert all(PROGRESS_LINE.search(line) for _, line in progress), progress
     times = [at for at, _ in progress]
     assert all(later - earlier >= 9.5 for earlier, later in itertools.pairwise(times))
+
+
+def test_a_restore_drops_what_one_cut_short_left_behind_a_day_ago(source_db):
+    """A restore killed midway leaves its database of its own; the next restore on that server
+    drops it once it is a day old and no session uses it (a young or busy one may be a
+    restore running now)."""
+    assert run_backup("postgres").success
+    day_ago = int(time.time()) - 2 * 86400
+    left = {
+        "old": f"bp_restore_{day_ago}_{os.urandom(4).hex()}",
+        "young": f"bp_restore_{int(time.time())}_{os.urandom(4).hex()}",
+        "busy": f"bp_replaced_{day_ago}_{os.urandom(4).hex()}",
+    }
+    restored = unique_name("bp_swept")
+    with scratch_databases(*left.values(), restored):
+        with connect("postgres") as admin:
+            for name in left.values():
+                admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        busy = connect(left["busy"])
+        command = ["restore", "postgres", "--target-dsn", target_dsn(restored)]
+        assert main([*command, "--database", source_db]) == 0
+        assert our_databases() & set(left.values()) == {left["young"], left["busy"]}
+        busy.close()

@@ -10,7 +10,10 @@ turns out damaged halfway never reaches the target.
 from __future__ import annotations
 
 import io
+import re
 import secrets
+import time
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -41,6 +44,10 @@ from backup_pipelines.sources.postgres.globals_sql import (
 )
 from backup_pipelines.sources.postgres.stream_restore import read_whole_dump, restore_dump
 from backup_pipelines.sources.source import Log
+
+SCRATCH_NAME = re.compile(r"bp_(?:restore|replaced|drill)_(?P<made>[0-9]{10})_[0-9a-f]{8}")
+"""The databases of ours `scratch_name` makes."""
+LEFT_BEHIND_AGE = timedelta(days=1)
 
 
 def snapshot_databases(snapshot: StoredSnapshot) -> list[str]:
@@ -102,8 +109,25 @@ def refuse_if_occupied(cluster: Cluster, target_db: str, force: bool) -> None:
 
 
 def scratch_name(purpose: str) -> str:
-    """A database name of our own, short enough for PostgreSQL's 63 bytes whatever the target's."""
-    return f"bp_{purpose}_{secrets.token_hex(6)}"
+    """A database name of our own, short enough for PostgreSQL's 63 bytes whatever the
+    target's, saying when it was made (`sweep_left_behind` reads it)."""
+    return f"bp_{purpose}_{int(time.time())}_{secrets.token_hex(4)}"
+
+
+def sweep_left_behind(cluster: Cluster, log: Log) -> None:
+    """Drop the databases of ours that a restore cut short (killed, its host lost) left on
+    the server: named by `scratch_name`, made more than `LEFT_BEHIND_AGE` ago, and used by
+    no session. One still in use, or young, may be a restore running now."""
+    with cluster.connect(MAINTENANCE_DB) as connection:
+        found = connection.execute(
+            "SELECT datname FROM pg_database d WHERE datname LIKE 'bp\\_%' AND NOT EXISTS"
+            " (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname)"
+        ).fetchall()
+    for (name,) in found:
+        ours = SCRATCH_NAME.fullmatch(name)
+        if ours and time.time() - int(ours["made"]) > LEFT_BEHIND_AGE.total_seconds():
+            log(f"dropping {name!r} on {cluster.where}: left by a restore cut short")
+            _drop_left_behind(cluster, name, log)
 
 
 def database_owner(connection: psycopg.Connection, name: str) -> str | None:
@@ -243,6 +267,7 @@ def restore_snapshot(
     figures = reader.snapshot.manifest.stats.get("databases", {})
     for _, target_db in pairs:  # refuse before touching anything
         refuse_if_occupied(cluster, target_db, force)
+    sweep_left_behind(cluster, log)
     if include_globals:
         apply_globals(reader, cluster, log)
     pending: list[tuple[str, str]] = []  # (our new database, the target it replaces)
