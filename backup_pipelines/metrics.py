@@ -69,7 +69,10 @@ class StoreCollector(Collector):
         self.runtime = runtime
         self._views = {spec.name: runtime.on_store(spec.name) for spec in runtime.stores}
         self._known: dict[tuple[str, str], dict[str, StoredSnapshot]] = {}
-        self._lock = threading.Lock()
+        self._turn = threading.Condition()
+        self._reading = False
+        self._generation = 0
+        self._shared: list[GaugeMetricFamily] | Exception | None = None
 
     def snapshots(self, store: str, source: str) -> list[StoredSnapshot]:
         """The source's complete snapshots in `store`, newest first; manifests already read
@@ -91,35 +94,59 @@ class StoreCollector(Collector):
         return [known[i] for i in ids if i in known and not known[i].ahead_of_clocks(now)]
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        with self._lock:
-            started = time.monotonic()
-            families = {
-                name: GaugeMetricFamily(name, text, labels=["store", "source"])
-                for name, text in PER_SOURCE.items()
-            }
-            reachable = GaugeMetricFamily(
-                STORE_REACHABLE, "1 when the store could be read at this scrape.", labels=["store"]
-            )
-            primary: dict[str, list[StoredSnapshot]] = {}
-            for spec in self.runtime.stores:
-                try:
-                    found = self._store_values(spec.name, primary)
-                except (StoreError, StorageFull):
-                    if spec.name == PRIMARY:
-                        raise
-                    reachable.add_metric([spec.name], 0.0)
-                    continue
-                reachable.add_metric([spec.name], 1.0)
-                for (source, metric), value in found.items():
-                    families[metric].add_metric([spec.name, source], value)
-            yield from families.values()
-            yield reachable
-            verify_every = cron_interval(self.runtime.shared.verify_cron).total_seconds()
-            yield GaugeMetricFamily(
-                VERIFY_INTERVAL, "The verification schedule's gap.", verify_every
-            )
-            spent = time.monotonic() - started
-            yield GaugeMetricFamily(SCRAPE_DURATION, "Time to read the stores.", spent)
+        """One reading of the stores per scrape; scrapes that arrive while one is being read
+        wait for it and share what it found (a hundred at once then cost one reading, not a
+        hundred in a row)."""
+        with self._turn:
+            if self._reading:
+                generation = self._generation
+                while self._generation == generation:
+                    self._turn.wait()
+                shared = self._shared
+            else:
+                self._reading, shared = True, None
+        if shared is None:
+            try:
+                shared = list(self._read())
+            except Exception as exc:
+                shared = exc
+            finally:
+                with self._turn:
+                    self._reading, self._shared = False, shared
+                    self._generation += 1
+                    self._turn.notify_all()
+        if isinstance(shared, Exception):
+            raise shared
+        yield from shared
+
+    def _read(self) -> Iterator[GaugeMetricFamily]:
+        """Every store read once (one reading at a time: `collect` sees to it)."""
+        started = time.monotonic()
+        families = {
+            name: GaugeMetricFamily(name, text, labels=["store", "source"])
+            for name, text in PER_SOURCE.items()
+        }
+        reachable = GaugeMetricFamily(
+            STORE_REACHABLE, "1 when the store could be read at this scrape.", labels=["store"]
+        )
+        primary: dict[str, list[StoredSnapshot]] = {}
+        for spec in self.runtime.stores:
+            try:
+                found = self._store_values(spec.name, primary)
+            except (StoreError, StorageFull):
+                if spec.name == PRIMARY:
+                    raise
+                reachable.add_metric([spec.name], 0.0)
+                continue
+            reachable.add_metric([spec.name], 1.0)
+            for (source, metric), value in found.items():
+                families[metric].add_metric([spec.name, source], value)
+        yield from families.values()
+        yield reachable
+        verify_every = cron_interval(self.runtime.shared.verify_cron).total_seconds()
+        yield GaugeMetricFamily(VERIFY_INTERVAL, "The verification schedule's gap.", verify_every)
+        spent = time.monotonic() - started
+        yield GaugeMetricFamily(SCRAPE_DURATION, "Time to read the stores.", spent)
 
     def _store_values(
         self, store: str, primary: dict[str, list[StoredSnapshot]]

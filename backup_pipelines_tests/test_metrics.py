@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +17,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from backup_pipelines.cli import main
+from backup_pipelines.metrics import StoreCollector
 from backup_pipelines_tests.conftest import commit_snapshot, free_port, runtime_from_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -186,3 +188,33 @@ def test_a_verification_record_that_is_not_one_is_ignored(backup_env, tmp_path):
     an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
     runtime.verdicts.record("redis", "20261130T050000Z-0000abcd", False, an_hour_ago)
     assert metrics_file(tmp_path)["backup_verification_last_passed"] == {"redis": 0.0}
+
+
+def test_scrapes_that_arrive_together_share_one_reading_of_the_stores(backup_env, monkeypatch):
+    """A hundred scrapes at once (several Prometheus servers, a dashboard's refresh) must not
+    queue a hundred readings of a large store one after another."""
+    runtime = runtime_from_env()
+    staging = runtime.staging.directory
+    commit_snapshot(runtime.store, staging, {"dump.rdb": b"REDIS0011"}, source="redis")
+    collector = StoreCollector(runtime)
+    readings, real_read = [], collector._read
+
+    def slow_read():
+        readings.append(time.monotonic())
+        time.sleep(0.5)  # a store of ten thousand snapshots
+        yield from real_read()
+
+    monkeypatch.setattr(collector, "_read", slow_read)
+    answers: list[list] = []
+    scrapes = [
+        threading.Thread(target=lambda: answers.append(list(collector.collect())))
+        for _ in range(20)
+    ]
+    started = time.monotonic()
+    for scrape in scrapes:
+        scrape.start()
+    for scrape in scrapes:
+        scrape.join()
+    assert len(answers) == 20 and len(readings) <= 2
+    assert time.monotonic() - started < 3  # not twenty readings of half a second in a row
+    assert all(answer == answers[0] for answer in answers)
