@@ -9,6 +9,7 @@ import pytest
 from dagster import AssetKey
 
 from backup_pipelines.cli.parser import build_parser
+from backup_pipelines.cron import cron_interval
 from backup_pipelines.dagster_defs.backup_location import build_definitions
 from backup_pipelines.dagster_defs.restore_job import restore_config
 from backup_pipelines.dagster_defs.verification_location import build_verification
@@ -49,8 +50,11 @@ def test_every_source_gets_its_asset_checks_job_schedule_and_pool(backup_env):
             if check.asset_key == key
         }
         assert checks == {"integrity"}  # drills run in the verification plane, not here
-        assert defs.resolve_job_def(f"{source.name}_backup_job")
+        job = defs.resolve_job_def(f"{source.name}_backup_job")
         assert schedules[f"{source.name}_backup_schedule"].cron_schedule == source.cron
+        # the daemon ends a run that outlasts its schedule's gap (an hour at least)
+        interval = cron_interval(source.cron).total_seconds()
+        assert job.tags["dagster/max_runtime"] == str(int(max(3600, interval)))
 
 
 def test_every_source_gets_its_verification_downstream_of_its_backup(backup_env):

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
 
+from backup_pipelines.cron import cron_interval
 from backup_pipelines.dagster_defs.assets import backup_asset, crm_system, transient_retries
 from backup_pipelines.dagster_defs.audit_trail import audit_trail
 from backup_pipelines.dagster_defs.checks import integrity_check
@@ -43,6 +44,10 @@ from backup_pipelines.runtime import Runtime
 from backup_pipelines.sources.registry import archiving
 from backup_pipelines.sources.source import Source
 
+MAX_RUNTIME_TAG = "dagster/max_runtime"
+"""Read by the daemon's run monitoring (`dagster.yaml`), in seconds."""
+MIN_RUNTIME_S = 3600
+
 
 def build_resources(runtime: Runtime) -> dict[str, object]:
     """The runtime every asset, check, op and sensor takes, and the IO manager over its store."""
@@ -62,6 +67,14 @@ def backup_jobs(sources: Sequence[Source]) -> dict[str, list[str]]:
     return jobs
 
 
+def max_runtime(runtime: Runtime, names: Sequence[str]) -> dict[str, str]:
+    """`dagster/max_runtime`: the daemon's run monitoring ends a backup run that lasts longer
+    than its sources' schedules leave between two runs (at least `MIN_RUNTIME_S`), so a hung
+    run never holds its pool, nor its source, past the next scheduled one."""
+    intervals = [cron_interval(runtime.sources[name].cron).total_seconds() for name in names]
+    return {MAX_RUNTIME_TAG: str(int(max([MIN_RUNTIME_S, *intervals])))}
+
+
 def build_definitions(runtime: Runtime) -> Definitions:
     """Everything Dagster loads, wired from the runtime (tests build their own the same way)."""
     sources = runtime.backed_up
@@ -73,6 +86,7 @@ def build_definitions(runtime: Runtime) -> Definitions:
             backup_job_name(asked),
             selection=AssetSelection.assets(*(backup_asset_key(name) for name in names)),
             description=f"A snapshot of {', '.join(names)}.",
+            tags=max_runtime(runtime, names),
         )
         for asked, names in covered.items()
     }
@@ -80,6 +94,7 @@ def build_definitions(runtime: Runtime) -> Definitions:
         BACKUP_ALL_JOB,
         selection=AssetSelection.groups(BACKUPS_GROUP),
         description="A snapshot of every source, one after the other.",
+        tags=max_runtime(runtime, [source.name for source in sources]),
     )
     sources_of_job = {BACKUP_ALL_JOB: [s.name for s in sources]} | {
         jobs[asked].name: names for asked, names in covered.items()
