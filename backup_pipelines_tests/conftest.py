@@ -267,7 +267,7 @@ def flip_byte(
     with store.open_file(source, snapshot_id, name) as stored:
         content = bytearray(stored.read())
     content[offset] ^= 0x01
-    store.backend.put_bytes(object_key(source, snapshot_id, name), bytes(content))
+    store.backend.put_bytes(object_key(source, snapshot_id, name), bytes(content), replace=True)
 
 
 def read_manifest_bytes(store: SnapshotStore, source: str, snapshot_id: str) -> bytes:
@@ -278,7 +278,7 @@ def read_manifest_bytes(store: SnapshotStore, source: str, snapshot_id: str) -> 
 
 def replace_manifest(store: SnapshotStore, source: str, snapshot_id: str, raw: bytes) -> None:
     """Overwrite a stored manifest, as a tampering hand or a damaged disk would."""
-    store.backend.put_bytes(object_key(source, snapshot_id, MANIFEST_NAME), raw)
+    store.backend.put_bytes(object_key(source, snapshot_id, MANIFEST_NAME), raw, replace=True)
 
 
 PASSWORD = "pw-never-shown"

@@ -108,7 +108,7 @@ def test_each_command_leaves_exactly_one_record(store_env, monkeypatch, tmp_path
     with runtime.store.open_file("redis", newest.snapshot_id, name) as stored:
         damaged = bytearray(stored.read())
     damaged[-1] ^= 1
-    flip.put_bytes(f"redis/{newest.snapshot_id}/{name}", bytes(damaged))
+    flip.put_bytes(f"redis/{newest.snapshot_id}/{name}", bytes(damaged), replace=True)
     record = one_more(["drill", "redis"], 1)
     assert (record["operation"], record["outcome"]) == ("drill", "failed")
     assert "sha256" in record["error"]

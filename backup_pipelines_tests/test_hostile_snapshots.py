@@ -12,7 +12,10 @@ from datetime import timedelta
 import pytest
 
 from backup_pipelines.cli import main
+from backup_pipelines.records.audit import Entry
 from backup_pipelines.snapshot.manifest import utc_now
+from backup_pipelines.storage import ObjectExists
+from backup_pipelines.storage.layout import AUDIT_PREFIX, MANIFEST_NAME
 from backup_pipelines_tests.archiving_cluster import owned_directory
 from backup_pipelines_tests.conftest import commit_snapshot, runtime_from_env
 from backup_pipelines_tests.postgres_fixtures import connect, unique_name
@@ -94,3 +97,28 @@ def test_a_snapshot_from_a_clock_a_day_ahead_is_never_latest_nor_pruned_in_place
     scraped = metrics_file(tmp_path)
     finished = scraped["backup_snapshot_last_success_timestamp_seconds"]["redis"]
     assert finished == newest.manifest.finished_at.timestamp()
+
+
+def test_a_manifest_or_an_audit_record_once_written_is_never_written_over(store_env):
+    runtime = runtime_from_env()
+    store = runtime.store
+    snapshot = commit_snapshot(
+        store, runtime.staging.directory, {"dump.rdb": b"REDIS0011"}, source="redis"
+    )
+    manifest = f"redis/{snapshot.snapshot_id}/{MANIFEST_NAME}"
+    with pytest.raises(ObjectExists):
+        store.backend.put_bytes(manifest, b"garbage")
+    assert store.find("redis") == snapshot  # still the snapshot it was
+
+    entry = Entry(snapshots=[f"redis/{snapshot.snapshot_id}"])
+    runtime.audit.append("verify", entry, via="command", source="redis")
+    [record] = store.backend.files(AUDIT_PREFIX + utc_now().strftime("%Y%m%d") + "/")
+    key = f"{AUDIT_PREFIX}{utc_now():%Y%m%d}/{record}"
+    before = store.backend.get(key, 1 << 20).data
+    with pytest.raises(ObjectExists):
+        store.backend.put_bytes(key, b'{"operation": "forged"}')
+    assert store.backend.get(key, 1 << 20).data == before
+
+    verdict = b'{"source": "redis"}'
+    store.backend.put_bytes(".verification/redis.json", verdict, replace=True)  # by design
+    store.backend.put_bytes(".verification/redis.json", verdict, replace=True)

@@ -182,7 +182,9 @@ def test_the_rules_and_the_dashboard_name_only_metrics_the_exporter_serves(backu
 
 def test_a_verification_record_that_is_not_one_is_ignored(backup_env, tmp_path):
     runtime = runtime_from_env()
-    runtime.store.backend.put_bytes(".verification/redis.json", b'{"source": "redis", "pas')
+    runtime.store.backend.put_bytes(
+        ".verification/redis.json", b'{"source": "redis", "pas', replace=True
+    )
     assert runtime.verdicts.read("redis") is None
     assert "backup_verification_last_passed" not in metrics_file(tmp_path)
     an_hour_ago = datetime.now(UTC) - timedelta(hours=1)

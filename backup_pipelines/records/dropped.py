@@ -52,4 +52,4 @@ class DroppedSnapshots:
         none)."""
         ids = self.read(source) | set(dropped)
         ids = {found for found in ids if oldest_wanted is not None and found >= oldest_wanted}
-        self.backend.put_bytes(dropped_key(source), json.dumps(sorted(ids)).encode())
+        self.backend.put_bytes(dropped_key(source), json.dumps(sorted(ids)).encode(), replace=True)

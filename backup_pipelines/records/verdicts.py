@@ -81,7 +81,9 @@ class Verdicts:
             last_success_at=last_success,
         )
         try:
-            self.backend.put_bytes(verdict_key(source), verdict.model_dump_json().encode())
+            self.backend.put_bytes(
+                verdict_key(source), verdict.model_dump_json().encode(), replace=True
+            )
         except (StoreError, StorageFull) as exc:
             logger.warning("the drill's outcome was not recorded in the store: %s", exc)
 

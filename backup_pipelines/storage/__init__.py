@@ -24,6 +24,10 @@ from typing import BinaryIO
 from backup_pipelines.errors import StoreError
 
 
+class ObjectExists(StoreError):
+    """A write found an object already at its key, and left it as it was."""
+
+
 class NotFollowed(StoreError):
     """A path in the local store is a symbolic link: it is never read or written through."""
 
@@ -70,8 +74,12 @@ class Backend(ABC):
         the bytes sent as they go (where sending takes time: a network store)."""
 
     @abstractmethod
-    def put_bytes(self, key: str, data: bytes) -> None:
-        """Store `data` whole and atomically; durable once this returns."""
+    def put_bytes(self, key: str, data: bytes, *, replace: bool = False) -> None:
+        """Store `data` whole and atomically; durable once this returns. Never over an
+        object already there (`ObjectExists`: S3's conditional write, a hard link here), so
+        a manifest or an audit record, once written, stays as written; `replace` is for the
+        records that are replaced by design (a drill's verdict, a copy store's dropped
+        list)."""
 
     @abstractmethod
     def put_stream(self, key: str, stream: BinaryIO, size: int | None = None) -> None:

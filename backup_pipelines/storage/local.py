@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 from backup_pipelines.errors import StoreError
-from backup_pipelines.storage import Backend, Fetched, NotFollowed, ToolAccess, key_parts
+from backup_pipelines.storage import (
+    Backend,
+    Fetched,
+    NotFollowed,
+    ObjectExists,
+    ToolAccess,
+    key_parts,
+)
 from backup_pipelines.storage.files import disk_full, fsync_path, newest_change
 
 logger = logging.getLogger(__name__)
@@ -84,8 +91,28 @@ class LocalBackend(Backend):
         except OSError as exc:
             raise self._failure("write", target, exc) from None
 
-    def put_bytes(self, key: str, data: bytes) -> None:
-        self.put_stream(key, io.BytesIO(data), len(data))
+    def put_bytes(self, key: str, data: bytes, *, replace: bool = False) -> None:
+        if replace:
+            self.put_stream(key, io.BytesIO(data), len(data))
+            return
+        target = self._unlinked(key)
+        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with partial.open("wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            _read_only(partial)
+            os.link(partial, target)  # fails where a file is: never over one
+            fsync_path(target.parent)
+        except FileExistsError:
+            raise ObjectExists(f"{target} exists already: left as it was") from None
+        except OSError as exc:
+            raise self._failure("write", target, exc) from None
+        finally:
+            with contextlib.suppress(OSError):
+                partial.unlink()
 
     def put_stream(self, key: str, stream: BinaryIO, size: int | None = None) -> None:
         target = self._unlinked(key)

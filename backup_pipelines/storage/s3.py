@@ -37,7 +37,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from backup_pipelines.errors import BackupError, ConfigurationError, StoreError
 from backup_pipelines.redaction import redact
-from backup_pipelines.storage import Backend, Fetched, ToolAccess, key_parts
+from backup_pipelines.storage import Backend, Fetched, ObjectExists, ToolAccess, key_parts
 
 MIB = 1 << 20
 MIN_PART_SIZE = 8 * MIB
@@ -219,13 +219,22 @@ class S3Backend(Backend):
         except S3_ERRORS as exc:
             raise self.upload_failure(name, exc) from None
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def put_bytes(self, key: str, data: bytes, *, replace: bool = False) -> None:
+        """`If-None-Match: *` unless `replace`: S3 refuses to write over an object (412), and
+        the writer's policy (`deploy/s3-policies/`) can demand it of every such write."""
         name = self.key(key)
         retention = self.object_lock.retention() if self.object_lock else None
+        condition = {} if replace else {"IfNoneMatch": "*"}
         try:
             self.client.put_object(
-                Bucket=self.bucket, Key=name, Body=data, **_lock_headers(retention)
+                Bucket=self.bucket, Key=name, Body=data, **condition, **_lock_headers(retention)
             )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+                raise ObjectExists(
+                    f"{self.describe()} holds {name} already: left as it was"
+                ) from None
+            raise self.upload_failure(name, exc) from None
         except S3_ERRORS as exc:
             raise self.upload_failure(name, exc) from None
 

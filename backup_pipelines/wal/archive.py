@@ -36,7 +36,7 @@ from pyrage import x25519
 from backup_pipelines.errors import BackupError, ConfigurationError, IntegrityError
 from backup_pipelines.snapshot.reader import decode
 from backup_pipelines.snapshot.staging import encode
-from backup_pipelines.storage import Backend
+from backup_pipelines.storage import Backend, ObjectExists
 from backup_pipelines.storage.files import disk_full
 from backup_pipelines.storage.layout import wal_archive_prefix, wal_file_key, wal_folder_prefix
 from backup_pipelines.storage.streams import CHUNK_SIZE, HashingReader
@@ -182,7 +182,9 @@ class WalArchive:
                     with io.BytesIO() as out:
                         encode(plain, out, recipients, threads)  # type: ignore[arg-type]
                         archived = ArchivedFile(name, plain.hexdigest(), bool(recipients))
-                        self.backend.put_bytes(self._key(archived), out.getvalue())
+                        # a key names its content's sha256: one found there holds these bytes
+                        with contextlib.suppress(ObjectExists):
+                            self.backend.put_bytes(self._key(archived), out.getvalue())
                     return archived
                 scratch.mkdir(parents=True, exist_ok=True)
                 with tempfile.NamedTemporaryFile(dir=scratch, prefix=f".{name}-") as out:
@@ -273,7 +275,8 @@ class WalArchive:
 
     def record_gap(self, gap: Gap) -> None:
         """Say in the archive that `gap`'s segments were given up (`wal/queue.py`)."""
-        self.backend.put_bytes(self._gap_key(gap), gap.to_json().encode())
+        with contextlib.suppress(ObjectExists):  # recorded before, and not forgotten then
+            self.backend.put_bytes(self._gap_key(gap), gap.to_json().encode())
 
     def _gap_key(self, gap: Gap) -> str:
         return wal_file_key(self.source, GAPS_FOLDER, gap.key_name)
