@@ -122,3 +122,28 @@ def test_a_manifest_or_an_audit_record_once_written_is_never_written_over(store_
     verdict = b'{"source": "redis"}'
     store.backend.put_bytes(".verification/redis.json", verdict, replace=True)  # by design
     store.backend.put_bytes(".verification/redis.json", verdict, replace=True)
+
+
+def snapshot_id_now() -> str:
+    return f"{utc_now():%Y%m%dT%H%M%SZ}-0000cafe"
+
+
+def test_a_prune_on_a_host_whose_clock_runs_two_days_ahead_removes_nothing_running(
+    store_env, monkeypatch
+):
+    """An upload in progress (a location without its manifest yet) and a dump in staging look
+    two days old to that clock; the store's clock, and the dump's lock, say otherwise."""
+    runtime = runtime_from_env()
+    attempt = snapshot_id_now()
+    runtime.store.backend.put_bytes(f"redis/{attempt}/dump.rdb.zst", b"part of an upload")
+    staging = runtime.staging.directory
+    with runtime.staging.one_at_a_time("redis", print):  # a dump of redis is running here
+        dumping = staging / "redis" / "20261203T000000Z-0000beef"
+        dumping.mkdir(parents=True)
+        (dumping / "dump.rdb.zst").write_bytes(b"being written")
+        ahead = utc_now() + timedelta(days=2)
+        for module in ("backup_pipelines.operations.prune", "backup_pipelines.retention.pruning"):
+            monkeypatch.setattr(f"{module}.utc_now", lambda: ahead)
+        assert main(["prune"]) == 0
+        assert (dumping / "dump.rdb.zst").exists()
+    assert [a.snapshot_id for a in runtime.store.survey("redis").attempts] == [attempt]

@@ -11,16 +11,19 @@ around it (its audit record, its events, the audit trail's own pruning) is
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from backup_pipelines.retention.policy import Candidate, RetentionRules, decide
-from backup_pipelines.snapshot.manifest import format_utc
+from backup_pipelines.snapshot.manifest import format_utc, utc_now
+from backup_pipelines.snapshot.staging import backup_running
 from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot, Unreadable
 from backup_pipelines.sources.source import Source
 from backup_pipelines.storage.files import LEFTOVER_AGE, remove_stale
+from backup_pipelines.storage.names import snapshot_started
 
 
 @dataclass
@@ -60,8 +63,14 @@ def prune_source(
     survey = store.survey(source.name)
     snapshots = {s.snapshot_id: s for s in survey.snapshots}
     decision = decide([Candidate(i, s.manifest.started_at) for i, s in snapshots.items()], rules)
-    stale = [a.snapshot_id for a in survey.attempts if now - a.modified > LEFTOVER_AGE]
-    stale += [u.snapshot_id for u in survey.unreadable if now - u.modified > LEFTOVER_AGE]
+    # A prune "as of" `now` (a later moment) moves the store's clock along; on a host whose
+    # own clock runs ahead, `now` is that clock, and the store's stays as it is.
+    store_now = store.backend.clock() + (now - utc_now())
+    stale = [
+        found.snapshot_id
+        for found in [*survey.attempts, *survey.unreadable]
+        if _day_old_by_every_clock(found.snapshot_id, found.modified, now, store_now)
+    ]
     locked = {
         snapshot_id: until
         for snapshot_id in decision.delete + stale
@@ -84,6 +93,18 @@ def prune_source(
     if release is not None:
         release()
     return report
+
+
+def _day_old_by_every_clock(
+    snapshot_id: str, modified: datetime, now: datetime, store_now: datetime
+) -> bool:
+    """A location without a valid manifest counts as left over only once it is a day old by
+    this host's clock, by the store's (which dated its objects), and since the moment its id
+    names: a clock far ahead on any side never makes a running upload look abandoned."""
+    ages = [now - modified, store_now - modified]
+    with contextlib.suppress(ValueError):
+        ages.append(store_now - snapshot_started(snapshot_id))
+    return all(age > LEFTOVER_AGE for age in ages)
 
 
 def _locked_until(
@@ -137,7 +158,10 @@ def apply_retention(
         reports.append(report)
     if staging_dir is not None and not dry_run:
         removed = [
-            path for area in _subdirectories(staging_dir) for path in remove_stale(area, now)
+            path
+            for area in _subdirectories(staging_dir)
+            if not backup_running(area)  # its dump writes there now, whatever the clock says
+            for path in remove_stale(area, now)
         ]
         if removed:
             log(f"removed {len(removed)} day-old leftovers from the staging area {staging_dir}")

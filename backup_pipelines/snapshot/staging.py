@@ -212,6 +212,19 @@ class StagedSnapshot:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+def backup_running(folder: Path) -> bool:
+    """Whether a dump holds the backup lock of this source's staging folder now (probed with
+    a shared lock, released at once)."""
+    try:
+        with (folder / BACKUP_LOCK).open("r") as lock:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 @contextlib.contextmanager
 def stage(
     staging_dir: Path,

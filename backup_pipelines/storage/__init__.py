@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -115,6 +115,11 @@ class Backend(ABC):
     def last_change(self, prefix: str) -> datetime | None:
         """When anything below `prefix` was last written (or an upload into it began);
         None when nothing is there."""
+
+    def clock(self) -> datetime:
+        """What time the store says it is: the clock its dates (`last_change`) come from.
+        On local disk, this host's."""
+        return datetime.now(UTC)
 
     def retained_until(self, prefix: str) -> datetime | None:
         """Until when a lock keeps anything below `prefix` from being deleted; None when

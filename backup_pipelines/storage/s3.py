@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from functools import cache, cached_property
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -314,6 +315,15 @@ class S3Backend(Backend):
         """Current objects only: versions a lock keeps after a delete are the bucket's own
         (its lifecycle rules expire them)."""
         return sum(item["Size"] for item in self._objects(self.key(prefix) + "/"))
+
+    def clock(self) -> datetime:
+        """The `Date` the service answers a HEAD of the bucket with."""
+        try:
+            answered = self.client.head_bucket(Bucket=self.bucket)
+        except S3_ERRORS as exc:
+            raise self.failure("asking the time of", self.bucket, exc) from None
+        said = answered["ResponseMetadata"]["HTTPHeaders"].get("date")
+        return parsedate_to_datetime(said).astimezone(UTC) if said else datetime.now(UTC)
 
     def last_change(self, prefix: str) -> datetime | None:
         under = self.key(prefix) + "/"
