@@ -83,8 +83,8 @@ class Gap:
             return None
         try:
             times = [gap.until, gap.given_up_at] + ([gap.since] if gap.since is not None else [])
-            for moment in times:
-                datetime.fromisoformat(moment)
+            if any(datetime.fromisoformat(moment).tzinfo is None for moment in times):
+                return None  # a time without its zone cannot be compared with a moment
         except (TypeError, ValueError):
             return None
         return gap
