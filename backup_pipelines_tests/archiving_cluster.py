@@ -122,42 +122,45 @@ def archiving_cluster(**overrides: str) -> Iterator[Server]:
              "UTF8", "--locale=C"],
             user=SERVER_USER, cwd="/", capture_output=True, check=True,
         )  # fmt: skip
-        settings = {**ARCHIVING, "port": str(port), "unix_socket_directories": f"'{home}'"}
-        settings |= overrides
-        with (data / "postgresql.conf").open("a") as conf:
-            conf.writelines(f"{name} = {value}\n" for name, value in settings.items())
-        server = Server(data, port, home / "server.log")
-        pg_ctl(data, "-l", str(server.log), "-w", "start")
-        try:
+        settings = {**ARCHIVING, **overrides}
+        with serving(home, port, "postgresql.conf", settings) as server:
             yield server
-        finally:
-            server.stop()
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
 
 @contextmanager
-def standby_of(primary: Server, timeout_s: float = 60) -> Iterator[Server]:
+def standby_of(primary: Server) -> Iterator[Server]:
     """A hot standby of `primary`, streaming from it (pg_basebackup -R), on a port of its own;
     it does not archive (archive_mode = on archives on the primary alone)."""
     home = owned_directory("pitr-standby-")
-    data, port = home / "data", free_loopback_port()
+    port = free_loopback_port()
     try:
         subprocess.run(
-            [str(BIN / "pg_basebackup"), "-D", str(data), "-R", "-X", "stream",
+            [str(BIN / "pg_basebackup"), "-D", str(home / "data"), "-R", "-X", "stream",
              "-d", primary.dsn, "--checkpoint=fast"],
             user=SERVER_USER, cwd="/", capture_output=True, check=True,
         )  # fmt: skip
-        with (data / "postgresql.auto.conf").open("a") as conf:
-            conf.write(f"port = {port}\nunix_socket_directories = '{home}'\nhot_standby = on\n")
-        server = Server(data, port, home / "server.log")
-        pg_ctl(data, "-l", str(server.log), "-w", "start")
-        try:
+        with serving(home, port, "postgresql.auto.conf", {"hot_standby": "on"}) as server:
             yield server
-        finally:
-            server.stop()
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+@contextmanager
+def serving(home: Path, port: int, conf: str, settings: dict[str, str]) -> Iterator[Server]:
+    """The data directory `home/data` started on `port` (its socket in `home`) with `settings`
+    appended to its `conf` file, and stopped after the block."""
+    data = home / "data"
+    settings = {"port": str(port), "unix_socket_directories": f"'{home}'", **settings}
+    with (data / conf).open("a") as written:
+        written.writelines(f"{name} = {value}\n" for name, value in settings.items())
+    server = Server(data, port, home / "server.log")
+    pg_ctl(data, "-l", str(server.log), "-w", "start")
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def replayed(standby: Server, primary: Server, timeout_s: float = 60) -> None:

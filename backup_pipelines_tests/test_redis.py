@@ -318,12 +318,14 @@ def test_a_damaged_snapshot_never_touches_the_target(
     assert (output / "dump.rdb").read_bytes() == b"the RDB a server runs on"
 
 
-def stop_when_the_sync_begins(server_pid: int, stopped: threading.Event) -> None:
-    """SIGSTOP the server once `redis-cli --rdb` runs against it: the connection is open and
-    the server, frozen, will never send a byte (a hung process, a dead network path)."""
+def stop_when_the_sync_begins(server_pid: int, port: int, stopped: threading.Event) -> None:
+    """SIGSTOP the server once `redis-cli --rdb` runs against it (its port: another worker's
+    backup may run beside): the connection is open and the server, frozen, will never send a
+    byte (a hung process, a dead network path)."""
     deadline = time.monotonic() + 60
+    ours = f"redis-cli .*-p {port} .*--rdb"
     while time.monotonic() < deadline:
-        found = subprocess.run(["pgrep", "-f", "redis-cli.*--rdb"], capture_output=True)
+        found = subprocess.run(["pgrep", "-f", ours], capture_output=True)
         if found.returncode == 0:
             os.kill(server_pid, signal.SIGSTOP)
             stopped.set()
@@ -341,7 +343,9 @@ def test_a_server_that_hangs_mid_backup_fails_it_within_the_stall_timeout(
         monkeypatch.setenv("BACKUP_REDIS_PORT", str(port_of(client)))
         monkeypatch.setenv("BACKUP_STALL_TIMEOUT_S", "2")
         pid, stopped = client.info("server")["process_id"], threading.Event()
-        freezer = threading.Thread(target=stop_when_the_sync_begins, args=(pid, stopped))
+        freezer = threading.Thread(
+            target=stop_when_the_sync_begins, args=(pid, port_of(client), stopped)
+        )
         freezer.start()
         try:
             started = time.monotonic()

@@ -28,6 +28,7 @@ import pyrage
 import zstandard
 from pyrage import x25519
 
+from backup_pipelines import locks
 from backup_pipelines.errors import ProducerFailed
 from backup_pipelines.processes import running, stopped_when_stalled
 from backup_pipelines.snapshot.manifest import FileEntry, Manifest, new_snapshot_id, utc_now
@@ -160,8 +161,8 @@ class StagedSnapshot:
         """
         with running(argv, label=label, env=env, secrets=secrets) as process:
             metered = MeteredReader(process.stdout, label, self.progress, watch, expected_bytes)
-            given = lambda: metered.total  # noqa: E731
-            with stopped_when_stalled(process, label, given, self.stall_after_s):
+            progress = lambda: metered.total  # noqa: E731 (the watching thread reads it)
+            with stopped_when_stalled(process, label, progress, self.stall_after_s):
                 entry = self._write(name, metered)
         self._accept(entry, metered, label=label, expect_prefix=expect_prefix)
         return entry
@@ -213,16 +214,8 @@ class StagedSnapshot:
 
 
 def backup_running(folder: Path) -> bool:
-    """Whether a dump holds the backup lock of this source's staging folder now (probed with
-    a shared lock, released at once)."""
-    try:
-        with (folder / BACKUP_LOCK).open("r") as lock:
-            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    return False
+    """Whether a dump holds the backup lock of this source's staging folder now."""
+    return locks.held(folder / BACKUP_LOCK)
 
 
 @contextlib.contextmanager

@@ -37,6 +37,8 @@ import stat
 import time
 from collections.abc import Sequence
 
+from backup_pipelines import locks
+
 MARKER_MAX_AGE_S = 600
 """A marker older than this is not trusted (the store may have been replaced meanwhile):
 the push runs again, and finds the file stored."""
@@ -138,18 +140,8 @@ def _wait_for(marker: str, spool: str) -> None:
 
 
 def helper_running(spool: Pathish) -> bool:
-    """Whether a helper holds the spool's lock (probed with a shared lock, released at once)."""
-    try:
-        descriptor = os.open(os.path.join(spool, HELPER_LOCK), os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(descriptor)  # releases the probe's lock
-    return False
+    """Whether a helper holds the spool's lock now."""
+    return locks.held(os.path.join(spool, HELPER_LOCK))
 
 
 def claim_helper_lock(spool: Pathish) -> int | None:
