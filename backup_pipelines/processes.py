@@ -59,6 +59,16 @@ def describe_exit(returncode: int) -> str:
     return f"killed by signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
 
 
+UNPRIVILEGED_USER = "nobody"
+"""Who a tool that reads snapshot content (untrusted bytes) runs as when this process is root."""
+
+
+def unprivileged_user() -> str | None:
+    """`UNPRIVILEGED_USER` when this process is root (a flaw in a parser then gives no root),
+    else None: the tool runs as we do, already no root."""
+    return UNPRIVILEGED_USER if os.geteuid() == 0 else None
+
+
 def stderr_tail(stream: BinaryIO, secrets: Sequence[str | None]) -> str:
     """The last lines a tool wrote to stderr, on one line, with secrets masked."""
     stream.seek(0, os.SEEK_END)

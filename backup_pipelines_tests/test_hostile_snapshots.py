@@ -5,6 +5,8 @@ clock far ahead, or a planted future) must never make it the newest."""
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import shutil
 import subprocess
 from datetime import timedelta
@@ -12,12 +14,14 @@ from datetime import timedelta
 import pytest
 
 from backup_pipelines.cli import main
+from backup_pipelines.processes import UNPRIVILEGED_USER
 from backup_pipelines.records.audit import Entry
 from backup_pipelines.snapshot.manifest import utc_now
+from backup_pipelines.sources.redis.server import throwaway_server
 from backup_pipelines.storage import ObjectExists
 from backup_pipelines.storage.layout import AUDIT_PREFIX, MANIFEST_NAME
 from backup_pipelines_tests.archiving_cluster import owned_directory
-from backup_pipelines_tests.conftest import commit_snapshot, runtime_from_env
+from backup_pipelines_tests.conftest import commit_snapshot, run_backup, runtime_from_env
 from backup_pipelines_tests.postgres_fixtures import connect, unique_name
 from backup_pipelines_tests.test_metrics import metrics_file
 
@@ -147,3 +151,60 @@ def test_a_prune_on_a_host_whose_clock_runs_two_days_ahead_removes_nothing_runni
         assert main(["prune"]) == 0
         assert (dumping / "dump.rdb.zst").exists()
     assert [a.snapshot_id for a in runtime.store.survey("redis").attempts] == [attempt]
+
+
+REACHES_FOR_THE_SHELL = """
+CREATE FUNCTION public.planted() RETURNS int LANGUAGE plpgsql AS $$
+BEGIN
+  IF current_database() <> '{source}' THEN
+    EXECUTE format('COPY (SELECT 1) TO PROGRAM %L', 'touch {canary}');
+  END IF;
+  RETURN 1;
+END $$;
+CREATE MATERIALIZED VIEW public.planted_view AS SELECT public.planted() AS one;
+"""
+"""A dump whose restore calls a function (refreshing a materialized view) that runs a shell
+command through the server: as a superuser it would, anywhere but in its own database."""
+
+
+def test_sql_in_a_dump_that_reaches_for_the_shell_runs_nothing_in_a_drill(source_db, capsys):
+    canary_dir = owned_directory("planted-")
+    canary = canary_dir / "canary"
+    try:
+        with connect(source_db) as connection:
+            connection.execute(REACHES_FOR_THE_SHELL.format(source=source_db, canary=canary))
+        assert run_backup("postgres").success
+        assert main(["drill", "postgres"]) == 1
+        assert "pg_execute_server_program" in capsys.readouterr().err
+        assert not canary.exists()
+    finally:
+        shutil.rmtree(canary_dir, ignore_errors=True)
+
+
+SUPERUSER_ONLY_OBJECTS = """
+CREATE SCHEMA ext;
+CREATE EXTENSION pg_stat_statements;
+CREATE EXTENSION hstore WITH SCHEMA ext;
+CREATE TABLE public.tagged (id int PRIMARY KEY, tags ext.hstore);
+INSERT INTO public.tagged SELECT i, ext.hstore('n', i::text) FROM generate_series(1, 50) i;
+CREATE FUNCTION public.noted() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN END $$;
+CREATE EVENT TRIGGER noted ON ddl_command_end EXECUTE FUNCTION public.noted();
+"""
+
+
+def test_a_drill_restoring_without_privileges_still_proves_extensions_and_event_triggers(
+    source_db, capsys
+):
+    with connect(source_db) as connection:
+        connection.execute(SUPERUSER_ONLY_OBJECTS)
+    assert run_backup("postgres").success
+    assert main(["drill", "postgres", "--json"]) == 0
+    drilled = json.loads(capsys.readouterr().out)
+    assert drilled["databases"][source_db]["row_counts"]["public.tagged"] == 50
+
+
+def test_the_redis_server_that_parses_a_snapshot_runs_without_root():
+    with throwaway_server() as server:
+        pid = server.client().info("server")["process_id"]
+        owner = os.stat(f"/proc/{pid}").st_uid
+    assert owner == pwd.getpwnam(UNPRIVILEGED_USER).pw_uid != 0

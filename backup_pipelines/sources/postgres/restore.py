@@ -43,6 +43,7 @@ from backup_pipelines.sources.postgres.globals_sql import (
     shown,
 )
 from backup_pipelines.sources.postgres.stream_restore import read_whole_dump, restore_dump
+from backup_pipelines.sources.postgres.unprivileged import unprivileged_restore
 from backup_pipelines.sources.source import Log
 
 SCRATCH_NAME = re.compile(r"bp_(?:restore|replaced|drill)_(?P<made>[0-9]{10})_[0-9a-f]{8}")
@@ -338,29 +339,40 @@ def deep_verify_dumps(reader: SnapshotReader) -> list[str]:
 
 def restore_drill(reader: SnapshotReader, cluster: Cluster, log: Log) -> dict[str, dict[str, Any]]:
     """On a drill's cluster: the roles first (globals.sql must apply), then each database into
-    a scratch database of its own, its rows counted and compared, the database dropped."""
+    a scratch database of its own, restored by a role without privileges (`unprivileged.py`),
+    its rows counted and compared, the database dropped."""
     apply_globals(reader, cluster, log)
     figures = reader.snapshot.manifest.stats.get("databases", {})
     results = {}
-    for name in snapshot_databases(reader.snapshot):
-        scratch = scratch_name("drill")
-        expected = figures.get(name, {}).get("row_counts", {})
-        create_database(cluster, scratch, figures.get(name, {}), log)
-        try:
-            restore_database(reader, name, cluster, scratch, figures.get(name, {}), log)
-            with cluster.connect(scratch) as connection:
-                restored = row_counts(connection)
-        finally:
-            drop_database(cluster, scratch)
-        differences = {
-            table: {"expected": expected.get(table), "restored": restored.get(table)}
-            for table in sorted(set(expected) | set(restored))
-            if expected.get(table) != restored.get(table)
-        }
-        results[name] = {
-            "tables": len(restored) - 1,
-            "rows": sum(restored.values()),
-            "row_counts": restored,
-            "differences": differences,
-        }
+    with unprivileged_restore(cluster) as unprivileged:
+        for name in snapshot_databases(reader.snapshot):
+            scratch = scratch_name("drill")
+            expected = figures.get(name, {}).get("row_counts", {})
+            create_database(cluster, scratch, figures.get(name, {}), log)
+            try:
+                log(f"restoring {name!r} into {scratch!r} as {unprivileged.role}")
+                restore_dump(
+                    reader, dump_artifact(name), cluster, scratch, figures.get(name, {}), log,
+                    unprivileged,
+                )  # fmt: skip
+                with cluster.connect(scratch) as connection:
+                    restored = row_counts(connection)
+            finally:
+                drop_database(cluster, scratch)
+            results[name] = _compared(expected, restored)
     return results
+
+
+def _compared(expected: dict[str, int], restored: dict[str, int]) -> dict[str, Any]:
+    """A drilled database's figures: its tables, rows, and where they differ from backup time."""
+    differences = {
+        table: {"expected": expected.get(table), "restored": restored.get(table)}
+        for table in sorted(set(expected) | set(restored))
+        if expected.get(table) != restored.get(table)
+    }
+    return {
+        "tables": len(restored) - 1,
+        "rows": sum(restored.values()),
+        "row_counts": restored,
+        "differences": differences,
+    }

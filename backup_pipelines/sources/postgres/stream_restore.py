@@ -43,6 +43,7 @@ from backup_pipelines.sources.postgres.toc import (
     UnreadableArchive,
     read_toc,
 )
+from backup_pipelines.sources.postgres.unprivileged import RESTORE_OPTIONS, UnprivilegedRestore
 from backup_pipelines.sources.source import Log
 
 TOC_LIMIT = 256 << 20
@@ -211,22 +212,29 @@ def restore_dump(
     target_db: str,
     figures: Mapping[str, Any],
     log: Log,
+    unprivileged: UnprivilegedRestore | None = None,
 ) -> None:
-    """Restore the dump `artifact` into the existing, empty `target_db`."""
+    """Restore the dump `artifact` into the existing, empty `target_db`: as the role
+    `unprivileged` makes when given (a drill), else as `cluster`'s own."""
     jobs = parallel_jobs()
     toc = read_dump_toc(reader, artifact)
     label = f"pg_restore of {artifact} into {target_db!r} on {cluster.where}"
-    tool = {"label": label, "env": cluster.child_env(), "secrets": cluster.secrets()}
-    command = ["pg_restore", "--exit-on-error", "--dbname", cluster.conninfo(target_db)]
+    left_out, login, options = set[int](), cluster, ()
+    if unprivileged:
+        left_out = unprivileged.prepare(target_db, toc, log)
+        login, options = unprivileged.restorer, RESTORE_OPTIONS
+    tool = {"label": label, "env": login.child_env(), "secrets": login.secrets()}
+    command = ["pg_restore", "--exit-on-error", *options, "--dbname", login.conninfo(target_db)]
     try:
         with memory_file(toc.prefix, "pg-toc") as toc_path:
             restore = DumpRestore(reader, artifact, toc, toc_path, command, tool, log)
             log(f"{label}: the schema ({len(toc.entries)} objects)")
-            restore.run("--section=pre-data")
+            schema = [e for e in toc.in_section("pre-data") if e.dump_id not in left_out]
+            restore.run(entries=schema)
             shares = plan_shares(toc, jobs, figures.get("table_bytes") or {})
             log(f"{label}: the rows and their indexes, {len(shares)} stream(s) at once")
             restore.load(shares)
-            done = {entry.dump_id for share in shares for entry in share.indexes}
+            done = left_out | {entry.dump_id for share in shares for entry in share.indexes}
             if rest := [e for e in toc.in_section("post-data") if e.dump_id not in done]:
                 log(f"{label}: {len(rest)} more constraints, triggers, ..., {jobs} job(s)")
                 restore.run(f"--jobs={jobs}", entries=rest)
@@ -253,11 +261,10 @@ class DumpRestore:
     tool: Mapping[str, Any]
     log: Log
 
-    def run(self, *options: str, entries: Sequence[TocEntry] = ()) -> None:
-        """pg_restore of what needs no data block, from the table of contents alone."""
+    def run(self, *options: str, entries: Sequence[TocEntry]) -> None:
+        """pg_restore of `entries`, which need no data block, from the table of contents alone."""
         with memory_file(use_list(entries), "pg-use-list") as listed:
-            chosen = [f"--use-list={listed}"] if entries else []
-            run_tool([*self.command, *options, *chosen, self.toc_path], **self.tool)
+            run_tool([*self.command, *options, f"--use-list={listed}", self.toc_path], **self.tool)
 
     def load(self, shares: Sequence[Share]) -> None:
         """A thread per share; the first share's stream checks every stored byte and

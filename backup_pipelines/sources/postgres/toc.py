@@ -48,6 +48,8 @@ class TocEntry:
     has_data: bool
     """The entry is followed by a data block (TABLE DATA, BLOBS)."""
     dependencies: tuple[int, ...] = ()
+    definition: str = ""
+    """The SQL pg_restore runs for the entry (untrusted: only ever matched, never run by us)."""
 
     def list_line(self) -> str:
         """A line of a `pg_restore --use-list` file (only the dump id before ';' counts)."""
@@ -170,8 +172,9 @@ def _read_entry(cursor: _Cursor, version: tuple[int, int], offset_size: int) -> 
     tag = cursor.string() or ""
     desc = cursor.string() or ""
     section = SECTIONS.get(cursor.integer(), "none")
-    for _ in range(3):  # definition, drop statement, COPY statement
-        cursor.string()
+    definition = cursor.string() or ""
+    cursor.string()  # drop statement
+    cursor.string()  # COPY statement
     namespace = cursor.string() or ""
     cursor.string()  # tablespace
     if version >= (1, 14):
@@ -193,4 +196,5 @@ def _read_entry(cursor: _Cursor, version: tuple[int, int], offset_size: int) -> 
         tag=tag,
         has_data=bool(had_dumper) and data_state != NO_DATA,
         dependencies=tuple(dependencies),
+        definition=definition,
     )

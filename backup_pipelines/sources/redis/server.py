@@ -7,6 +7,7 @@ environment (never `-a`, which `ps` would show) and is never in a message.
 from __future__ import annotations
 
 import os
+import pwd
 import subprocess
 import tempfile
 import time
@@ -27,7 +28,7 @@ from backup_pipelines.errors import (
     SourceUnavailable,
     connection_cause,
 )
-from backup_pipelines.processes import ToolMissing, free_loopback_port
+from backup_pipelines.processes import ToolMissing, free_loopback_port, unprivileged_user
 from backup_pipelines.redaction import mask_url
 
 STARTUP_TIMEOUT_S = 60
@@ -135,10 +136,13 @@ def throwaway_server() -> Iterator[RedisServer]:
 
     It keeps nothing (no save, no AOF) and loads what it replicates straight
     from the socket (`repl-diskless-load on-empty-db`): its directory, 0700
-    and removed after, only ever holds its log.
+    and removed after, only ever holds its log. The bytes it parses are the
+    snapshot's: it runs unprivileged (`unprivileged_user`).
     """
-    port = free_loopback_port()
+    port, user = free_loopback_port(), unprivileged_user()
     with tempfile.TemporaryDirectory(prefix="redis-throwaway-") as directory:
+        if user:
+            os.chown(directory, *_ids_of(user))
         log = Path(directory, "redis.log")
         command = [
             "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", directory,
@@ -146,7 +150,7 @@ def throwaway_server() -> Iterator[RedisServer]:
             "--logfile", str(log),
         ]  # fmt: skip
         try:
-            process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, user=user)
         except FileNotFoundError:
             raise ToolMissing("loading the snapshot", "redis-server") from None
         server = RedisServer(host="127.0.0.1", port=port)
@@ -156,6 +160,11 @@ def throwaway_server() -> Iterator[RedisServer]:
         finally:
             process.terminate()
             process.wait(timeout=30)
+
+
+def _ids_of(user: str) -> tuple[int, int]:
+    entry = pwd.getpwnam(user)
+    return entry.pw_uid, entry.pw_gid
 
 
 def _wait_until_loaded(process: subprocess.Popen, server: RedisServer, log: Path) -> None:
