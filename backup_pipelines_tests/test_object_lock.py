@@ -17,11 +17,13 @@ from pathlib import Path
 import boto3
 import pytest
 from botocore.config import Config
+from botocore.exceptions import ClientError
 from dagster import build_schedule_context
 
 from backup_pipelines.cli import main
 from backup_pipelines.dagster_defs.backup_location import build_definitions
 from backup_pipelines.snapshot.reader import verify_snapshot
+from backup_pipelines.storage.layout import MANIFEST_NAME
 from backup_pipelines_tests.conftest import (
     checks_of,
     commit_snapshot,
@@ -300,3 +302,50 @@ def test_a_backup_host_without_prune_keys_leaves_retention_to_the_pruner(locked_
     assert "BACKUP_S3_PRUNE_ACCESS_KEY" in str(skipped.skip_message)
     as_pruner(locked_store, monkeypatch)
     assert len(retention_tick().run_requests) == 1
+
+
+def as_verifier(store: LockedStore, monkeypatch) -> None:
+    monkeypatch.setenv("BACKUP_S3_ACCESS_KEY", store.verifier[0])
+    monkeypatch.setenv("BACKUP_S3_SECRET_KEY", store.verifier[1])
+
+
+def test_a_manifest_an_audit_record_and_a_drill_record_written_over_are_reported(
+    locked_store, monkeypatch, capsys, caplog
+):
+    """Object Lock keeps every version: what was written over is told from what was written
+    once, reported, and read as first written."""
+    runtime = runtime_from_env()
+    snapshot = commit_snapshot(
+        runtime.store, runtime.staging.directory, {"dump.rdb": b"REDIS0011"}, source="redis"
+    )
+    assert main(["verify", "redis"]) == 0
+    writer = client(locked_store.endpoint, "s3", locked_store.writer)
+    with pytest.raises(ClientError, match="AccessDenied"):  # only the verifier records drills
+        writer.put_object(Bucket=locked_store.bucket, Key="backups/.verification/x", Body=b"{}")
+    as_verifier(locked_store, monkeypatch)
+    runtime = runtime_from_env()
+    runtime.verdicts.record("redis", snapshot.snapshot_id, False, datetime.now(UTC))
+    capsys.readouterr()
+
+    def forge(prefix: str, body: bytes) -> None:
+        found = locked_store.admin.list_objects_v2(Bucket=locked_store.bucket, Prefix=prefix)
+        for stored in found["Contents"]:
+            locked_store.admin.put_object(Bucket=locked_store.bucket, Key=stored["Key"], Body=body)
+
+    forge(f"backups/redis/{snapshot.snapshot_id}/{MANIFEST_NAME}", b"garbage")
+    forge("backups/.audit/", b'{"operation": "forged"}')
+    forged_verdict = runtime.verdicts.read("redis").model_copy(update={"passed": True})
+    forge("backups/.verification/redis/", forged_verdict.model_dump_json().encode())
+
+    assert main(["snapshots", "redis", "--json"]) == 0
+    listed, said = capsys.readouterr()
+    assert [s["snapshot_id"] for s in json.loads(listed)] == [snapshot.snapshot_id]
+    assert "was written over 1 time(s)" in said and MANIFEST_NAME in said
+    assert main(["verify", "redis"]) == 1
+    assert "possible tampering" in capsys.readouterr().err
+    assert main(["audit", "--json"]) == 0
+    records = capsys.readouterr().out
+    assert "forged" not in records and ".audit/" in caplog.text and "written over" in caplog.text
+    caplog.clear()
+    assert runtime_from_env().verdicts.read("redis").passed is False
+    assert ".verification/redis/" in caplog.text and "written over" in caplog.text

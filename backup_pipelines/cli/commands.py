@@ -50,6 +50,7 @@ def _listing(snapshot: StoredSnapshot) -> dict:
         **snapshot.manifest.model_dump(mode="json"),
         "location": snapshot.location,
         "locked_until": format_utc(until) if until else None,
+        "rewritten": snapshot.rewritten,
     }
 
 
@@ -97,6 +98,8 @@ def cmd_snapshots(args: argparse.Namespace, runtime: Runtime) -> int:
     snapshots = sorted(found, key=lambda s: s.manifest.started_at, reverse=True)
     report_unreadable([item for survey in surveys for item in survey.unreadable])
     report_ahead([item for survey in surveys for item in survey.ahead])
+    for snapshot in (s for s in snapshots if s.rewritten):
+        print(f"warning: {snapshot.rewritten}", file=sys.stderr)
     if args.json:
         print(json.dumps([_listing(snapshot) for snapshot in snapshots], indent=2))
         return EXIT_OK

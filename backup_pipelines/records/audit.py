@@ -185,6 +185,8 @@ class AuditLog:
         fetched = self.backend.get(key, MAX_RECORD_BYTES + 1)
         if fetched is None or len(fetched.data) > MAX_RECORD_BYTES:
             return None
+        if fetched.rewritten:
+            logger.warning("%s", fetched.rewritten)
         try:
             return AuditRecord.model_validate_json(fetched.data)
         except ValidationError:

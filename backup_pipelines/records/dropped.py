@@ -29,7 +29,7 @@ class DroppedSnapshots:
         self.backend = backend
 
     def read(self, source: str) -> set[str]:
-        fetched = self.backend.get(dropped_key(source), MAX_RECORD_BYTES + 1)
+        fetched = self.backend.get(dropped_key(source), MAX_RECORD_BYTES + 1, replaced=True)
         if fetched is None:
             return set()
         try:

@@ -39,8 +39,9 @@ from backup_pipelines.storage.streams import (
 
 
 def verify_snapshot(store: SnapshotStore, snapshot: StoredSnapshot) -> list[str]:
-    """Re-read every stored artifact; return what does not match the manifest (empty = sound)."""
-    problems = []
+    """Re-read every stored artifact; return what does not match the manifest (empty = sound),
+    and a manifest written over since its commit."""
+    problems = [snapshot.rewritten] if snapshot.rewritten else []
     for entry in snapshot.manifest.files:
         try:
             with store.open_file(snapshot.source, snapshot.snapshot_id, entry.name) as stored:

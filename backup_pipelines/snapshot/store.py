@@ -77,6 +77,9 @@ class StoredSnapshot:
     written_at: datetime | None = field(default=None, compare=False)
     """When the store says its manifest was written (the store's clock, not ours); known once
     listed, not compared (the same snapshot, just committed, does not know it yet)."""
+    rewritten: str | None = field(default=None, compare=False)
+    """Why its manifest was written over since it was committed (the first version is this
+    one); None when it never was. `verify` fails on it."""
 
     @property
     def source(self) -> str:
@@ -144,6 +147,7 @@ def parse_manifest(
     location: str,
     locked_until: datetime | None = None,
     written_at: datetime | None = None,
+    rewritten: str | None = None,
 ) -> StoredSnapshot:
     """The one gate between a manifest's bytes and a snapshot the system acts on."""
     where = f"{source}/{snapshot_id}"
@@ -161,7 +165,7 @@ def parse_manifest(
             f"{shown(manifest.snapshot_id)}, not the location it was read from"
         )
     digest = hashlib.sha256(raw).hexdigest()
-    return StoredSnapshot(manifest, location, digest, locked_until, written_at)
+    return StoredSnapshot(manifest, location, digest, locked_until, written_at, rewritten)
 
 
 class SnapshotStore:
@@ -238,7 +242,13 @@ class SnapshotStore:
             return None
         location = self.location(source, snapshot_id)
         return parse_manifest(
-            fetched.data, source, snapshot_id, location, fetched.locked_until, fetched.modified
+            fetched.data,
+            source,
+            snapshot_id,
+            location,
+            fetched.locked_until,
+            fetched.modified,
+            fetched.rewritten,
         )
 
     def _fetch_manifest(self, source: str, snapshot_id: str) -> Fetched | None:
@@ -271,6 +281,7 @@ class SnapshotStore:
                     location,
                     fetched.locked_until,
                     fetched.modified,
+                    fetched.rewritten,
                 )
                 if reason := snapshot.ahead_of_clocks(utc_now()):
                     survey.ahead.append((snapshot, reason))

@@ -40,6 +40,9 @@ class Fetched:
     modified: datetime
     locked_until: datetime | None = None
     """Until when S3 Object Lock keeps the object from being deleted (None: not locked)."""
+    rewritten: str | None = None
+    """Why the object was written over after it was first written (a bucket that keeps
+    versions shows it), and the first version was read instead; None when it never was."""
 
 
 @dataclass(frozen=True)
@@ -92,8 +95,10 @@ class Backend(ABC):
         return False
 
     @abstractmethod
-    def get(self, key: str, limit: int) -> Fetched | None:
-        """At most `limit` bytes of a small object, or None when there is none."""
+    def get(self, key: str, limit: int, *, replaced: bool = False) -> Fetched | None:
+        """At most `limit` bytes of a small object, or None when there is none. An object
+        written once (`put_bytes` without `replace`) is read as first written; one `replaced`
+        by design, as last written."""
 
     @abstractmethod
     def open(self, key: str) -> AbstractContextManager[BinaryIO]:

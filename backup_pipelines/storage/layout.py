@@ -108,8 +108,19 @@ def audit_record_key(day: str, name: str) -> str:
 VERDICTS_PREFIX = f"{VERDICTS}/"
 
 
-def verdict_key(source: str) -> str:
-    """`.verification/<source>.json`: the source's last drill."""
+def verdicts_prefix(source: str) -> str:
+    """`.verification/<source>/`: one record per drill of the source."""
+    return f"{VERDICTS_PREFIX}{check_source(source)}/"
+
+
+def verdict_key(source: str, name: str) -> str:
+    """`.verification/<source>/<drilled at>-<8 hex>.json`: one drill's outcome, written once."""
+    return f"{verdicts_prefix(source)}{check_snapshot_id(name)}.json"
+
+
+def legacy_verdict_key(source: str) -> str:
+    """`.verification/<source>.json`: the one record per source, replaced at each drill, that
+    stores written before per-drill records hold (read when a source has no other)."""
     return f"{VERDICTS_PREFIX}{check_source(source)}.json"
 
 

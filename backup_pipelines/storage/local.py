@@ -131,7 +131,7 @@ class LocalBackend(Backend):
                 partial.unlink()
             raise self._failure("write", target, exc) from None
 
-    def get(self, key: str, limit: int) -> Fetched | None:
+    def get(self, key: str, limit: int, *, replaced: bool = False) -> Fetched | None:
         path = self._unlinked(key)
         try:
             with _open_no_follow(path) as stream:

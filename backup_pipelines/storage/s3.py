@@ -19,6 +19,7 @@ each version, so no delete marker hides data that stays behind, and
 from __future__ import annotations
 
 import io
+import logging
 import math
 import threading
 from collections.abc import Callable, Iterator
@@ -39,6 +40,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from backup_pipelines.errors import BackupError, ConfigurationError, StoreError
 from backup_pipelines.redaction import redact
 from backup_pipelines.storage import Backend, Fetched, ObjectExists, ToolAccess, key_parts
+
+logger = logging.getLogger(__name__)
 
 MIB = 1 << 20
 MIN_PART_SIZE = 8 * MIB
@@ -239,10 +242,16 @@ class S3Backend(Backend):
         except S3_ERRORS as exc:
             raise self.upload_failure(name, exc) from None
 
-    def get(self, key: str, limit: int) -> Fetched | None:
+    def get(self, key: str, limit: int, *, replaced: bool = False) -> Fetched | None:
+        """The object, or its first version when it was written over since: what we write
+        once is never replaced (`put_bytes`), so a later version is someone else's, and
+        reported."""
         name = self.key(key)
+        first, rewritten = (None, None) if replaced else self._first_version(name)
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=name)
+            response = self.client.get_object(
+                Bucket=self.bucket, Key=name, **({"VersionId": first} if first else {})
+            )
             body = response["Body"]
             try:
                 data = body.read(limit)
@@ -256,8 +265,41 @@ class S3Backend(Backend):
             raise self.failure("read", name, exc) from None
         until = response.get("ObjectLockRetainUntilDate")
         return Fetched(
-            data, response["LastModified"].astimezone(UTC), until and until.astimezone(UTC)
+            data,
+            response["LastModified"].astimezone(UTC),
+            until and until.astimezone(UTC),
+            rewritten,
         )
+
+    def _first_version(self, name: str) -> tuple[str | None, str | None]:
+        """In a bucket that keeps versions, the first version of `name` when there are more,
+        and what says so; (None, None) when there is one (or the bucket keeps no versions)."""
+        if not self.versions_visible:
+            return None, None
+        versions = [
+            version
+            for page in self._pages("list_object_versions", name)
+            for version in page.get("Versions", [])
+            if version["Key"] == name
+        ]
+        if len(versions) < 2:
+            return None, None
+        latest, first = versions[0], versions[-1]  # S3 lists a key's versions newest first
+        return first["VersionId"], (
+            f"s3://{self.bucket}/{name} was written over {len(versions) - 1} time(s), last at "
+            f"{_shown_time(latest['LastModified'])}, after it was first written at "
+            f"{_shown_time(first['LastModified'])}: possible tampering; its first version is read"
+        )
+
+    @cached_property
+    def versions_visible(self) -> bool:
+        """Whether the bucket keeps versions and these keys may list them (s3:GetBucketVersioning,
+        s3:ListBucketVersions): then a written-over object is told from one written once."""
+        try:
+            return self.versioned
+        except StoreError as exc:
+            logger.warning("cannot tell written-over objects from others: %s", exc)
+            return False
 
     @contextmanager
     def open(self, key: str) -> Iterator[BinaryIO]:
@@ -416,6 +458,10 @@ class S3Backend(Backend):
 
 class _CopyRefused(Exception):
     """The service refused to copy between the two buckets (the keys cannot read the other)."""
+
+
+def _shown_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _transfer(size: int) -> TransferConfig:
