@@ -55,6 +55,7 @@ PER_SOURCE = {
     "primary a copy store lacks.",
 }
 STORE_REACHABLE = "backup_store_reachable"
+STORE_PRIVATE = "backup_store_private"
 VERIFY_INTERVAL = "backup_verification_interval_seconds"
 SCRAPE_DURATION = "backup_metrics_collect_duration_seconds"
 Values = dict[str, float]
@@ -129,8 +130,15 @@ class StoreCollector(Collector):
         reachable = GaugeMetricFamily(
             STORE_REACHABLE, "1 when the store could be read at this scrape.", labels=["store"]
         )
+        private = GaugeMetricFamily(
+            STORE_PRIVATE,
+            "1 when no other local user may read the store (a local one's root, and the "
+            "artifacts directory): `verify` names what is open.",
+            labels=["store"],
+        )
         primary: dict[str, list[StoredSnapshot]] = {}
         for spec in self.runtime.stores:
+            private.add_metric([spec.name], 0.0 if self._views[spec.name].openness() else 1.0)
             try:
                 found = self._store_values(spec.name, primary)
             except (StoreError, StorageFull):
@@ -143,6 +151,7 @@ class StoreCollector(Collector):
                 families[metric].add_metric([spec.name, source], value)
         yield from families.values()
         yield reachable
+        yield private
         verify_every = cron_interval(self.runtime.shared.verify_cron).total_seconds()
         yield GaugeMetricFamily(VERIFY_INTERVAL, "The verification schedule's gap.", verify_every)
         spent = time.monotonic() - started

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import pwd
 import socket
 import subprocess
 import tempfile
@@ -19,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from backup_pipelines.errors import BackupError, ConfigurationError, SourceUnavailable
 from backup_pipelines.redaction import redact
@@ -61,6 +62,16 @@ def describe_exit(returncode: int) -> str:
 
 UNPRIVILEGED_USER = "nobody"
 """Who a tool that reads snapshot content (untrusted bytes) runs as when this process is root."""
+
+
+def as_os_user(user: str | None) -> dict[str, Any]:
+    """`subprocess.Popen`'s arguments that run a child as `user` with that user's own groups
+    (its primary and supplementary ones), not this process's: `user=` alone keeps root's
+    groups. Empty for None (the child runs as we do)."""
+    if user is None:
+        return {}
+    gid = pwd.getpwnam(user).pw_gid
+    return {"user": user, "group": gid, "extra_groups": os.getgrouplist(user, gid)}
 
 
 def unprivileged_user() -> str | None:
@@ -106,8 +117,8 @@ def running(
                 stderr=stderr,
                 env=dict(env) if env is not None else None,
                 text=text,
-                user=user,
                 cwd=cwd,
+                **as_os_user(user),
             )
         except FileNotFoundError:
             raise ToolMissing(label, argv[0]) from None

@@ -12,6 +12,7 @@ builds only these, without importing the sources.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -27,11 +28,14 @@ from backup_pipelines.snapshot.encryption import identities_for, parse_recipient
 from backup_pipelines.snapshot.reader import SnapshotReader
 from backup_pipelines.snapshot.staging import Staging
 from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
+from backup_pipelines.storage.files import make_private, openness
 from backup_pipelines.storage.layout import OUTBOX
 from backup_pipelines.stores import PRIMARY, StoreSpec, build_store, primary_store, read_stores
 
 if TYPE_CHECKING:
     from backup_pipelines.events.outbox import EventPublisher
+
+logger = logging.getLogger(__name__)
 
 
 class Services:
@@ -56,6 +60,10 @@ class Services:
                 f"{', '.join(spec.name for spec in self.stores)})"
             )
         self.spec = named[0]
+        try:  # before the staging area, the outbox or the local store is made inside
+            make_private(shared.artifacts_dir, shared.store_group)
+        except OSError as exc:
+            logger.warning("could not make %s: %s", shared.artifacts_dir, exc.strerror or exc)
         self.staging = Staging(
             shared.staging_dir,
             parse_recipients(shared.encryption_recipients),
@@ -68,7 +76,7 @@ class Services:
 
     @cached_property
     def store(self) -> SnapshotStore:
-        return build_store(self.spec)
+        return build_store(self.spec, self.shared.store_group)
 
     @cached_property
     def audit(self) -> AuditLog:
@@ -89,6 +97,15 @@ class Services:
         return EventPublisher(
             self.shared.rabbitmq_url.get_secret_value(), self.shared.artifacts_dir / OUTBOX
         )
+
+    def openness(self) -> list[str]:
+        """Why the artifacts directory (staging, outbox) or the store is open to more local
+        users than it should be: `verify` and the metrics say it."""
+        found = [
+            openness(self.shared.artifacts_dir, self.shared.store_group),
+            self.store.backend.openness(),
+        ]
+        return sorted({reason for reason in found if reason})
 
     def identities(self, snapshot: StoredSnapshot) -> list[x25519.Identity]:
         """The age identities that read `snapshot`: none when it is in the clear."""

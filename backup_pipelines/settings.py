@@ -186,6 +186,9 @@ class BackupSettings(EnvironmentSettings):
     """How long a dump may give no byte before its source counts as hung and the run fails."""
     restore_roots: CommaList = []
     """Directories a restore launched from Dagster may write into (none: no directory)."""
+    store_group: str | None = None
+    """A group whose members may read the local store and the artifacts directory (a separate
+    verifier's or exporter's account); unset, they are open to their owner alone."""
 
     verify_cron: str = "0 5 * * *"
     """When the verification plane drills every source's latest snapshot (UTC)."""

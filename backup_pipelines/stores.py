@@ -265,15 +265,16 @@ def warn_local_store(root: Path) -> None:
     )
 
 
-def build_store(spec: StoreSpec) -> SnapshotStore:
-    """The store `spec` describes, over its backend (boto3 only for S3)."""
+def build_store(spec: StoreSpec, group: str | None = None) -> SnapshotStore:
+    """The store `spec` describes, over its backend (boto3 only for S3); a local one made
+    private, or readable by `group` (`BACKUP_STORE_GROUP`)."""
     location = spec.location
     if isinstance(location, LocalLocation):
         from backup_pipelines.storage.local import LocalBackend
 
         if spec.name == PRIMARY:
             warn_local_store(location.root)
-        return SnapshotStore(LocalBackend(location.root), spec.name)
+        return SnapshotStore(LocalBackend(location.root, group), spec.name)
     from backup_pipelines.storage.s3 import ObjectLock, S3Backend
 
     days, prune = location.object_lock_days, location.prune_access_key

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psycopg
 
-from backup_pipelines.processes import free_loopback_port
+from backup_pipelines.processes import as_os_user, free_loopback_port
 from backup_pipelines.sources.postgres.scratch import SERVER_USER, server_bin_dir
 
 BIN = server_bin_dir(None)
@@ -41,7 +41,7 @@ def pg_ctl(data: Path, *args: str, check: bool = True) -> subprocess.CompletedPr
     """pg_ctl as the server's OS user, with this process's environment."""
     return subprocess.run(
         [str(BIN / "pg_ctl"), "-D", str(data), *args],
-        user=SERVER_USER,
+        **as_os_user(SERVER_USER),
         cwd="/",
         capture_output=True,
         text=True,
@@ -54,7 +54,10 @@ def check_server_user_runs_the_command() -> None:
     """archive_command runs as the server's OS user: it must reach this checkout's venv and
     the interpreter behind it (the README's permissions), or every test here would hang."""
     tried = subprocess.run(
-        [str(COMMAND), "wal-push", "--help"], user=SERVER_USER, cwd="/", capture_output=True
+        [str(COMMAND), "wal-push", "--help"],
+        **as_os_user(SERVER_USER),
+        cwd="/",
+        capture_output=True,
     )
     assert tried.returncode == 0, (
         f"the {SERVER_USER} OS user cannot run {COMMAND} ({tried.stderr.decode().strip()}): "
@@ -120,7 +123,7 @@ def archiving_cluster(**overrides: str) -> Iterator[Server]:
         subprocess.run(
             [str(BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E",
              "UTF8", "--locale=C"],
-            user=SERVER_USER, cwd="/", capture_output=True, check=True,
+            **as_os_user(SERVER_USER), cwd="/", capture_output=True, check=True,
         )  # fmt: skip
         settings = {**ARCHIVING, **overrides}
         with serving(home, port, "postgresql.conf", settings) as server:
@@ -139,7 +142,7 @@ def standby_of(primary: Server) -> Iterator[Server]:
         subprocess.run(
             [str(BIN / "pg_basebackup"), "-D", str(home / "data"), "-R", "-X", "stream",
              "-d", primary.dsn, "--checkpoint=fast"],
-            user=SERVER_USER, cwd="/", capture_output=True, check=True,
+            **as_os_user(SERVER_USER), cwd="/", capture_output=True, check=True,
         )  # fmt: skip
         with serving(home, port, "postgresql.auto.conf", {"hot_standby": "on"}) as server:
             yield server
@@ -205,6 +208,7 @@ def server_writable(path: Path) -> Path:
     """A local store's root the server's OS user may write into (its `postgres_wal/`), as
     the README asks of a local store."""
     path.mkdir()
+    path.chmod(0o700)
     shutil.chown(path, SERVER_USER)
     return path
 

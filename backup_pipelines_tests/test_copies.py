@@ -485,8 +485,10 @@ def test_dagster_copies_each_store_as_an_asset_and_the_sensor_starts_them(copies
 @pytest.fixture
 def dying_primary(backup_env, monkeypatch, offsite_s3) -> Iterator:
     """A primary on its own moto server, which the test may stop, and the two copy stores,
-    in directories the PostgreSQL server's OS user may read (its wal-fetch reads them)."""
+    in directories the PostgreSQL server's OS user may read (its wal-fetch reads them: the
+    stores' group is its own, as the README asks)."""
     home = owned_directory("copies-")
+    monkeypatch.setenv("BACKUP_STORE_GROUP", SERVER_USER)
     with moto_server() as primary:
         bucket = "primary"
         s3_client(primary.endpoint).create_bucket(Bucket=bucket)

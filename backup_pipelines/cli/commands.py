@@ -117,6 +117,14 @@ def cmd_snapshots(args: argparse.Namespace, runtime: Runtime) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, runtime: Runtime) -> int:
+    """Every snapshot named, and the store's privacy: one open to other local users fails."""
+    opened = runtime.openness()
+    for reason in opened:
+        print(f"error: {reason}", file=sys.stderr)
+    return max(verify_named(args, runtime), EXIT_FAILURE if opened else EXIT_OK)
+
+
+def verify_named(args: argparse.Namespace, runtime: Runtime) -> int:
     if args.source in runtime.sources:
         return verify_one(runtime, args.source, args.snapshot, args.deep)
     if args.snapshot != LATEST:

@@ -94,6 +94,11 @@ class Backend(ABC):
         (one S3 service to itself); False when this backend cannot, and it is to be streamed."""
         return False
 
+    def openness(self) -> str | None:
+        """Why the store is open to more local users than it should be (a local store's
+        root), None when it is not; S3's access is its policies'."""
+        return None
+
     @abstractmethod
     def get(self, key: str, limit: int, *, replaced: bool = False) -> Fetched | None:
         """At most `limit` bytes of a small object, or None when there is none. An object

@@ -3,16 +3,61 @@
 from __future__ import annotations
 
 import errno
+import grp
 import os
 import shutil
+import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from backup_pipelines.errors import StorageFull
+from backup_pipelines.errors import ConfigurationError, StorageFull
 
 LEFTOVER_AGE = timedelta(hours=24)
 """Work an interrupted run left is removed only once this old: younger, it may still be written."""
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+PRIVATE_MODE = 0o700
+GROUP_MODE = 0o2750
+"""With `BACKUP_STORE_GROUP`: its members (a verifier's or an exporter's account) read, and
+what is made inside takes the group (setgid)."""
+
+
+def make_private(directory: Path, group: str | None) -> None:
+    """Make `directory` (a local store's root, the artifacts directory with the staging area
+    and the outbox) if it is missing: open to its owner alone, or also readable by `group`.
+    A private directory keeps everything below it from other local users, whatever their own
+    modes. One that exists keeps its mode: `openness` reports it, the operator decides."""
+    if directory.exists():
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    if group:
+        os.chown(directory, -1, group_id(group))
+    os.chmod(directory, GROUP_MODE if group else PRIVATE_MODE)
+
+
+def openness(directory: Path, group: str | None) -> str | None:
+    """Why `directory` is more open than `make_private` makes it, None when it is not (or is
+    not there yet)."""
+    try:
+        mode = stat.S_IMODE(directory.stat().st_mode)
+    except FileNotFoundError:
+        return None
+    if mode & 0o007:
+        opened = "every local user"
+    elif mode & 0o070 and not group:
+        opened = "its group, and BACKUP_STORE_GROUP is not set"
+    else:
+        return None
+    wanted = "chmod 2750 and chgrp BACKUP_STORE_GROUP" if group else "chmod 700"
+    return f"{directory} (mode {mode:04o}) is open to {opened}: {wanted} it"
+
+
+def group_id(group: str) -> int:
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigurationError(
+            f"BACKUP_STORE_GROUP names no group of this host: {group!r}"
+        ) from None
 
 
 def fsync_path(path: Path) -> None:

@@ -32,19 +32,37 @@ from backup_pipelines.storage import (
     ToolAccess,
     key_parts,
 )
-from backup_pipelines.storage.files import disk_full, fsync_path, newest_change
+from backup_pipelines.storage.files import (
+    disk_full,
+    fsync_path,
+    make_private,
+    newest_change,
+    openness,
+)
 
 logger = logging.getLogger(__name__)
 
 WRITE_BITS = 0o222
+OTHERS_BITS = 0o007
 CHUNK_SIZE = 1 << 20
 LINK_REFUSED = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP)
 """Why a hard link may fail where a copy works: another filesystem, or one without links."""
 
 
 class LocalBackend(Backend):
-    def __init__(self, root: Path):
+    """A store on local disk under `root`, which is made private (`make_private`: its owner
+    alone, or also `group`) before the first write."""
+
+    def __init__(self, root: Path, group: str | None = None):
         self.root = Path(root)
+        self.group = group
+
+    def openness(self) -> str | None:
+        return openness(self.root, self.group)
+
+    def _make_parent(self, target: Path) -> None:
+        make_private(self.root, self.group)
+        target.parent.mkdir(parents=True, exist_ok=True)
 
     def describe(self) -> str:
         return f"the local store {self.root}"
@@ -76,7 +94,7 @@ class LocalBackend(Backend):
         """A hard link where the staging area shares the disk (instant), else a copy."""
         target = self._unlinked(key)
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            self._make_parent(target)
             try:
                 os.link(path, target)
             except OSError as exc:
@@ -98,7 +116,7 @@ class LocalBackend(Backend):
         target = self._unlinked(key)
         partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            self._make_parent(target)
             with partial.open("wb") as out:
                 out.write(data)
                 out.flush()
@@ -118,7 +136,7 @@ class LocalBackend(Backend):
         target = self._unlinked(key)
         partial = target.with_name(f".{target.name}.partial")
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            self._make_parent(target)
             with partial.open("wb") as out:
                 shutil.copyfileobj(stream, out, CHUNK_SIZE)
                 out.flush()
@@ -213,7 +231,8 @@ class LocalBackend(Backend):
 
 
 def _read_only(path: Path) -> None:
-    os.chmod(path, os.stat(path).st_mode & ~WRITE_BITS & 0o7777)
+    """What is stored never changes, and no other local user reads it."""
+    os.chmod(path, os.stat(path).st_mode & ~WRITE_BITS & ~OTHERS_BITS & 0o7777)
 
 
 def _open_no_follow(path: Path) -> BinaryIO:

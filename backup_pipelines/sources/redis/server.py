@@ -28,7 +28,12 @@ from backup_pipelines.errors import (
     SourceUnavailable,
     connection_cause,
 )
-from backup_pipelines.processes import ToolMissing, free_loopback_port, unprivileged_user
+from backup_pipelines.processes import (
+    ToolMissing,
+    as_os_user,
+    free_loopback_port,
+    unprivileged_user,
+)
 from backup_pipelines.redaction import mask_url
 
 STARTUP_TIMEOUT_S = 60
@@ -142,7 +147,7 @@ def throwaway_server() -> Iterator[RedisServer]:
     port, user = free_loopback_port(), unprivileged_user()
     with tempfile.TemporaryDirectory(prefix="redis-throwaway-") as directory:
         if user:
-            os.chown(directory, *_ids_of(user))
+            os.chown(directory, pwd.getpwnam(user).pw_uid, -1)
         log = Path(directory, "redis.log")
         command = [
             "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", directory,
@@ -150,7 +155,7 @@ def throwaway_server() -> Iterator[RedisServer]:
             "--logfile", str(log),
         ]  # fmt: skip
         try:
-            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, user=user)
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, **as_os_user(user))
         except FileNotFoundError:
             raise ToolMissing("loading the snapshot", "redis-server") from None
         server = RedisServer(host="127.0.0.1", port=port)
@@ -160,11 +165,6 @@ def throwaway_server() -> Iterator[RedisServer]:
         finally:
             process.terminate()
             process.wait(timeout=30)
-
-
-def _ids_of(user: str) -> tuple[int, int]:
-    entry = pwd.getpwnam(user)
-    return entry.pw_uid, entry.pw_gid
 
 
 def _wait_until_loaded(process: subprocess.Popen, server: RedisServer, log: Path) -> None:
