@@ -76,7 +76,7 @@ class Services:
 
     @cached_property
     def store(self) -> SnapshotStore:
-        return build_store(self.spec, self.shared.store_group)
+        return build_store(self.spec, self.shared)
 
     @cached_property
     def audit(self) -> AuditLog:

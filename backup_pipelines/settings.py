@@ -146,6 +146,8 @@ class BackupSettings(EnvironmentSettings):
     s3_endpoint_url: str | None = Field(
         None, validation_alias=AliasChoices("BACKUP_S3_ENDPOINT_URL", "BACKUP_S3_ENDPOINT")
     )
+    s3_timeout_s: float = Field(60, gt=0)
+    """How long S3 may give no byte before a request fails (and is retried, up to 5 times)."""
     s3_access_key: SecretStr | None = None
     s3_secret_key: SecretStr | None = None
     s3_bucket: str | None = None

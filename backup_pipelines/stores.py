@@ -265,16 +265,16 @@ def warn_local_store(root: Path) -> None:
     )
 
 
-def build_store(spec: StoreSpec, group: str | None = None) -> SnapshotStore:
-    """The store `spec` describes, over its backend (boto3 only for S3); a local one made
-    private, or readable by `group` (`BACKUP_STORE_GROUP`)."""
+def build_store(spec: StoreSpec, shared: BackupSettings) -> SnapshotStore:
+    """The store `spec` describes, over its backend (boto3 only for S3): a local one made
+    private, or readable by `BACKUP_STORE_GROUP`; S3 with `BACKUP_S3_TIMEOUT_S`."""
     location = spec.location
     if isinstance(location, LocalLocation):
         from backup_pipelines.storage.local import LocalBackend
 
         if spec.name == PRIMARY:
             warn_local_store(location.root)
-        return SnapshotStore(LocalBackend(location.root, group), spec.name)
+        return SnapshotStore(LocalBackend(location.root, shared.store_group), spec.name)
     from backup_pipelines.storage.s3 import ObjectLock, S3Backend
 
     days, prune = location.object_lock_days, location.prune_access_key
@@ -286,6 +286,7 @@ def build_store(spec: StoreSpec, group: str | None = None) -> SnapshotStore:
             endpoint_url=location.endpoint_url,
             region=location.region,
             prefix=location.prefix,
+            timeout_s=shared.s3_timeout_s,
             object_lock=ObjectLock(location.object_lock_mode, days) if days else None,
             prune_keys=(
                 (prune.get_secret_value(), location.prune_secret_key.get_secret_value())

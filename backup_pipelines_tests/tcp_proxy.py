@@ -130,3 +130,60 @@ def _pump(source: socket.socket, target: socket.socket, rate: float | None = Non
         pass
     with contextlib.suppress(OSError):
         target.shutdown(socket.SHUT_WR)
+
+
+class StallingProxy:
+    """Forwards 127.0.0.1:<port> to an upstream port until `stall_after` bytes came back from
+    it; then forwards nothing more either way and keeps every connection open, as a server
+    that stopped answering (SIGSTOPped, or a network dropping every packet) behaves. With
+    `stall_after=0` it answers nothing at all."""
+
+    def __init__(self, upstream_port: int, stall_after: int = 0):
+        self._upstream_port = upstream_port
+        self._stall_after = stall_after
+        self._received = 0
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.stalled = threading.Event()
+        if stall_after == 0:
+            self.stalled.set()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self._upstream_port))
+            with self._lock:
+                self._sockets += [client, upstream]
+            for pump in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(target=self._pump, args=pump, daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket, downstream: bool) -> None:
+        try:
+            while (data := source.recv(65536)) and not self.stalled.is_set():
+                if downstream:
+                    with self._lock:
+                        self._received += len(data)
+                        if self._received > self._stall_after:
+                            self.stalled.set()
+                            return
+                target.sendall(data)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in [self._listener, *sockets]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()

@@ -36,7 +36,7 @@ STATEFUL = {  # service → the directory its data lives in
     "minio-offsite": "/data",
 }
 ONE_SHOT = ("minio-bucket", "minio-offsite-bucket")  # each runs once and exits: no health
-REQUIRED_SERVICES = (*STATEFUL, *ONE_SHOT, *BACKUP_SERVICES)
+REQUIRED_SERVICES = (*STATEFUL, *ONE_SHOT, *BACKUP_SERVICES, "ui-proxy")
 INSTANCE_ENV = {
     "BACKUP_DATABASE_URL",
     "DAGSTER_CODE_SERVER_HOST",
@@ -101,6 +101,8 @@ KEPT_FROM = {  # service → variables it must not be given: the keys of another
     "exporter": {"BACKUP_AGE_IDENTITY_FILE", *PRUNE_KEYS},
 }
 SECRETS = (
+    "UI_USER",
+    "UI_PASSWORD_HASH",
     "CRM_POSTGRES_PASSWORD",
     "DAGSTER_POSTGRES_PASSWORD",
     "REDIS_PASSWORD",
@@ -182,6 +184,8 @@ def deployment_problems(config: dict[str, Any]) -> list[str]:
             problems.append(
                 f"service pruner has the backup host's{store} S3 keys, not the pruner's"
             )
+    if services.get("webserver", {}).get("ports"):
+        problems.append("the webserver publishes a port: the UI must be reached through ui-proxy")
     webserver_check = services.get("webserver", {}).get("healthcheck", {}).get("test", [])
     if "/server_info" not in " ".join(webserver_check):
         problems.append("the webserver's health check does not ask /server_info")
@@ -285,6 +289,17 @@ def test_a_variable_the_settings_do_not_read_is_caught(tmp_path):
 
     assert deployment_problems(config) == [
         "service code-server sets BACKUP_S3_BUKET, which the settings do not read"
+    ]
+
+
+def test_a_webserver_published_around_the_authenticating_proxy_is_caught(tmp_path):
+    def publish(document):
+        document["services"]["webserver"]["ports"] = ["127.0.0.1:3001:3000"]
+
+    config = compose_config(mutated(tmp_path, publish), ENV_EXAMPLE)
+
+    assert deployment_problems(config) == [
+        "the webserver publishes a port: the UI must be reached through ui-proxy"
     ]
 
 

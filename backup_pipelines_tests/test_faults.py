@@ -19,6 +19,7 @@ import pytest
 import redis
 
 from backup_pipelines.snapshot.staging import BACKUP_LOCK
+from backup_pipelines_tests.archiving_cluster import COMMAND
 from backup_pipelines_tests.broker import scratch_vhost, vhost_url
 from backup_pipelines_tests.conftest import (
     PASSWORD,
@@ -35,6 +36,7 @@ from backup_pipelines_tests.postgres_fixtures import (
     unique_name,
 )
 from backup_pipelines_tests.redis_fixtures import redis_process
+from backup_pipelines_tests.tcp_proxy import StallingProxy
 
 RUN_LOG_QUERY = """
 query RunLog($runId: ID!) {
@@ -182,3 +184,59 @@ def fill_with_random(client: redis.Redis, megabytes: int) -> None:
     for n in range(megabytes * 16):
         pipeline.set(f"blob:{n}", os.urandom(64 << 10))
     pipeline.execute()
+
+
+def test_a_postgresql_that_stops_answering_mid_dump_fails_the_backup_within_its_timeouts(
+    backup_env, monkeypatch
+):
+    name = unique_name("bp_stalled")
+    with scratch_databases(name):
+        with connect("postgres") as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        with connect(name) as connection:
+            connection.execute(
+                "CREATE TABLE filler AS SELECT n, md5(random()::text) || md5(random()::text)"
+                " AS pad FROM generate_series(1, 100000) n"
+            )
+        proxy = StallingProxy(5432, stall_after=1 << 20)  # mid-way through pg_dump's rows
+        monkeypatch.setenv(
+            "BACKUP_POSTGRES_BACKUP_DSN", f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
+        )
+        monkeypatch.setenv("BACKUP_POSTGRES_DATABASES", name)
+        monkeypatch.setenv("BACKUP_STALL_TIMEOUT_S", "2")
+        try:
+            started = time.monotonic()
+            result = run_backup("postgres")
+            took = time.monotonic() - started
+        finally:
+            proxy.close()
+    assert proxy.stalled.is_set(), "the server never stopped answering: no test"
+    assert not result.success and took < 90
+    said = " ".join(
+        str(event.step_failure_data.user_failure_data.description)
+        for event in result.all_events
+        if event.is_step_failure
+    )
+    assert f"pg_dump of database {name!r}" in said and "gave nothing for 2 s" in said
+    assert not list((backup_env / "postgres").glob("*/manifest.json"))
+
+
+def test_a_store_that_stops_answering_fails_commands_and_wal_push_within_their_timeouts(
+    s3_env, s3_endpoint, monkeypatch, tmp_path
+):
+    proxy = StallingProxy(int(s3_endpoint.rsplit(":", 1)[1]))  # accepts, never answers
+    monkeypatch.setenv("BACKUP_S3_ENDPOINT_URL", proxy.url)
+    monkeypatch.setenv("BACKUP_S3_TIMEOUT_S", "1")
+    segment = tmp_path / "000000010000000000000001"
+    segment.write_bytes(os.urandom(8192))
+    try:
+        for argv in (["snapshots"], ["wal-push", str(segment)]):
+            started = time.monotonic()
+            done = subprocess.run(
+                [str(COMMAND), *argv], capture_output=True, text=True, timeout=300
+            )
+            took = time.monotonic() - started
+            assert done.returncode != 0 and took < 60, (argv, took, done.stderr)
+            assert "Read timeout on endpoint URL" in done.stderr, done.stderr
+    finally:
+        proxy.close()

@@ -94,6 +94,7 @@ class S3Backend(Backend):
         region: str = "us-east-1",
         prefix: str = "backups",
         max_attempts: int = 5,
+        timeout_s: float = 60,
         object_lock: ObjectLock | None = None,
         prune_keys: tuple[str, str] | None = None,
     ):
@@ -107,8 +108,11 @@ class S3Backend(Backend):
         self._secrets = (access_key, secret_key, *(prune_keys or ()))
         config = Config(
             retries={"mode": "standard", "max_attempts": max_attempts},
-            connect_timeout=10,
-            read_timeout=120,
+            # A store that accepts and never answers fails each attempt after `timeout_s`
+            # without a byte (S3's answers come at once; a large upload's part, while it
+            # is sent, is not waiting for one).
+            connect_timeout=min(10, timeout_s),
+            read_timeout=timeout_s,
             s3={"addressing_style": "path"},
             # Checksums are sent (S3 refuses uploads into a bucket with a default
             # retention without one); what is read back is proven by our own sha256.

@@ -67,9 +67,7 @@ class Documents(Source[DocumentsSettings, DocumentsRestore]):
             raise ConfigurationError(
                 f"{self.setting('restic_password')} is required for the {self.name} source"
             )
-        backend = (
-            store or build_store(primary_store(self.shared), self.shared.store_group)
-        ).backend
+        backend = (store or build_store(primary_store(self.shared), self.shared)).backend
         access = backend.tool_access(restic_repository(self.name), pruning=pruning)
         password = self.settings.restic_password.get_secret_value()
         if access.keys is None:

@@ -117,8 +117,15 @@ class Cluster:
                 f"cannot connect to PostgreSQL at {self.where}, database {database!r}: {cause}"
             )
             raise (PostgresRefused if refused else PostgresUnavailable)(message) from None
-        with connection:
+        try:
             yield connection
+            if not autocommit:
+                connection.commit()
+        finally:
+            # Closed without a rollback first: after a failure (a server that stopped
+            # answering) a rollback would wait for an answer that may never come, and the
+            # server rolls back what a closed session left open anyway.
+            connection.close()
 
     def server_version(self) -> str:
         """`15.20 (Debian ...)`: a drill restores with this major version's binaries or newer."""

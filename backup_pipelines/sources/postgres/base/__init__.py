@@ -167,7 +167,7 @@ class PostgresBase(Source[PostgresBaseSettings, PostgresBaseRestore]):
 
     def dump(self, staged: StagedSnapshot, log: Log) -> None:
         """The archive is the store's this host writes to (it only lists, never reads)."""
-        primary = build_store(primary_store(self.shared), self.shared.store_group)
+        primary = build_store(primary_store(self.shared), self.shared)
         base_backup(
             staged,
             self.cluster(),
