@@ -17,6 +17,7 @@ from backup_pipelines.cli import main
 from backup_pipelines.processes import UNPRIVILEGED_USER
 from backup_pipelines.records.audit import Entry
 from backup_pipelines.snapshot.manifest import utc_now
+from backup_pipelines.sources.postgres.scratch import throwaway_cluster
 from backup_pipelines.sources.redis.server import throwaway_server
 from backup_pipelines.storage import ObjectExists
 from backup_pipelines.storage.layout import AUDIT_PREFIX, MANIFEST_NAME
@@ -206,5 +207,12 @@ def test_a_drill_restoring_without_privileges_still_proves_extensions_and_event_
 def test_the_redis_server_that_parses_a_snapshot_runs_without_root():
     with throwaway_server() as server:
         pid = server.client().info("server")["process_id"]
+        owner = os.stat(f"/proc/{pid}").st_uid
+    assert owner == pwd.getpwnam(UNPRIVILEGED_USER).pw_uid != 0
+
+
+def test_the_drill_s_postgresql_runs_as_a_user_that_reads_nothing_of_ours():
+    with throwaway_cluster(None, print) as cluster, cluster.connect() as connection:
+        pid = connection.execute("SELECT pg_backend_pid()").fetchone()[0]
         owner = os.stat(f"/proc/{pid}").st_uid
     assert owner == pwd.getpwnam(UNPRIVILEGED_USER).pw_uid != 0

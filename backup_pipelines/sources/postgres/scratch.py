@@ -7,13 +7,13 @@ under the system's temporary directory, listening on a free loopback port
 with a password of its own (the restored data is production data: no other
 local user may read it meanwhile); it keeps nothing (no fsync) and is
 stopped and removed when the drill ends. PostgreSQL refuses to run as root,
-so when this process is root the server runs as the `postgres` OS user,
-which owns the directory.
+and what it runs is the snapshot's SQL: when this process is root the server
+runs as `nobody` (`unprivileged_user`), which owns the directory and can
+read neither the age identity nor the `postgres` user's own clusters.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import shutil
@@ -25,13 +25,19 @@ from pathlib import Path
 import psycopg
 
 from backup_pipelines.errors import BackupError, ConfigurationError
-from backup_pipelines.processes import ToolFailed, free_loopback_port, run_tool
+from backup_pipelines.processes import (
+    ToolFailed,
+    free_loopback_port,
+    run_tool,
+    unprivileged_user,
+)
 from backup_pipelines.sources.postgres.cluster import Cluster
 from backup_pipelines.sources.source import Log
 
 SERVER_BINARIES = Path("/usr/lib/postgresql")
 """Debian's layout: one `<major>/bin` per installed server version."""
 SERVER_USER = "postgres"
+"""The OS user a recovered data directory (a base backup's) belongs to, as PostgreSQL's own."""
 THROWAWAY_SETTINGS = {
     "listen_addresses": "'127.0.0.1'",
     "fsync": "off",
@@ -69,7 +75,7 @@ def server_bin_dir(major: int | None) -> Path:
 def throwaway_cluster(major: int | None, log: Log) -> Iterator[Cluster]:
     """A new, empty cluster for the length of the block."""
     bin_dir = server_bin_dir(major)
-    user = SERVER_USER if os.geteuid() == 0 else None
+    user = unprivileged_user()
     home = Path(tempfile.mkdtemp(prefix="backup-drill-postgres-"))
     data, port, password = home / "data", free_loopback_port(), secrets.token_urlsafe(24)
     try:
