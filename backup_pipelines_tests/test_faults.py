@@ -240,3 +240,18 @@ def test_a_store_that_stops_answering_fails_commands_and_wal_push_within_their_t
             assert "Read timeout on endpoint URL" in done.stderr, done.stderr
     finally:
         proxy.close()
+
+
+def test_sigterm_stops_a_command_at_once_and_cleanly(s3_env, s3_endpoint, monkeypatch):
+    proxy = StallingProxy(int(s3_endpoint.rsplit(":", 1)[1]))  # the command waits on it
+    monkeypatch.setenv("BACKUP_S3_ENDPOINT_URL", proxy.url)
+    try:
+        command = subprocess.Popen([str(COMMAND), "snapshots"], stderr=subprocess.PIPE, text=True)
+        time.sleep(3)
+        command.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        _, said = command.communicate(timeout=30)
+        assert time.monotonic() - started < 5
+    finally:
+        proxy.close()
+    assert command.returncode == 143 and "stopped by SIGTERM" in said

@@ -12,16 +12,40 @@ commands.
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Sequence
+from types import FrameType
 
 from backup_pipelines.wal import ahead
 
 WAL_COMMANDS = ("wal-push", "wal-fetch")
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: raised where the command is, so that every block it is in undoes what
+    it began on the way out (a tool it started is killed, a staged snapshot removed), which
+    the signal's default action (dying at once) would leave behind."""
+
+
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """The command, stopping cleanly on SIGTERM (exit 143)."""
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return _command(list(sys.argv[1:] if argv is None else argv))
+    except Terminated:
+        print("backup-pipelines: stopped by SIGTERM", file=sys.stderr)
+        return EXIT_TERMINATED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _command(argv: list[str]) -> int:
     if argv[:1] == ["wal-push"] and ahead.pushed_ahead(argv[1:]):
         return 0
     if argv[:1] == ["wal-push"]:
