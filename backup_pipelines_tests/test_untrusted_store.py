@@ -408,6 +408,7 @@ def test_a_tampered_manifest_never_reaches_outside_its_snapshot_s3(
     manifest = json.loads(client.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
     with tempfile.TemporaryDirectory() as scratch:
         world, artifacts, sentinel = world_with(Path(scratch))
+        artifacts.mkdir(mode=0o700)  # as the deployment made it: a missing one is made private
         client.put_object(Bucket=bucket, Key=manifest_key, Body=tampered(manifest, how, sentinel))
         env = {
             "BACKUP_ARTIFACTS_DIR": str(artifacts),
