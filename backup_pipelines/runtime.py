@@ -11,7 +11,9 @@ read at import.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import difflib
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from backup_pipelines.services import Services, read_store_specs
@@ -19,6 +21,7 @@ from backup_pipelines.settings import (
     BackupSettings,
     InvalidSettings,
     SourceSettings,
+    env_names,
     read_settings,
     secret_values,
 )
@@ -94,9 +97,24 @@ def load_settings() -> Settings:
             continue
         if shared is not None:
             sources.append(kind(settings, shared))
+    problems += unknown_variables(os.environ)
     if problems or shared is None:
         raise InvalidSettings(problems)
     return Settings(shared, tuple(sources), tuple(stores))
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A `BACKUP_*` variable no setting reads is a misspelling (`BACKUP_POSTGRES_DSN`), whose
+    value would be silently ignored for a default: each is named with the nearest that exist."""
+    known = env_names(BackupSettings)
+    for kind in SOURCES:
+        known |= env_names(kind.settings_model)
+    problems = []
+    for name in sorted(n for n in environ if n.startswith("BACKUP_") and n not in known):
+        nearest = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+        hint = f" (did you mean {', '.join(nearest)}?)" if nearest else ""
+        problems.append(f"{name}: not a setting{hint}")
+    return problems
 
 
 class Runtime(Services):

@@ -10,9 +10,11 @@ the environment; everything below it is handed settings.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -69,6 +71,47 @@ def check_endpoint(value: str | None) -> str | None:
             "be shown wherever the store is named"
         )
     return value
+
+
+LIBPQ_KEYWORDS = re.compile(r"\s*(?:\w+\s*=\s*(?:'(?:[^'\\]|\\.)*'|[^\s']+)\s*)+")
+"""libpq's `keyword=value` connection string (`host=db port=5432 dbname=crm`)."""
+
+
+def check_postgres_dsn(value: SecretStr | None) -> SecretStr | None:
+    """A PostgreSQL connection string: a `postgresql://` URL, or libpq's keywords. Anything
+    else (`127.0.0.1:5432`, `mysql://...`) stops start-up here instead of failing the night's
+    backup; the value itself is never repeated (it may hold a password)."""
+    if value is None:
+        return None
+    text = value.get_secret_value().strip()
+    if "://" in text:
+        if urlsplit(text).scheme not in ("postgresql", "postgres"):
+            raise ValueError(
+                "must be a postgresql:// URL (postgresql://user@host:5432/db) or libpq keywords "
+                "(host=... dbname=...)"
+            )
+    elif not LIBPQ_KEYWORDS.fullmatch(text):
+        raise ValueError(
+            "is neither a postgresql:// URL nor libpq keywords: write "
+            "postgresql://user@host:5432/db, or host=... port=... dbname=..."
+        )
+    return value
+
+
+def url_check(*schemes: str) -> Callable[[Any], Any]:
+    """A validator: the value is a URL of one of `schemes` with a host (a `SecretStr` too)."""
+
+    def check(value: Any) -> Any:
+        if value is None:
+            return None
+        text = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        found = urlsplit(text.strip())
+        if found.scheme not in schemes or not found.hostname:
+            wanted = " or ".join(f"{scheme}://" for scheme in schemes)
+            raise ValueError(f"must be a {wanted} URL with a host ({schemes[0]}://host:port)")
+        return value
+
+    return check
 
 
 def check_prune_keys(access: object, secret: object, names: str) -> None:
@@ -204,6 +247,8 @@ class BackupSettings(EnvironmentSettings):
 
     _upper_case = field_validator("s3_object_lock_mode", mode="before")(upper_case)
     _endpoint = field_validator("s3_endpoint_url")(check_endpoint)
+    _broker = field_validator("rabbitmq_url")(url_check("amqp", "amqps"))
+    _dagster_database = field_validator("database_url")(check_postgres_dsn)
 
     @model_validator(mode="after")
     def _prune_keys_together(self) -> BackupSettings:
@@ -252,6 +297,9 @@ class SourceSettings(EnvironmentSettings):
 
     cron: str
     """When the source's schedule takes a snapshot (UTC), from `BACKUP_<SOURCE>_CRON`."""
+    enabled: bool = True
+    """`BACKUP_<KIND>_ENABLED=false`: no asset, schedule or sensor backs the kind up (its
+    snapshots are still listed, restored and pruned)."""
 
     @field_validator("cron")
     @classmethod

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from pyrage import x25519
 
+from backup_pipelines.dagster_defs.backup_location import build_definitions
 from backup_pipelines.errors import ConfigurationError
 from backup_pipelines.redaction import mask_url, redact, secret_parts
-from backup_pipelines.runtime import load_settings
+from backup_pipelines.runtime import Runtime, load_settings
 
 
 def test_defaults_are_the_contracts(backup_env, monkeypatch):
@@ -74,6 +75,16 @@ def test_s3_needs_bucket_and_both_keys(backup_env, monkeypatch):
         ("BACKUP_CONSUL_CRON", "0 0 30 2 *", "a day February never has"),
         ("BACKUP_S3_ENDPOINT_URL", "http://minio:s3cr3t-pw@minio:9000", "user or password"),
         ("BACKUP_S3_ENDPOINT_URL", "minio:9000", "http:// or https:// URL with a host"),
+        ("BACKUP_POSTGRES_BACKUP_DSN", "127.0.0.1:5432", "neither a postgresql:// URL nor"),
+        ("BACKUP_POSTGRES_BACKUP_DSN", "mysql://root:pw@db/crm", "must be a postgresql:// URL"),
+        ("BACKUP_POSTGRES_DRILL_DSN", "scratch-db", "neither a postgresql:// URL nor"),
+        ("BACKUP_DATABASE_URL", "sqlite:///dagster.db", "must be a postgresql:// URL"),
+        ("BACKUP_RABBITMQ_URL", "guest:guest@localhost:5672", "amqp:// or amqps:// URL"),
+        ("BACKUP_RABBITMQ_MANAGEMENT_URL", "localhost:15672", "http:// or https:// URL"),
+        ("BACKUP_CONSUL_HTTP_ADDR", "consul:8500", "http:// or https:// URL"),
+        ("BACKUP_CONSUL_HTTP_ADDR", "http://:8500", "http:// or https:// URL with a host"),
+        ("BACKUP_POSTGRES_DSN", "postgresql://db/crm", "not a setting (did you mean"),
+        ("BACKUP_S3_BUKET", "backups", "not a setting (did you mean BACKUP_S3_BUCKET"),
     ],
 )
 def test_bad_values_name_the_variable(backup_env, monkeypatch, variable, value, complaint):
@@ -83,6 +94,36 @@ def test_bad_values_name_the_variable(backup_env, monkeypatch, variable, value, 
     message = str(failure.value)
     assert f"{variable}: " in message and complaint in message
     assert value not in message
+
+
+def test_a_misspelled_dsn_names_the_setting_it_missed(backup_env, monkeypatch):
+    monkeypatch.setenv("BACKUP_POSTGRES_DSN", "postgresql://db:5999/crm")
+    with pytest.raises(ConfigurationError, match="BACKUP_POSTGRES_BACKUP_DSN"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    "dsn",
+    [
+        "postgresql://backup:pw@db:5432/postgres?sslmode=require",
+        "postgres:///postgres?host=/var/run/postgresql",
+        "host=db port=5432 user=backup dbname=postgres",
+        r"host=db password='it\'s a secret' dbname=postgres",
+    ],
+)
+def test_every_form_of_dsn_postgresql_takes_is_accepted(backup_env, monkeypatch, dsn):
+    monkeypatch.setenv("BACKUP_POSTGRES_BACKUP_DSN", dsn)
+    assert load_settings().sources["postgres"].backup_dsn.get_secret_value() == dsn
+
+
+def test_a_kind_is_turned_off_without_a_targets_file(backup_env, monkeypatch):
+    monkeypatch.setenv("BACKUP_CONSUL_ENABLED", "false")
+    runtime = Runtime(load_settings())
+    assert "consul" in runtime.sources  # its snapshots are still listed and restored
+    assert "consul" not in {source.name for source in runtime.backed_up}
+    definitions = build_definitions(runtime)
+    assert not any("consul" in job.name for job in definitions.jobs)
+    assert not any("consul" in schedule.name for schedule in definitions.schedules)
 
 
 def test_every_bad_value_is_named_at_once(backup_env, monkeypatch):

@@ -237,7 +237,8 @@ class Source(ABC, Generic[SettingsT, OptionsT]):
 
     @property
     def enabled(self) -> bool:
-        return self.target is None or self.target.enabled
+        """Backed up by Dagster: not turned off by `BACKUP_<KIND>_ENABLED` or its target."""
+        return self.settings.enabled and (self.target is None or self.target.enabled)
 
     @property
     def cron(self) -> str:

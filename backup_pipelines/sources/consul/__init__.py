@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from backup_pipelines.settings import SourceSettings
+from backup_pipelines.settings import SourceSettings, url_check
 from backup_pipelines.snapshot.reader import SnapshotReader
 from backup_pipelines.snapshot.staging import StagedSnapshot
 from backup_pipelines.sources.consul.api import ConsulApi
@@ -21,6 +21,8 @@ class ConsulSettings(SourceSettings):
     token: SecretStr | None = None
     """The ACL token; it travels only in the `X-Consul-Token` header."""
     cron: str = "45 2 * * *"
+
+    _address = field_validator("http_addr")(url_check("http", "https"))
 
 
 class ConsulRestore(RestoreOptions):

@@ -9,7 +9,12 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from backup_pipelines.errors import BackupError, ConfigurationError
-from backup_pipelines.settings import CommaList, SourceSettings, split_commas
+from backup_pipelines.settings import (
+    CommaList,
+    SourceSettings,
+    check_postgres_dsn,
+    split_commas,
+)
 from backup_pipelines.snapshot.reader import SnapshotReader
 from backup_pipelines.snapshot.staging import StagedSnapshot
 from backup_pipelines.sources.postgres.cluster import Cluster
@@ -36,6 +41,7 @@ class PostgresSettings(SourceSettings):
     cron: str = "0 * * * *"
 
     _split = field_validator("databases", mode="before")(split_commas)
+    _dsn = field_validator("backup_dsn", "standby_dsn", "drill_dsn")(check_postgres_dsn)
 
 
 class PostgresRestore(RestoreOptions):

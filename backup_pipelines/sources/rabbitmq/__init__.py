@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from backup_pipelines.settings import SourceSettings
+from backup_pipelines.settings import SourceSettings, url_check
 from backup_pipelines.snapshot.reader import SnapshotReader
 from backup_pipelines.snapshot.staging import StagedSnapshot
 from backup_pipelines.sources.rabbitmq.api import ManagementApi
@@ -31,6 +31,8 @@ class RabbitMQSettings(SourceSettings):
     admin_user: str = "guest"
     admin_password: SecretStr = SecretStr("guest")
     cron: str = "30 2 * * *"
+
+    _address = field_validator("management_url")(url_check("http", "https"))
 
 
 class RabbitMQRestore(RestoreOptions):

@@ -25,7 +25,7 @@ from backup_pipelines.errors import (
     IntegrityError,
     SnapshotNotFound,
 )
-from backup_pipelines.settings import SourceSettings
+from backup_pipelines.settings import SourceSettings, check_postgres_dsn
 from backup_pipelines.snapshot.manifest import format_utc
 from backup_pipelines.snapshot.reader import SnapshotReader
 from backup_pipelines.snapshot.staging import StagedSnapshot
@@ -88,6 +88,8 @@ class PostgresBaseSettings(SourceSettings):
         900, ge=60, validation_alias=AliasChoices("BACKUP_POSTGRES_WAL_MAX_AGE_S")
     )
     """How old the newest archived WAL file may grow before archiving counts as stalled."""
+
+    _dsn = field_validator("backup_dsn", "standby_dsn")(check_postgres_dsn)
 
 
 class PostgresBaseRestore(RestoreOptions):
