@@ -91,6 +91,8 @@ def test_incremental_backups_restore_each_tree_exactly(documents_root, tmp_path,
     assert (drilled["files"], drilled["sample_files"]) == (2504, 20)
     assert drilled["bytes"] > 30 << 20
     assert first_meta["files_new"] == 2504 and first_meta["data_added"] > 30 << 20
+    assert first_meta["size_bytes"] > first_meta["data_added"]  # not restic's pointer alone
+    assert first_meta["size"].endswith("MiB")
 
     change_one_percent(documents_root)
     second_state = tree_state(documents_root)

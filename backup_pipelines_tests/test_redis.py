@@ -380,3 +380,17 @@ def test_two_backups_of_one_source_launched_outside_the_daemon_run_one_after_ano
     assert results and results[0].success
     said = capfd.readouterr().err
     assert "another backup of redis runs on this host: waiting for it to end" in said
+
+
+def test_an_empty_server_backs_up_with_a_warning_in_the_log_and_the_metadata(
+    backup_env, target_redis, monkeypatch, capfd
+):
+    monkeypatch.setenv("BACKUP_REDIS_HOST", "127.0.0.1")
+    monkeypatch.setenv("BACKUP_REDIS_PORT", str(port_of(target_redis)))
+    monkeypatch.setenv("BACKUP_REDIS_PASSWORD", TARGET_PASSWORD)
+    result = run_backup("redis")
+    assert result.success
+    warning = metadata_of(result, "redis")["warning"]
+    assert "holds no keys at all" in warning and "BACKUP_REDIS_PORT" in warning
+    logged = [line for line in capfd.readouterr().err.splitlines() if "holds no keys" in line]
+    assert logged and " - WARNING - " in logged[0]

@@ -94,8 +94,7 @@ class SnapshotIOManager(ConfigurableIOManager):
             if previous and previous.asset_materialization
             else None
         )
-        # A source keeping data beside its snapshots (restic's repository) says what it added.
-        added = stored.manifest.size_bytes + int(stored.manifest.stats.get("data_added") or 0)
+        added = stored.manifest.size_bytes  # restic's data added beside its pointer included
         if before is not None:
             grew = store_bytes - int(before.value)
             metadata["store_growth_bytes"] = grew

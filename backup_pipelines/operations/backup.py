@@ -18,7 +18,7 @@ from backup_pipelines.operations.caller import Caller
 from backup_pipelines.records.audit import Entry
 from backup_pipelines.runtime import Runtime
 from backup_pipelines.services import Services
-from backup_pipelines.snapshot.staging import StagedSnapshot
+from backup_pipelines.snapshot.staging import WARNING, StagedSnapshot
 from backup_pipelines.snapshot.store import StoredSnapshot
 
 
@@ -46,6 +46,8 @@ def stage(runtime: Runtime, caller: Caller, source: str) -> StagedSnapshot:
         runtime.staging.stage(source, caller.run_id, caller.log) as staged,
     ):
         runtime.sources[source].dump(staged, caller.log)
+    if warning := staged.stats.get(WARNING):
+        caller.warn(f"{source}: {warning}")
     return staged
 
 

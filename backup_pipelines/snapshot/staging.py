@@ -47,6 +47,9 @@ logger = logging.getLogger(__name__)
 
 ZSTD_LEVEL = 3
 BACKUP_LOCK = ".backup.lock"
+WARNING = "warning"
+"""The stats entry in which a source says what is worth a look without failing the backup (a
+Redis with no keys at all): the backup warns it in the log, and it stays in the metadata."""
 STALL_AFTER_S = 600.0
 """The default of `BACKUP_STALL_TIMEOUT_S`."""
 

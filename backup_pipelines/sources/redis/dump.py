@@ -16,7 +16,7 @@ import redis
 
 from backup_pipelines.errors import IntegrityError
 from backup_pipelines.processes import ToolFailed
-from backup_pipelines.snapshot.staging import StagedSnapshot
+from backup_pipelines.snapshot.staging import WARNING, StagedSnapshot
 from backup_pipelines.sources.redis.server import (
     QUESTION_TIMEOUT_S,
     RedisRefused,
@@ -103,6 +103,11 @@ def dump_server(
         aof_files=len(staged.files) - 1,
         server=server.where,
     )
+    if not keys:
+        staged.stats[WARNING] = (
+            f"{server.where} holds no keys at all: if it should, BACKUP_REDIS_HOST or "
+            "BACKUP_REDIS_PORT names the wrong server"
+        )
 
 
 def _sync_delay(server: RedisServer, timeout_s: float) -> int:
