@@ -46,14 +46,16 @@ def test_snapshots_lists_newest_first_with_locations(store_env, capsys):
     assert listed[0]["files"][0]["name"] == "dump.rdb.zst"
 
     assert main(["snapshots"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 3 and lines[0].startswith("redis ")
+    header, *rows, totals = capsys.readouterr().out.splitlines()
+    assert header.split() == ["SOURCE", "SNAPSHOT", "SIZE", "FILES", "LOCATION"]
+    assert len(rows) == 3 and rows[0].startswith("redis ")
+    assert totals.startswith("3 snapshots, ") and "in " in totals
 
 
 def test_verify_is_sound_until_a_byte_flips(store_env, capsys):
     store, [snapshot] = make_snapshots(1)
     assert main(["verify", "redis"]) == 0
-    assert "verified, 1 files" in capsys.readouterr().out
+    assert "verified, 1 file, " in capsys.readouterr().out
 
     flip_byte(store, snapshot.snapshot_id, "dump.rdb.zst", offset=5, source="redis")
     assert main(["verify", "redis", "--snapshot", snapshot.snapshot_id]) == 1
@@ -74,10 +76,10 @@ def test_verify_without_a_source_verifies_every_source(backup_env, capsys):
     assert main(["verify", "--snapshot", redis.snapshot_id]) == 2
 
 
-def test_the_local_store_warning_is_said_once_and_never_beside_json(backup_env):
+def test_the_command_names_the_local_store_without_warning_before_every_answer(backup_env):
     command = [str(Path(sys.executable).with_name("backup-pipelines")), "snapshots"]
     plain = subprocess.run(command, capture_output=True, text=True, env=os.environ)
-    assert plain.stderr.count("S3 is not configured") == 1
+    assert plain.stderr == f"no complete snapshots in the local store {backup_env}\n"
     as_json = subprocess.run([*command, "--json"], capture_output=True, text=True, env=os.environ)
     assert as_json.stderr == "" and json.loads(as_json.stdout) == []
 

@@ -103,16 +103,21 @@ def cmd_snapshots(args: argparse.Namespace, runtime: Runtime) -> int:
     if args.json:
         print(json.dumps([_listing(snapshot) for snapshot in snapshots], indent=2))
         return EXIT_OK
-    width = max((len(snapshot.source) for snapshot in snapshots), default=0)
+    if not snapshots:
+        print(f"no complete snapshots in {store.describe()}", file=sys.stderr)
+        return EXIT_OK
+    width = max(10, *(len(snapshot.source) for snapshot in snapshots))
+    print(f"{'SOURCE':<{width}} {'SNAPSHOT':<26} {'SIZE':>10}  {'FILES':>5}  LOCATION")
     for snapshot in snapshots:
         manifest = snapshot.manifest
         print(
-            f"{manifest.source:<{max(width, 10)}} {manifest.snapshot_id:<26} "
-            f"{human_bytes(manifest.size_bytes):>10}  {len(manifest.files):>3} files  "
+            f"{manifest.source:<{width}} {manifest.snapshot_id:<26} "
+            f"{human_bytes(manifest.size_bytes):>10}  {len(manifest.files):>5}  "
             f"{snapshot.location}"
         )
-    if not snapshots:
-        print(f"no complete snapshots in {store.describe()}", file=sys.stderr)
+    total = sum(snapshot.manifest.size_bytes for snapshot in snapshots)
+    counted = f"{len(snapshots)} snapshot{'s' if len(snapshots) > 1 else ''}"
+    print(f"{counted}, {human_bytes(total)}, in {store.describe()}")
     return EXIT_OK
 
 
@@ -147,8 +152,9 @@ def verify_one(runtime: Runtime, source: str, snapshot_id: str, deep: bool) -> i
         return EXIT_FAILURE
     manifest = verified.snapshot.manifest
     depth = "deep-verified" if deep else "verified"
+    files = len(manifest.files)
     print(
-        f"{verified.where}: {depth}, {len(manifest.files)} files, "
+        f"{verified.where}: {depth}, {files} file{'s' if files > 1 else ''}, "
         f"{human_bytes(manifest.size_bytes)}"
     )
     return EXIT_OK
@@ -293,8 +299,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command in WAL_COMMANDS:  # `cli/__init__.py` sends them there directly
         return wal.run(args)
-    if getattr(args, "json", False):  # JSON for a program to read: no advice around it
-        logging.getLogger("backup_pipelines.stores").setLevel(logging.ERROR)
+    # The local store is named where it matters (`snapshots`' totals, every "no snapshot"),
+    # not warned about before every command's own output.
+    logging.getLogger("backup_pipelines.stores").setLevel(logging.ERROR)
     secrets = typed + (settings.secret_values() if isinstance(settings, Settings) else [])
     try:
         if isinstance(settings, ConfigurationError):
