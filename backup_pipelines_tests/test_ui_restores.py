@@ -33,6 +33,8 @@ def test_a_restore_from_dagster_writes_only_inside_the_restore_roots(
 
     assert restore({"output_dir": str(roots / "out")}) is None
     assert (roots / "out" / "dump.rdb").exists()
+    said = restore({"output_dir": str(roots / "out")})  # in the launchpad's words
+    assert said is not None and "add 'force: true'" in said and "--force" not in said
     said = restore({"output_dir": str(roots / "out"), "force": True})
     assert said is not None and "set 'confirm' to the target" in said
     said = restore({"output_dir": str(roots / "out"), "force": True, "confirm": "out"})

@@ -174,7 +174,8 @@ def restore_job(sources: Mapping[str, type[Source]]) -> JobDefinition:
                 spelled=lambda field: f"'{field}'",
             )
         except BackupError as exc:
-            message = runtime.sources[source].in_own_terms(str(exc))
+            named = runtime.sources[source]
+            message = named.restore_options.in_config_terms(named.in_own_terms(str(exc)))
             raise Failure(description=message, allow_retries=False) from None
         context.log.info(restored.summary)
 

@@ -94,6 +94,19 @@ class RestoreOptions(BaseModel):
         target = f" {cls.flag('target')} {cls.metavar('target')}"
         return f"backup-pipelines restore {source} --snapshot {snapshot_id}{target}"
 
+    @classmethod
+    def in_config_terms(cls, message: str) -> str:
+        """`message` with the command's flags (`--force`, `--target-dsn`) written as the config
+        keys `restore_job` takes (`'force: true'`, `'target'`): what the launchpad says."""
+        keys = {
+            cls.flag(name): f"'{name}: true'" if info.annotation is bool else f"'{name}'"
+            for name, info in cls.model_fields.items()
+        }
+        pattern = re.compile(
+            rf"({'|'.join(map(re.escape, sorted(keys, key=len, reverse=True)))})\b"
+        )
+        return pattern.sub(lambda found: keys[found.group()], message)
+
     def destination(self) -> str:
         """Where the restore goes, as it may be shown (a URL's password masked)."""
         return mask_url(str(getattr(self, "target", "")))
