@@ -29,9 +29,13 @@ test-tools:
 services:
 	bash scripts/ensure-services.sh
 
-## dev: the Dagster UI and daemon on http://127.0.0.1:3000 with the local defaults
+## dev: the Dagster UI and daemon on http://127.0.0.1:3000 with the local defaults; it says
+## what it would back up, its schedules and request sensor start stopped (BACKUP_START_STOPPED),
+## and the first Ctrl-C stops it
 dev: install $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	@export BACKUP_START_STOPPED=$${BACKUP_START_STOPPED:-true}; \
+	$(BIN)/python scripts/dev_banner.py && \
+	exec bash scripts/dev.sh $(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 # Dagster reads its instance config from $$DAGSTER_HOME/dagster.yaml.
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml

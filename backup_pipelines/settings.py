@@ -231,6 +231,10 @@ class BackupSettings(EnvironmentSettings):
     """How long a dump may give no byte before its source counts as hung and the run fails."""
     restore_roots: CommaList = []
     """Directories a restore launched from Dagster may write into (none: no directory)."""
+    start_stopped: bool = False
+    """The schedules and the sensors that launch backups by themselves (requests on
+    `backup.requests`, changes) start stopped, until turned on in the UI: `make dev` sets it,
+    so a first start touches no shared system on its own."""
     store_group: str | None = None
     """A group whose members may read the local store and the artifacts directory (a separate
     verifier's or exporter's account); unset, they are open to their owner alone."""

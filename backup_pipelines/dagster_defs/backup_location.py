@@ -78,6 +78,7 @@ def max_runtime(runtime: Runtime, names: Sequence[str]) -> dict[str, str]:
 def build_definitions(runtime: Runtime) -> Definitions:
     """Everything Dagster loads, wired from the runtime (tests build their own the same way)."""
     sources = runtime.backed_up
+    running = not runtime.shared.start_stopped  # what launches backups by itself
     archives = archiving(sources)
     retries = transient_retries(runtime.shared.retry_delay_s)
     covered = backup_jobs(sources)
@@ -128,12 +129,16 @@ def build_definitions(runtime: Runtime) -> Definitions:
             retention_job,
         ],
         schedules=[
-            *(backup_schedule(source, jobs[source.name]) for source in sources),
-            retention_schedule(retention_job, runtime.shared.prunes_elsewhere),
+            *(backup_schedule(source, jobs[source.name], running) for source in sources),
+            retention_schedule(retention_job, runtime.shared.prunes_elsewhere, running),
         ],
         sensors=[
-            backup_requests_sensor({**jobs, ALL_SOURCES: backup_all_job}),
-            *(change_sensor(s.name, jobs[s.name]) for s in sources if s.watches_changes),
+            backup_requests_sensor({**jobs, ALL_SOURCES: backup_all_job}, running),
+            *(
+                change_sensor(s.name, jobs[s.name], running=running)
+                for s in sources
+                if s.watches_changes
+            ),
             backup_run_failure_sensor(sources_of_job),
             backup_overdue_sensor(sources),
             *([archive_sensor(archives)] if archives else []),

@@ -143,7 +143,7 @@ def launched_by_requests_sensor(instance: DagsterInstance) -> Callable[[str], bo
 
 
 def backup_requests_sensor(
-    jobs: Mapping[str, "UnresolvedAssetJobDefinition"],
+    jobs: Mapping[str, "UnresolvedAssetJobDefinition"], running: bool = True
 ) -> SensorDefinition:
     """`jobs`: the job for each thing a request may name (every source, and `all`)."""
     job_names = {request: job.name for request, job in jobs.items()}
@@ -152,7 +152,7 @@ def backup_requests_sensor(
         name=REQUESTS_SENSOR,
         jobs=list(jobs.values()),
         minimum_interval_seconds=30,
-        default_status=DefaultSensorStatus.RUNNING,
+        default_status=DefaultSensorStatus.RUNNING if running else DefaultSensorStatus.STOPPED,
         description=f"Launches the backups other services ask for on the queue {REQUESTS_QUEUE}"
         f" (each request once; acked once its run exists); malformed requests go to "
         f"{DEAD_LETTER_QUEUE}.",

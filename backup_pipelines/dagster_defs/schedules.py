@@ -61,7 +61,15 @@ def _duration(span: timedelta) -> str:
     return " ".join(f"{count} {unit}" for count, unit in parts if count)
 
 
-def backup_schedule(source: Source, job: "UnresolvedAssetJobDefinition") -> ScheduleDefinition:
+def schedule_status(running: bool) -> DefaultScheduleStatus:
+    """How a schedule starts: running, or stopped until turned on in the UI
+    (`BACKUP_START_STOPPED`: a first `make dev` touches no shared system by itself)."""
+    return DefaultScheduleStatus.RUNNING if running else DefaultScheduleStatus.STOPPED
+
+
+def backup_schedule(
+    source: Source, job: "UnresolvedAssetJobDefinition", running: bool = True
+) -> ScheduleDefinition:
     """The source's schedule; it skips, saying why, while the source is not configured."""
     not_configured = source.not_configured()
 
@@ -70,7 +78,7 @@ def backup_schedule(source: Source, job: "UnresolvedAssetJobDefinition") -> Sche
         job=job,
         cron_schedule=source.cron,
         execution_timezone="UTC",
-        default_status=DefaultScheduleStatus.RUNNING,
+        default_status=schedule_status(running),
         description=f"A {source.name} snapshot on {source.setting('cron')} ({source.cron}, UTC).",
     )
     def _schedule(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
@@ -93,7 +101,9 @@ def verification_schedule(job: "UnresolvedAssetJobDefinition", cron: str) -> Sch
     )
 
 
-def retention_schedule(job: JobDefinition, prunes_elsewhere: str | None) -> ScheduleDefinition:
+def retention_schedule(
+    job: JobDefinition, prunes_elsewhere: str | None, running: bool = True
+) -> ScheduleDefinition:
     """Retention once a day, after the nightly backups; it skips, saying why, on a backup
     host that writes locked snapshots and holds no keys that may delete."""
 
@@ -102,7 +112,7 @@ def retention_schedule(job: JobDefinition, prunes_elsewhere: str | None) -> Sche
         job=job,
         cron_schedule=RETENTION_CRON,
         execution_timezone="UTC",
-        default_status=DefaultScheduleStatus.RUNNING,
+        default_status=schedule_status(running),
         description="Prunes every source by BACKUP_RETENTION_* once a day.",
     )
     def _schedule(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:

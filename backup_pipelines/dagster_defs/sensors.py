@@ -51,6 +51,7 @@ def change_sensor(
     job: "UnresolvedAssetJobDefinition",
     quiet_period_s: float = QUIET_PERIOD_S,
     max_wait_s: float = MAX_WAIT_S,
+    running: bool = True,
 ) -> SensorDefinition:
     """A backup once the source's data changed and then stayed quiet (or changed for too long)."""
 
@@ -58,7 +59,7 @@ def change_sensor(
         name=change_sensor_name(source),
         job=job,
         minimum_interval_seconds=60,
-        default_status=DefaultSensorStatus.RUNNING,
+        default_status=DefaultSensorStatus.RUNNING if running else DefaultSensorStatus.STOPPED,
         description=f"Backs up {source} after its data changed and was quiet for "
         f"{quiet_period_s:.0f} s (or after {max_wait_s:.0f} s of constant change).",
     )

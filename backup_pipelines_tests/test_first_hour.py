@@ -1,0 +1,62 @@
+"""A new user's first hour: `make dev` says what it would touch, launches nothing by itself,
+and stops at the first Ctrl-C."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from dagster import DefaultScheduleStatus, DefaultSensorStatus
+
+from backup_pipelines.dagster_defs.backup_location import build_definitions
+from backup_pipelines.runtime import load_runtime
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_started_stopped_no_schedule_or_backup_launching_sensor_runs_by_itself(
+    backup_env, monkeypatch
+):
+    monkeypatch.setenv("BACKUP_START_STOPPED", "true")
+    definitions = build_definitions(load_runtime())
+    schedules = list(definitions.schedules)
+    assert schedules and all(s.default_status == DefaultScheduleStatus.STOPPED for s in schedules)
+    statuses = {sensor.name: sensor.default_status for sensor in definitions.sensors}
+    assert statuses["backup_requests_sensor"] == DefaultSensorStatus.STOPPED
+    assert statuses["backup_run_failure_sensor"] == DefaultSensorStatus.RUNNING  # says only
+    monkeypatch.delenv("BACKUP_START_STOPPED")
+    definitions = build_definitions(load_runtime())
+    assert all(s.default_status == DefaultScheduleStatus.RUNNING for s in definitions.schedules)
+
+
+def test_make_dev_says_what_it_would_back_up_where_without_a_secret(backup_env, monkeypatch):
+    monkeypatch.setenv("BACKUP_START_STOPPED", "true")
+    monkeypatch.setenv("BACKUP_POSTGRES_BACKUP_DSN", "postgresql://backup:hunter2@db:5432/crm")
+    said = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "dev_banner.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "BACKUP_POSTGRES_BACKUP_DSN=postgresql://backup:***@db:5432/crm" in said
+    assert f"into the local store {backup_env}" in said
+    assert "start STOPPED" in said and "hunter2" not in said
+
+
+def test_make_dev_stops_at_the_first_ctrl_c_even_when_its_children_hold_on(tmp_path):
+    marker = tmp_path / "stubborn.pid"
+    stubborn = f"trap '' INT TERM; echo $$ > {marker}; while true; do sleep 1; done"
+    wrapper = subprocess.Popen(["bash", str(REPO / "scripts" / "dev.sh"), "bash", "-c", stubborn])
+    while not marker.exists():
+        time.sleep(0.1)
+    pid = int(marker.read_text())
+    started = time.monotonic()
+    wrapper.send_signal(signal.SIGINT)
+    wrapper.wait(timeout=30)
+    assert time.monotonic() - started < 8
+    time.sleep(0.2)
+    stat = Path(f"/proc/{pid}/stat")
+    assert not stat.exists() or stat.read_text().split()[2] == "Z"  # gone, or only reaped
