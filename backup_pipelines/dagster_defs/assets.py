@@ -121,7 +121,11 @@ def backup_asset(source: Source, retry_policy: RetryPolicy) -> AssetsDefinition:
             raise Failure(description=message, allow_retries=False) from None
         except SourceUnavailable as exc:
             line = runtime.sources[name].unreachable(exc)
-            if started_by_hand(context) or context.retry_number >= TRANSIENT_RETRIES:
+            if started_by_hand(context):
+                said = f"{line} (not retried: a run launched by hand answers at once; "
+                said += "the schedule's and sensors' runs retry it three times)"
+                raise Failure(description=said, allow_retries=False) from None
+            if context.retry_number >= TRANSIENT_RETRIES:
                 raise Failure(description=line, allow_retries=False) from None
             raise SourceUnavailable(line) from None  # the retry policy waits, then tries again
         return staged
