@@ -88,7 +88,7 @@ def load_settings() -> Settings:
     sources: list[Source] = []
     for kind in SOURCES:
         if kind.kind in declared:
-            sources += declared[kind.kind]
+            sources += declared[kind.kind] + before_the_targets_file(kind, shared)
             continue
         try:
             settings = read_settings(kind.settings_model)
@@ -101,6 +101,21 @@ def load_settings() -> Settings:
     if problems or shared is None:
         raise InvalidSettings(problems)
     return Settings(shared, tuple(sources), tuple(stores))
+
+
+def before_the_targets_file(kind: type[Source], shared: BackupSettings | None) -> list[Source]:
+    """The kind under its own name, turned off, beside the targets the file gives it: the
+    snapshots it took before it moved into the targets file (`<kind>/` in the store) stay
+    listed, restorable and pruned under that name, and nothing backs it up any more. Its
+    `BACKUP_<KIND>_*` variables, which the file replaced, are read leniently: a drill or a
+    restore needs none of them, so a bad one costs only this source."""
+    if shared is None:
+        return []
+    try:
+        settings = read_settings(kind.settings_model)
+    except InvalidSettings:
+        return []
+    return [kind(settings.model_copy(update={"enabled": False}), shared)]
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:

@@ -466,3 +466,36 @@ def test_a_target_added_to_the_file_appears_on_reload_and_backs_up(tmp_path):
             assert ui.wait_for_run(timeout_s=120, runIds=[run])["status"] == "SUCCESS"
     [snapshot] = make_local_store(artifacts).list_snapshots("redis.cache")
     assert (snapshot.manifest.kind, snapshot.manifest.target) == ("redis", "cache")
+
+
+def test_snapshots_from_before_a_kind_moved_into_the_targets_file_stay_listed_and_restorable(
+    backup_env, monkeypatch, tmp_path, capsys
+):
+    with redis_process(tmp_path / "before") as before:
+        before.set("fsm:user:1", "backed up before the targets file")
+        rdb = tmp_path / "before.rdb"
+        subprocess.run(["redis-cli", "-p", str(port_of(before)), "--rdb", str(rdb)], check=True)
+    runtime = runtime_from_env()  # no targets file yet: the kind under its own name
+    add_history(runtime.store, runtime.staging.directory, "redis", 5, datetime.now(UTC))
+    old = commit_snapshot(
+        runtime.store, runtime.staging.directory, {"dump.rdb": rdb.read_bytes()}, source="redis"
+    )
+    write_targets(
+        tmp_path / "targets.yaml", "redis:\n  cache: {host: 127.0.0.1, port: 6379}\n", monkeypatch
+    )
+    for rule, count in (("LAST", "2"), ("DAILY", "0"), ("WEEKLY", "0"), ("MONTHLY", "0")):
+        monkeypatch.setenv(f"BACKUP_RETENTION_{rule}", count)
+    monkeypatch.setenv("BACKUP_RETENTION_YEARLY", "0")
+
+    assert main(["snapshots", "redis", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert old.snapshot_id in {s["snapshot_id"] for s in listed if s["source"] == "redis"}
+    assert main(["restore", "redis", "--output-dir", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "dump.rdb").read_bytes() == rdb.read_bytes()
+    capsys.readouterr()
+    assert main(["prune", "--dry-run", "--json"]) == 0
+    pruned = json.loads(capsys.readouterr().out)
+    assert f"redis/{old.snapshot_id}" in pruned["keep"]
+    assert any(listed.startswith("redis/") for listed in pruned["delete"])
+    keys = build_definitions(runtime_from_env()).resolve_all_asset_keys()
+    assert AssetKey(["redis_backup", "cache"]) in keys and AssetKey("redis_backup") not in keys

@@ -130,7 +130,8 @@ def cmd_verify(args: argparse.Namespace, runtime: Runtime) -> int:
 
 
 def verify_named(args: argparse.Namespace, runtime: Runtime) -> int:
-    if args.source in runtime.sources:
+    """One source (its latest snapshot must be there), or every source of a kind or of all."""
+    if selected(runtime, args.source) == [args.source]:
         return verify_one(runtime, args.source, args.snapshot, args.deep)
     if args.snapshot != LATEST:
         raise ConfigurationError("--snapshot names one snapshot: give its source too")
@@ -139,7 +140,8 @@ def verify_named(args: argparse.Namespace, runtime: Runtime) -> int:
         try:
             outcomes.append(verify_one(runtime, source, LATEST, args.deep))
         except SnapshotNotFound as exc:
-            print(f"{source}: {exc}", file=sys.stderr)
+            if runtime.sources[source].enabled:  # one turned off may never have had any
+                print(f"{source}: {exc}", file=sys.stderr)
     return max(outcomes, default=EXIT_OK)
 
 

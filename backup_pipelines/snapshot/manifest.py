@@ -165,8 +165,8 @@ class Manifest(BaseModel):
     @property
     def size_bytes(self) -> int:
         """The bytes the snapshot stored: its artifacts, and what its source keeps beside
-        them on its behalf (`data_added`: the bytes restic added to its repository, where a
-        documents snapshot's artifact is only a pointer of a few hundred bytes)."""
+        them on its behalf (`data_added`: the bytes restic added to its repository, where the
+        snapshot's own artifact is only a pointer of a few hundred bytes)."""
         beside = self.stats.get("data_added")
         return sum(entry.size for entry in self.files) + (
             beside if isinstance(beside, int) and beside > 0 else 0

@@ -49,7 +49,8 @@ ZSTD_LEVEL = 3
 BACKUP_LOCK = ".backup.lock"
 WARNING = "warning"
 """The stats entry in which a source says what is worth a look without failing the backup (a
-Redis with no keys at all): the backup warns it in the log, and it stays in the metadata."""
+server that holds nothing at all): the backup warns it in the log, and it stays in the
+metadata."""
 STALL_AFTER_S = 600.0
 """The default of `BACKUP_STALL_TIMEOUT_S`."""
 
