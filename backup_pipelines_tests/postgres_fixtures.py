@@ -123,7 +123,7 @@ def unique_name(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
 
 
-OTHER_TESTS = re.compile(r"[a-z0-9_]+_[0-9a-f]{10}|bp_(restore|replaced)_[0-9a-f]{12}")
+OTHER_TESTS = re.compile(r"[a-z0-9_]+_[0-9a-f]{10}|bp_(restore|replaced)_[0-9]{10}_[0-9a-f]{8}")
 """The databases other tests make on the machine's cluster while one runs (the suite runs on
 every core): `unique_name`s, and a restore's own scratch databases. A drill's scratch
 databases (`bp_drill_*`) are not among them: they never belong on that cluster."""

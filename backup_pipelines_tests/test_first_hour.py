@@ -3,20 +3,30 @@ and stops at the first Ctrl-C."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from dagster import DefaultScheduleStatus, DefaultSensorStatus
+from dagster import (
+    AssetCheckKey,
+    AssetKey,
+    DagsterInstance,
+    DefaultScheduleStatus,
+    DefaultSensorStatus,
+)
 
+from backup_pipelines.cli import main
 from backup_pipelines.dagster_defs.backup_location import build_definitions
 from backup_pipelines.dagster_defs.dagster_internals import SCHEDULE_NAME_TAG
 from backup_pipelines.dagster_defs.definition_names import backup_job_name, schedule_name
 from backup_pipelines.processes import free_loopback_port
 from backup_pipelines.runtime import load_runtime
-from backup_pipelines_tests.conftest import failed_at_once, run_backup, run_job
+from backup_pipelines_tests.conftest import failed_at_once, metadata_of, run_backup, run_job
+from backup_pipelines_tests.redis_fixtures import redis_process
+from backup_pipelines_tests.test_redis import port_of
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -76,3 +86,37 @@ def test_a_run_launched_by_hand_says_why_it_is_not_retried_where_a_scheduled_one
     scheduled = run_job(backup_job_name("redis"), tags={SCHEDULE_NAME_TAG: schedule_name("redis")})
     assert not scheduled.success
     assert sum(event.is_step_up_for_retry for event in scheduled.all_events) == 3
+
+
+def last_backup_evaluations(instance: DagsterInstance) -> list:
+    """The `last_backup` check's evaluations of the redis backup, newest first."""
+    key = AssetCheckKey(AssetKey("redis_backup"), "last_backup")
+    history = instance.event_log_storage.get_asset_check_execution_history(key, limit=10)
+    return [record.event.dagster_event.event_specific_data for record in history]
+
+
+def test_after_a_failed_backup_the_ui_and_status_still_show_the_last_good_snapshot(
+    backup_env, monkeypatch, tmp_path, capsys
+):
+    instance = DagsterInstance.ephemeral()
+    with redis_process(tmp_path / "redis") as server:
+        server.set("fsm:user:1", "awaiting_phone")
+        monkeypatch.setenv("BACKUP_REDIS_HOST", "127.0.0.1")
+        monkeypatch.setenv("BACKUP_REDIS_PORT", str(port_of(server)))
+        good = run_backup("redis", instance)
+    assert good.success
+    snapshot_id = metadata_of(good, "redis")["snapshot_id"]
+    [passed] = last_backup_evaluations(instance)
+    assert passed.passed and snapshot_id in passed.description
+    assert main(["status", "redis"]) == 0
+    assert f"last good {snapshot_id}" in capsys.readouterr().out
+
+    failed = run_backup("redis", instance)  # the server is gone now
+    assert not failed.success
+    latest = last_backup_evaluations(instance)[0]
+    assert not latest.passed
+    assert "FAILED at" in latest.description and "cannot connect" in latest.description
+    assert f"last good {snapshot_id}" in latest.description
+    assert main(["status", "redis", "--json"]) == 1
+    [standing] = json.loads(capsys.readouterr().out)
+    assert standing["last_good_snapshot_id"] == snapshot_id and "cannot" in standing["failure"]

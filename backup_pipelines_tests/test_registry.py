@@ -49,7 +49,7 @@ def test_every_source_gets_its_asset_checks_job_schedule_and_pool(backup_env):
             for check in checks_def.check_specs
             if check.asset_key == key
         }
-        assert checks == {"integrity"}  # drills run in the verification plane, not here
+        assert checks == {"integrity", "last_backup"}  # drills run in the verification plane
         job = defs.resolve_job_def(f"{source.name}_backup_job")
         assert schedules[f"{source.name}_backup_schedule"].cron_schedule == source.cron
         # the daemon ends a run that outlasts its schedule's gap (an hour at least)

@@ -24,10 +24,11 @@ from backup_pipelines.operations.copy import copy
 from backup_pipelines.operations.drill import drill
 from backup_pipelines.operations.prune import Pruned, prune
 from backup_pipelines.operations.restore import holding_store, restore
+from backup_pipelines.operations.status import standing
 from backup_pipelines.operations.verify import verify
 from backup_pipelines.redaction import redact
 from backup_pipelines.runtime import Runtime, Settings, load_settings
-from backup_pipelines.snapshot.manifest import format_utc
+from backup_pipelines.snapshot.manifest import format_utc, utc_now
 from backup_pipelines.snapshot.store import LATEST, StoredSnapshot, Unreadable
 from backup_pipelines.storage.streams import human_bytes
 from backup_pipelines.stores import PRIMARY
@@ -119,6 +120,22 @@ def cmd_snapshots(args: argparse.Namespace, runtime: Runtime) -> int:
     counted = f"{len(snapshots)} snapshot{'s' if len(snapshots) > 1 else ''}"
     print(f"{counted}, {human_bytes(total)}, in {store.describe()}")
     return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace, runtime: Runtime) -> int:
+    """One line per source backed up (or named): exit 1 when one failed since its last good
+    snapshot, or has none."""
+    names = selected(runtime, args.source)
+    shown = [name for name in names if runtime.sources[name].enabled or args.source]
+    standings = [standing(runtime, name) for name in shown]
+    if args.json:
+        print(json.dumps([found.report() for found in standings], indent=2))
+    else:
+        now = utc_now()
+        width = max((len(found.source) for found in standings), default=10)
+        for found in standings:
+            print(f"{found.source:<{width}}  {found.summary(now)}")
+    return EXIT_OK if all(found.healthy for found in standings) else EXIT_FAILURE
 
 
 def cmd_verify(args: argparse.Namespace, runtime: Runtime) -> int:
@@ -274,6 +291,7 @@ def cmd_audit(args: argparse.Namespace, runtime: Runtime) -> int:
 
 COMMANDS = {
     "snapshots": cmd_snapshots,
+    "status": cmd_status,
     "copy": cmd_copy,
     "verify": cmd_verify,
     "drill": cmd_drill,

@@ -92,6 +92,14 @@ def build_parser(
     snapshots.add_argument("--json", action="store_true", help="print manifests as JSON")
     add_store_flag(snapshots, stores, reads)
 
+    status = commands.add_parser(
+        "status", help="each source's last good snapshot, and the backup failure since, if any"
+    )
+    status.add_argument(
+        "source", nargs="?", choices=groups, help=f"{group_help}; without it, every source"
+    )
+    status.add_argument("--json", action="store_true", help="print the standings as JSON")
+
     verify = commands.add_parser("verify", help="re-read snapshots and check them")
     verify.add_argument(
         "source", nargs="?", choices=groups, help=f"{group_help}; without it, every source"

@@ -38,6 +38,7 @@ from backup_pipelines.dagster_defs.definition_names import (
     failure_hook_name,
     pool_name,
 )
+from backup_pipelines.dagster_defs.last_backup import report_failure
 from backup_pipelines.dagster_defs.schedules import describe_freshness, freshness_for
 from backup_pipelines.errors import PERMANENT_ERRORS, SourceUnavailable
 from backup_pipelines.events.messages import short_error
@@ -89,6 +90,7 @@ def announce_failure(source: str) -> HookDefinition:
         runtime: Runtime = context.resources.runtime
         error = short_error(context.op_exception, runtime.secrets)
         backup.record_failure(runtime, in_run(context.run_id, context.log), source, error)
+        report_failure(context.instance, runtime, source, error)
 
     return _announce
 

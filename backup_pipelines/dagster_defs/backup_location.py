@@ -30,6 +30,7 @@ from backup_pipelines.dagster_defs.definition_names import (
     copy_job_name,
 )
 from backup_pipelines.dagster_defs.io_manager import SnapshotIOManager
+from backup_pipelines.dagster_defs.last_backup import last_backup_check, without_last_backup
 from backup_pipelines.dagster_defs.requests_sensor import backup_requests_sensor
 from backup_pipelines.dagster_defs.restore_job import restore_job
 from backup_pipelines.dagster_defs.retention_job import retention_job
@@ -85,7 +86,9 @@ def build_definitions(runtime: Runtime) -> Definitions:
     jobs = {
         asked: define_asset_job(
             backup_job_name(asked),
-            selection=AssetSelection.assets(*(backup_asset_key(name) for name in names)),
+            selection=without_last_backup(
+                AssetSelection.assets(*(backup_asset_key(name) for name in names)), names
+            ),
             description=f"A snapshot of {', '.join(names)}.",
             tags=max_runtime(runtime, names),
         )
@@ -93,7 +96,9 @@ def build_definitions(runtime: Runtime) -> Definitions:
     }
     backup_all_job = define_asset_job(
         BACKUP_ALL_JOB,
-        selection=AssetSelection.groups(BACKUPS_GROUP),
+        selection=without_last_backup(
+            AssetSelection.groups(BACKUPS_GROUP), [s.name for s in sources]
+        ),
         description="A snapshot of every source, one after the other.",
         tags=max_runtime(runtime, [source.name for source in sources]),
     )
@@ -120,7 +125,10 @@ def build_definitions(runtime: Runtime) -> Definitions:
             ),
             audit_trail,
         ],
-        asset_checks=[integrity_check(source) for source in sources],
+        asset_checks=[
+            *(integrity_check(source) for source in sources),
+            *(last_backup_check(source.name) for source in sources),
+        ],
         jobs=[
             backup_all_job,
             *jobs.values(),

@@ -23,6 +23,7 @@ from dagster import (
 
 from backup_pipelines.dagster_defs.caller import in_run
 from backup_pipelines.dagster_defs.definition_names import source_of_asset
+from backup_pipelines.dagster_defs.last_backup import report_last_backup
 from backup_pipelines.errors import PERMANENT_ERRORS
 from backup_pipelines.operations.backup import Committed, commit
 from backup_pipelines.services import Services
@@ -78,6 +79,7 @@ class SnapshotIOManager(ConfigurableIOManager):
         except PERMANENT_ERRORS as exc:  # a full disk: retrying would fill it again
             raise Failure(description=str(exc), allow_retries=False) from None
         context.add_output_metadata(snapshot_metadata(committed.snapshot, committed.duration_s))
+        report_last_backup(context.step_context.instance, obj.source, committed.snapshot, None)
         context.add_output_metadata(self.usage(context, obj.source, committed))
 
     def usage(self, context: OutputContext, source: str, committed: Committed) -> dict:

@@ -31,6 +31,7 @@ from backup_pipelines.dagster_defs.definition_names import (
     change_sensor_name,
     source_of_asset,
 )
+from backup_pipelines.dagster_defs.last_backup import report_failure
 from backup_pipelines.dagster_defs.schedules import overdue_after
 from backup_pipelines.errors import ConfigurationError
 from backup_pipelines.events.messages import short_error
@@ -123,6 +124,7 @@ def backup_run_failure_sensor(sources_of_job: Mapping[str, Sequence[str]]) -> Se
         for source in sources:
             if backup_step_key(source) not in hooked:
                 backup.record_failure(runtime, caller, source, error)
+                report_failure(context.instance, runtime, source, error)
 
     return _sensor
 

@@ -1,0 +1,82 @@
+"""Where each source stands: its last good snapshot, and the backup failure since, if any.
+
+What an operator asks first after a failed night, answered from the store alone (Dagster may
+be down): the newest complete snapshot, and the audit trail's newest failed backup when it is
+newer than that snapshot, with its reason in one line. `backup-pipelines status` prints it;
+the `last_backup` check of each backup asset shows it in the UI, so a failed run no longer
+hides that a good snapshot is a minute older.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from backup_pipelines.records.audit import AuditRecord
+from backup_pipelines.runtime import Runtime
+from backup_pipelines.snapshot.manifest import format_utc, utc_now
+from backup_pipelines.snapshot.store import StoredSnapshot
+from backup_pipelines.storage.streams import human_bytes
+
+FAILURES_LOOK_BACK = timedelta(days=8)
+"""How far back the audit trail is read for a failure (a week's nights, and a day)."""
+
+
+@dataclass(frozen=True)
+class Standing:
+    source: str
+    last_good: StoredSnapshot | None
+    failed: AuditRecord | None
+    """The newest failed backup after the last good snapshot; None when there is none."""
+
+    @property
+    def healthy(self) -> bool:
+        return self.last_good is not None and self.failed is None
+
+    def summary(self, now: datetime) -> str:
+        """One line: failing since when and why, and the last good snapshot and its age."""
+        good = "no snapshot yet"
+        if self.last_good is not None:
+            manifest = self.last_good.manifest
+            age = _age(now - manifest.finished_at)
+            good = (
+                f"last good {manifest.snapshot_id} ({age} ago, {human_bytes(manifest.size_bytes)})"
+            )
+        if self.failed is None:
+            return good
+        return f"FAILED at {format_utc(self.failed.at)}: {self.failed.error}; {good}"
+
+    def report(self) -> dict[str, Any]:
+        """`status --json`'s entry for the source."""
+        last_good = self.last_good
+        return {
+            "source": self.source,
+            "healthy": self.healthy,
+            "last_good_snapshot_id": last_good.snapshot_id if last_good else None,
+            "last_good_at": format_utc(last_good.manifest.finished_at) if last_good else None,
+            "failed_at": format_utc(self.failed.at) if self.failed else None,
+            "failure": self.failed.error if self.failed else None,
+        }
+
+
+def standing(runtime: Runtime, source: str) -> Standing:
+    """`source`'s last good snapshot and the failure after it (from the store alone)."""
+    snapshots = runtime.store.list_snapshots(source)
+    last_good = snapshots[0] if snapshots else None
+    since = utc_now() - FAILURES_LOOK_BACK
+    backups = [r for r in runtime.audit.records(source, since) if r.operation == "backup"]
+    mine = [record for record in backups if record.source == source]
+    failed = next((record for record in mine if record.outcome == "failed"), None)
+    if failed is not None and last_good is not None and failed.at < last_good.manifest.finished_at:
+        failed = None
+    return Standing(source, last_good, failed)
+
+
+def _age(span: timedelta) -> str:
+    minutes = max(0, int(span.total_seconds()) // 60)
+    if minutes < 120:
+        return f"{minutes} min"
+    if minutes < 48 * 60:
+        return f"{minutes // 60} h"
+    return f"{minutes // 1440} d"
