@@ -78,6 +78,7 @@ def test_backup_restores_every_object_and_row(backup_store, source_db, capsys):
     assert metadata["size"].endswith(("KiB", "MiB")) and metadata["sha256_of"].startswith("manif")
     assert metadata["restore"] == (
         f"backup-pipelines restore postgres --snapshot {metadata['snapshot_id']} --target-dsn DSN"
+        " [--database NAME] [--globals] [--force]"
     )
     assert PASSWORD not in json.dumps(metadata, default=str)
     checks = {name: check.passed for name, check in checks_of(result).items()}

@@ -90,9 +90,21 @@ class RestoreOptions(BaseModel):
 
     @classmethod
     def command_line(cls, source: str, snapshot_id: str) -> str:
-        """The command that restores this snapshot, its target left for the operator to name."""
-        target = f" {cls.flag('target')} {cls.metavar('target')}"
-        return f"backup-pipelines restore {source} --snapshot {snapshot_id}{target}"
+        """The command that restores this snapshot, its target left for the operator to name,
+        and the options it may take in brackets (`[--database NAME] [--force]`)."""
+        words = [f"backup-pipelines restore {source} --snapshot {snapshot_id}"]
+        words.append(f"{cls.flag('target')} {cls.metavar('target')}")
+        fields = sorted(cls.model_fields.items(), key=lambda item: item[0] == "force")
+        for name, info in fields:  # `--force` last
+            if name == "target" or info.json_schema_extra == SECRET_OPTION:
+                continue
+            shown = (
+                cls.flag(name)
+                if info.annotation is bool
+                else f"{cls.flag(name)} {cls.metavar(name)}"
+            )
+            words.append(f"[{shown}]")
+        return " ".join(words)
 
     @classmethod
     def in_config_terms(cls, message: str) -> str:
