@@ -100,8 +100,10 @@ def test_a_run_killed_mid_dump_frees_its_source_and_its_attempt_is_cleaned_later
             assert ui.wait_for_run(timeout_s=180, runIds=[second])["status"] == "SUCCESS"
 
         store = make_local_store(artifacts)
-        [snapshot] = store.list_snapshots("postgres")
-        assert snapshot.manifest.run_id == second
+        # the killed run itself stored nothing; Dagster's run retry of it may have, since
+        snapshots = store.list_snapshots("postgres")
+        runs = {snapshot.manifest.run_id for snapshot in snapshots}
+        assert second in runs and killed not in runs
         assert attempt.exists()  # a day younger: it might still be written
         day_ago = (datetime.now(UTC) - timedelta(hours=25)).timestamp()
         for path in (attempt, *attempt.rglob("*")):
@@ -110,7 +112,7 @@ def test_a_run_killed_mid_dump_frees_its_source_and_its_attempt_is_cleaned_later
         pruned = subprocess.run(cli, env=env, capture_output=True, text=True)
         assert pruned.returncode == 0, pruned.stderr
         assert not attempt.exists()
-        assert store.list_snapshots("postgres") == [snapshot]
+        assert store.list_snapshots("postgres") == snapshots
 
 
 @contextmanager

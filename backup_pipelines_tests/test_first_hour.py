@@ -20,11 +20,9 @@ from dagster import (
 
 from backup_pipelines.cli import main
 from backup_pipelines.dagster_defs.backup_location import build_definitions
-from backup_pipelines.dagster_defs.dagster_internals import SCHEDULE_NAME_TAG
-from backup_pipelines.dagster_defs.definition_names import backup_job_name, schedule_name
 from backup_pipelines.processes import free_loopback_port
 from backup_pipelines.runtime import load_runtime
-from backup_pipelines_tests.conftest import failed_at_once, metadata_of, run_backup, run_job
+from backup_pipelines_tests.conftest import failed_at_once, metadata_of, run_backup
 from backup_pipelines_tests.redis_fixtures import redis_process
 from backup_pipelines_tests.test_redis import port_of
 
@@ -76,16 +74,12 @@ def test_make_dev_stops_at_the_first_ctrl_c_even_when_its_children_hold_on(tmp_p
     assert not stat.exists() or stat.read_text().split()[2] == "Z"  # gone, or only reaped
 
 
-def test_a_run_launched_by_hand_says_why_it_is_not_retried_where_a_scheduled_one_is(
-    backup_env, monkeypatch
-):
+def test_a_run_launched_by_hand_says_why_it_is_not_retried(backup_env, monkeypatch):
+    """(A scheduled run's retries: test_consul.py.)"""
     monkeypatch.setenv("BACKUP_REDIS_HOST", "127.0.0.1")
     monkeypatch.setenv("BACKUP_REDIS_PORT", str(free_loopback_port()))  # nothing listens
     said = failed_at_once(run_backup("redis"))
     assert "not retried: a run launched by hand" in said
-    scheduled = run_job(backup_job_name("redis"), tags={SCHEDULE_NAME_TAG: schedule_name("redis")})
-    assert not scheduled.success
-    assert sum(event.is_step_up_for_retry for event in scheduled.all_events) == 3
 
 
 def last_backup_evaluations(instance: DagsterInstance) -> list:
