@@ -48,6 +48,10 @@ def secret_parts(value: str) -> list[str]:
     line), so masking the whole DSN is not enough.
     """
     parts = [value]
+    if "," in value and "://" in value:  # several URLs (BACKUP_NOTIFY_URLS): each on its own
+        for url in (part.strip() for part in value.split(",")):
+            parts += secret_parts(url) if "://" in url else []
+        return parts
     try:
         password = urlsplit(value).password
     except ValueError:

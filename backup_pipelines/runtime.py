@@ -16,7 +16,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from backup_pipelines.services import Services, read_store_specs
+from backup_pipelines.services import Services, read_store_specs, split_urls
 from backup_pipelines.settings import (
     BackupSettings,
     InvalidSettings,
@@ -149,6 +149,9 @@ class Runtime(Services):
     def on_store(self, name: str) -> Runtime:
         """The same runtime, reading (and recording in) the store `name`."""
         return Runtime(self.settings, self.typed_secrets, name)
+
+    def notify_urls(self) -> dict[str, tuple[str, ...]]:
+        return {name: split_urls(s.settings.notify_urls) for name, s in self.sources.items()}
 
     @property
     def backed_up(self) -> list[Source]:

@@ -17,14 +17,16 @@ from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from pydantic import SecretStr
 from pyrage import x25519
 
-from backup_pipelines.errors import ConfigurationError
+from backup_pipelines.errors import BackupError, ConfigurationError
 from backup_pipelines.records.audit import AuditLog
 from backup_pipelines.records.dropped import DroppedSnapshots
 from backup_pipelines.records.verdicts import Verdicts
 from backup_pipelines.settings import BackupSettings, read_settings, secret_values
 from backup_pipelines.snapshot.encryption import identities_for, parse_recipients
+from backup_pipelines.snapshot.manifest import format_utc
 from backup_pipelines.snapshot.reader import SnapshotReader
 from backup_pipelines.snapshot.staging import Staging
 from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
@@ -33,6 +35,7 @@ from backup_pipelines.storage.layout import OUTBOX
 from backup_pipelines.stores import PRIMARY, StoreSpec, build_store, primary_store, read_stores
 
 if TYPE_CHECKING:
+    from backup_pipelines.events.notifications import Notifier
     from backup_pipelines.events.outbox import EventPublisher
 
 logger = logging.getLogger(__name__)
@@ -94,9 +97,34 @@ class Services:
     def events(self) -> EventPublisher:
         from backup_pipelines.events.outbox import EventPublisher  # pika only where it is used
 
-        return EventPublisher(
-            self.shared.rabbitmq_url.get_secret_value(), self.shared.artifacts_dir / OUTBOX
-        )
+        path = self.shared.artifacts_dir / OUTBOX
+        return EventPublisher(self.shared.rabbitmq_url.get_secret_value(), path, self.notifier())
+
+    def notify_urls(self) -> dict[str, tuple[str, ...]]:
+        """Each source's own notification URLs (`Runtime` knows the sources; these do not)."""
+        return {}
+
+    def notifier(self) -> Notifier | None:
+        """The notifier of `BACKUP_NOTIFY_URLS` and the sources' own URLs; None without any."""
+        from backup_pipelines.events.notifications import Channels, Notifier  # apprise
+
+        shared, own = split_urls(self.shared.notify_urls), self.notify_urls()
+        if not shared and not any(own.values()):
+            return None
+        channels = Channels(shared, own, frozenset(self.shared.notify_events))
+        return Notifier(channels, self.shared.artifacts_dir / OUTBOX, self._last_good)
+
+    def _last_good(self, source: str) -> str | None:
+        """`<id>, finished <time>` of the source's newest snapshot, for a message; None when
+        there is none or the store cannot say."""
+        try:
+            snapshots = self.store.list_snapshots(source)
+        except (BackupError, OSError):
+            return None
+        if not snapshots:
+            return None
+        manifest = snapshots[0].manifest
+        return f"{manifest.snapshot_id}, finished {format_utc(manifest.finished_at)}"
 
     def openness(self) -> list[str]:
         """Why the artifacts directory (staging, outbox) or the store is open to more local
@@ -116,6 +144,13 @@ class Services:
         return SnapshotReader(
             self.store, snapshot, self.staging.work_dir(purpose), self.identities(snapshot)
         )
+
+
+def split_urls(urls: SecretStr | None) -> tuple[str, ...]:
+    """`BACKUP_NOTIFY_URLS` (or a source's own) as URLs: comma-separated."""
+    if urls is None:
+        return ()
+    return tuple(url.strip() for url in urls.get_secret_value().split(",") if url.strip())
 
 
 def read_store_specs(shared: BackupSettings) -> list[StoreSpec]:

@@ -137,6 +137,9 @@ def _non_negative_count(value: RetentionCount | None) -> RetentionCount | None:
     return value
 
 
+DEFAULT_NOTIFY_EVENTS = ("backup.failed", "backup.verification_failed", "backup.overdue")
+"""The events that need a person (`events/notifications.py` sends them)."""
+
 RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 """The retention rules that count snapshots, in the order restic applies them."""
 RETENTION_COUNTS = tuple(f"retention_{rule}" for rule in RULES)
@@ -231,6 +234,11 @@ class BackupSettings(EnvironmentSettings):
     """How long a dump may give no byte before its source counts as hung and the run fails."""
     restore_roots: CommaList = []
     """Directories a restore launched from Dagster may write into (none: no directory)."""
+    notify_urls: SecretStr | None = None
+    """Comma-separated apprise URLs (Slack, Telegram, `mailto://`, `json://` webhooks, ...) the
+    events of `notify_events` are sent to, in words; they hold tokens, so never shown."""
+    notify_events: CommaList = list(DEFAULT_NOTIFY_EVENTS)
+    """The events (as on the broker) that are sent to `notify_urls`."""
     start_stopped: bool = False
     """The schedules and the sensors that launch backups by themselves (requests on
     `backup.requests`, changes) start stopped, until turned on in the UI: `make dev` sets it,
@@ -245,7 +253,9 @@ class BackupSettings(EnvironmentSettings):
     database_url: SecretStr | None = None
     retry_delay_s: float = Field(30, ge=0)
 
-    _split = field_validator("encryption_recipients", "restore_roots", mode="before")(split_commas)
+    _split = field_validator(
+        "encryption_recipients", "restore_roots", "notify_events", mode="before"
+    )(split_commas)
     _retention = field_validator(*RETENTION_COUNTS, mode="before")(_retention_count)
     _non_negative = field_validator(*RETENTION_COUNTS)(_non_negative_count)
 
@@ -301,6 +311,9 @@ class SourceSettings(EnvironmentSettings):
 
     cron: str
     """When the source's schedule takes a snapshot (UTC), from `BACKUP_<SOURCE>_CRON`."""
+    notify_urls: SecretStr | None = None
+    """The source's own apprise URLs (a team's channel for its target), beside
+    `BACKUP_NOTIFY_URLS`: `BACKUP_<KIND>_NOTIFY_URLS`, or `notify_urls` of a target."""
     enabled: bool = True
     """`BACKUP_<KIND>_ENABLED=false`: no asset, schedule or sensor backs the kind up (its
     snapshots are still listed, restored and pruned)."""

@@ -16,13 +16,16 @@ import uuid
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import AMQPError
 
 from backup_pipelines.events.broker import BINDING, EXCHANGE, NOTIFICATIONS_QUEUE
+
+if TYPE_CHECKING:
+    from backup_pipelines.events.notifications import Notifier  # apprise: only when configured
 
 logger = logging.getLogger(__name__)
 
@@ -125,9 +128,11 @@ class EventPublisher:
     """Publishes backup events through the outbox. The broker URL holds a password, so it is
     never shown."""
 
-    def __init__(self, rabbitmq_url: str, outbox_path: Path):
+    def __init__(self, rabbitmq_url: str, outbox_path: Path, notifier: Notifier | None = None):
         self.rabbitmq_url = rabbitmq_url
         self.outbox = Outbox(outbox_path)
+        self.notifier = notifier
+        """Sends the events that need a person where people look (none configured: None)."""
 
     def __repr__(self) -> str:
         return f"EventPublisher(outbox={self.outbox.path})"
@@ -145,9 +150,20 @@ class EventPublisher:
                 exc,
             )
             return
+        if self.notifier is not None:
+            self._notice(body)
         self.flush()
 
+    def _notice(self, body: dict[str, Any]) -> None:
+        try:
+            self.notifier.notice(body)  # type: ignore[union-attr]
+        except (sqlite3.Error, OSError) as exc:
+            logger.error("could not keep the %s notification (%s)", body["event"], exc)
+
     def flush(self) -> int:
+        """Deliver what waits for the broker, and the messages that wait for their services."""
+        if self.notifier is not None:
+            self.notifier.flush()
         try:
             return self.outbox.deliver(self.rabbitmq_url)
         except (AMQPError, OSError, sqlite3.Error) as exc:
