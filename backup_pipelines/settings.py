@@ -139,6 +139,42 @@ def _non_negative_count(value: RetentionCount | None) -> RetentionCount | None:
 
 DEFAULT_NOTIFY_EVENTS = ("backup.failed", "backup.verification_failed", "backup.overdue")
 """The events that need a person (`events/notifications.py` sends them)."""
+NOTIFIABLE_EVENTS = (
+    *DEFAULT_NOTIFY_EVENTS,
+    "backup.started",
+    "backup.completed",
+    "backup.verified",
+    "backup.restored",
+    "backup.pruned",
+)
+
+
+def check_notify_urls(value: SecretStr | None) -> SecretStr | None:
+    """Every URL one apprise knows (a scheme it has a service for): a typo would otherwise be
+    found the night a failure has nobody to tell. Named by position, never shown."""
+    if value is None:
+        return None
+    import apprise  # only where notifications are configured: its import takes a second
+
+    urls = [url.strip() for url in value.get_secret_value().split(",") if url.strip()]
+    unknown = [str(n) for n, url in enumerate(urls, 1) if not apprise.Apprise().add(url)]
+    if unknown:
+        raise ValueError(
+            f"URL {', '.join(unknown)} is not one apprise can send to (check its scheme, "
+            "https://github.com/caronc/apprise/wiki)"
+        )
+    return value
+
+
+def check_notify_events(value: list[str]) -> list[str]:
+    unknown = [str(n) for n, name in enumerate(value, 1) if name not in NOTIFIABLE_EVENTS]
+    if unknown:
+        raise ValueError(
+            f"entry {', '.join(unknown)} is not an event (the events: "
+            f"{', '.join(NOTIFIABLE_EVENTS)})"
+        )
+    return value
+
 
 RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 """The retention rules that count snapshots, in the order restic applies them."""
@@ -262,6 +298,8 @@ class BackupSettings(EnvironmentSettings):
     _upper_case = field_validator("s3_object_lock_mode", mode="before")(upper_case)
     _endpoint = field_validator("s3_endpoint_url")(check_endpoint)
     _broker = field_validator("rabbitmq_url")(url_check("amqp", "amqps"))
+    _notify_urls = field_validator("notify_urls")(check_notify_urls)
+    _notify_events = field_validator("notify_events")(check_notify_events)
     _dagster_database = field_validator("database_url")(check_postgres_dsn)
 
     @model_validator(mode="after")
@@ -322,6 +360,8 @@ class SourceSettings(EnvironmentSettings):
     @classmethod
     def _valid_cron(cls, value: str) -> str:
         return check_cron(value)
+
+    _notify_urls = field_validator("notify_urls")(check_notify_urls)
 
 
 def secret_values(model: BaseModel) -> list[str]:

@@ -85,6 +85,8 @@ def test_s3_needs_bucket_and_both_keys(backup_env, monkeypatch):
         ("BACKUP_CONSUL_HTTP_ADDR", "http://:8500", "http:// or https:// URL with a host"),
         ("BACKUP_POSTGRES_DSN", "postgresql://db/crm", "not a setting (did you mean"),
         ("BACKUP_S3_BUKET", "backups", "not a setting (did you mean BACKUP_S3_BUCKET"),
+        ("BACKUP_NOTIFY_URLS", "json://h/x,slakc://T/B/C", "URL 2 is not one apprise can"),
+        ("BACKUP_NOTIFY_EVENTS", "backup.faild", "entry 1 is not an event"),
     ],
 )
 def test_bad_values_name_the_variable(backup_env, monkeypatch, variable, value, complaint):
