@@ -167,14 +167,18 @@ def backup_overdue_sensor(
     name="notifications_outbox_sensor",
     minimum_interval_seconds=60,
     default_status=DefaultSensorStatus.RUNNING,
-    description="Delivers backup events that waited in the outbox while the broker was down.",
+    description="Delivers backup events that waited in the outbox while the broker was down, "
+    "and notifications that waited for their services (BACKUP_NOTIFY_URLS).",
 )
 def notifications_outbox_sensor(
     context: SensorEvaluationContext, runtime: ResourceParam[Runtime]
 ) -> SkipReason:
     events = runtime.events
     waiting = events.outbox.pending()
-    if not waiting:
+    messages = events.notifier.outbox.pending() if events.notifier else 0
+    if not waiting and not messages:
         return SkipReason("the outbox is empty")
     delivered = events.flush()
-    return SkipReason(f"delivered {delivered} of {waiting} waiting events")
+    return SkipReason(
+        f"delivered {delivered} of {waiting} waiting events; {messages} notification(s) tried"
+    )

@@ -35,6 +35,7 @@ from backup_pipelines.events.messages import (
 from backup_pipelines.settings import DEFAULT_NOTIFY_EVENTS
 
 logger = logging.getLogger(__name__)
+logging.getLogger("apprise").setLevel(logging.CRITICAL)  # its lines may quote a URL's token
 
 RECOVERIES = {COMPLETED: (FAILED, OVERDUE), VERIFIED: (VERIFICATION_FAILED,)}
 """An event that ends a failing streak, and the events whose streak it ends."""
@@ -137,12 +138,18 @@ class NotificationOutbox:
 
 
 def send_with_apprise(url: str, title: str, body: str) -> bool:
-    """One message to one apprise URL; False when its service did not take it."""
-    sender = apprise.Apprise()
-    if not sender.add(url):
-        logger.warning("a notification URL (%s://...) is not one apprise knows", url.split(":")[0])
+    """One message to one apprise URL; False when its service did not take it (said here
+    with the URL's scheme alone: apprise's own log lines may quote a token)."""
+    scheme = url.split(":", 1)[0]
+    try:
+        sender = apprise.Apprise()
+        taken = sender.add(url) and bool(sender.notify(title=title, body=body))
+    except Exception as exc:  # a service's library failing must never fail a backup
+        logger.warning("a %s:// notification failed (%s): it waits", scheme, type(exc).__name__)
         return False
-    return bool(sender.notify(title=title, body=body))
+    if not taken:
+        logger.warning("a %s:// notification was not taken: it waits in the outbox", scheme)
+    return taken
 
 
 class Notifier:
