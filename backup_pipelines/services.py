@@ -106,11 +106,11 @@ class Services:
 
     def notifier(self) -> Notifier | None:
         """The notifier of `BACKUP_NOTIFY_URLS` and the sources' own URLs; None without any."""
-        from backup_pipelines.events.notifications import Channels, Notifier  # apprise
-
         shared, own = split_urls(self.shared.notify_urls), self.notify_urls()
         if not shared and not any(own.values()):
             return None
+        from backup_pipelines.events.notifications import Channels, Notifier  # apprise: slow
+
         channels = Channels(shared, own, frozenset(self.shared.notify_events))
         return Notifier(channels, self.shared.artifacts_dir / OUTBOX, self._last_good)
 

@@ -168,6 +168,11 @@ class Notifier:
         self.last_good = last_good
         self.send = send
 
+    def waiting_in(self, path: Path) -> Notifier:
+        """The same channels, with messages waiting at `path` (the WAL spool's outbox) and
+        naming no last snapshot (there, the store is what cannot be reached)."""
+        return Notifier(self.channels, path, send=self.send)
+
     def notice(self, event: Mapping[str, Any]) -> None:
         """Queue the messages `event` makes (none for most), then send what waits."""
         name, source = str(event["event"]), str(event["source"])

@@ -197,10 +197,13 @@ def _record_pending_gap(services: Services, archive: WalArchive, spool: Path) ->
 
 
 def _spool_events(services: Services, spool: Path) -> EventPublisher:
-    """Events of `wal-push` wait in the spool (the server's OS user's), not the store's."""
+    """Events of `wal-push` wait in the spool (the server's OS user's), not the store's, and
+    so do their notifications (which name no last snapshot: the store is what is gone)."""
     from backup_pipelines.events.outbox import EventPublisher  # pika only where it is used
 
-    return EventPublisher(services.shared.rabbitmq_url.get_secret_value(), spool / OUTBOX)
+    configured = services.notifier()
+    notifier = configured.waiting_in(spool / OUTBOX) if configured else None
+    return EventPublisher(services.shared.rabbitmq_url.get_secret_value(), spool / OUTBOX, notifier)
 
 
 def fetch(services: Services, name: str, destination: Path, target: str | None, warn: Log) -> bool:
