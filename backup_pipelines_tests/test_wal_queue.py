@@ -24,6 +24,7 @@ from backup_pipelines_tests.conftest import make_s3_store, store_from_env
 from backup_pipelines_tests.tcp_proxy import SwitchableProxy
 from backup_pipelines_tests.test_events import EventQueue
 from backup_pipelines_tests.test_metrics import metrics_file
+from backup_pipelines_tests.test_notifications import webhook  # noqa: F401 (a fixture)
 from backup_pipelines_tests.test_pitr import base_backup, insert, pitr_cluster, restore, rows
 from backup_pipelines_tests.test_wal_ahead import archived, backlog, sha256_of
 
@@ -60,10 +61,12 @@ def test_only_the_oldest_segments_are_given_up_and_the_gap_is_recorded_once_the_
     monkeypatch,
     broker_url,
     capsys,
+    webhook,  # noqa: F811
 ):
     proxy, archive = store_behind_proxy
     events = EventQueue(broker_url)
     monkeypatch.setenv(queue.QUEUE_MAX_VARIABLE, str(3 * MIB + MIB // 2))
+    monkeypatch.setenv("BACKUP_NOTIFY_URLS", webhook.url)
     segments = backlog(tmp_path, 6, 1)
     proxy.down()
 
@@ -76,6 +79,8 @@ def test_only_the_oldest_segments_are_given_up_and_the_gap_is_recorded_once_the_
     [(key, _, event)] = events.for_run("", 1)
     assert key == "backup.failed" and event["source"] == WAL_ARCHIVE
     assert segments[0].name in event["error"] and "BACKUP_WAL_QUEUE_MAX_BYTES" in event["error"]
+    [told] = webhook.received  # a person is told once, while the store is still unreachable
+    assert told["title"] == f"backup_pipelines: {WAL_ARCHIVE} backup failed"
 
     proxy.up()
     assert archiver(segments, []) == [0, 0, 0]
