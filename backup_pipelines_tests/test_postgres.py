@@ -457,3 +457,14 @@ def test_a_restore_drops_what_one_cut_short_left_behind_a_day_ago(source_db):
         assert main([*command, "--database", source_db]) == 0
         assert our_databases() & set(left.values()) == {left["young"], left["busy"]}
         busy.close()
+
+
+def test_a_cluster_without_a_table_backs_up_with_a_warning(backup_env, monkeypatch):
+    empty = unique_name("bp_empty")
+    monkeypatch.setenv("BACKUP_POSTGRES_DATABASES", empty)
+    with scratch_databases(empty):
+        with connect("postgres") as admin:
+            admin.execute(f'CREATE DATABASE "{empty}"')
+        result = run_backup("postgres")
+    assert result.success
+    assert "holds a table: if one should" in metadata_of(result, "postgres")["warning"]

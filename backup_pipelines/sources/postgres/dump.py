@@ -23,7 +23,7 @@ from urllib.parse import quote, unquote
 import psycopg
 
 from backup_pipelines.errors import ConfigurationError
-from backup_pipelines.snapshot.staging import StagedSnapshot
+from backup_pipelines.snapshot.staging import WARNING, StagedSnapshot
 from backup_pipelines.sources.postgres.cluster import (
     Cluster,
     DatabaseInfo,
@@ -84,6 +84,11 @@ def dump_cluster(
     staged.stats["database_count"] = len(databases)
     staged.stats["server"] = cluster.where
     staged.stats["server_version"] = cluster.server_version()
+    if not any(figure["tables"] for figure in figures.values()):
+        staged.stats[WARNING] = (
+            f"no database on {cluster.where} holds a table: if one should, "
+            "BACKUP_POSTGRES_BACKUP_DSN (or BACKUP_POSTGRES_DATABASES) names the wrong server"
+        )
 
 
 def dump_database(
