@@ -211,8 +211,10 @@ def test_the_redis_server_that_parses_a_snapshot_runs_without_root():
     assert owner == pwd.getpwnam(UNPRIVILEGED_USER).pw_uid != 0
 
 
-def test_the_drill_s_postgresql_runs_as_a_user_that_reads_nothing_of_ours():
+def test_the_drill_s_postgresql_runs_as_a_user_that_reads_nothing_of_ours_and_no_network():
     with throwaway_cluster(None, print) as cluster, cluster.connect() as connection:
         pid = connection.execute("SELECT pg_backend_pid()").fetchone()[0]
         owner = os.stat(f"/proc/{pid}").st_uid
+        network = os.readlink(f"/proc/{pid}/ns/net")
     assert owner == pwd.getpwnam(UNPRIVILEGED_USER).pw_uid != 0
+    assert network != os.readlink("/proc/self/ns/net")

@@ -3,17 +3,19 @@ named by `BACKUP_POSTGRES_DRILL_DSN`, never the cluster that was backed up.
 
 The throwaway cluster is made with `initdb` from the server binaries of the
 dump's major version (or the nearest newer one installed), in a directory
-under the system's temporary directory, listening on a free loopback port
-with a password of its own (the restored data is production data: no other
-local user may read it meanwhile); it keeps nothing (no fsync) and is
-stopped and removed when the drill ends. PostgreSQL refuses to run as root,
-and what it runs is the snapshot's SQL: when this process is root the server
-runs as `nobody` (`unprivileged_user`), which owns the directory and can
-read neither the age identity nor the `postgres` user's own clusters.
+under the system's temporary directory, answering on a Unix socket in that
+directory alone, with a password of its own (the restored data is production
+data: no other local user may read it meanwhile); it keeps nothing (no
+fsync) and is stopped and removed when the drill ends. PostgreSQL refuses to
+run as root, and what it runs is the snapshot's SQL: when this process is
+root the server runs as `nobody` (`unprivileged_user`), which owns the
+directory and can read neither the age identity nor the `postgres` user's
+own clusters, in a network namespace of its own, which reaches no network.
 """
 
 from __future__ import annotations
 
+import pwd
 import re
 import secrets
 import shutil
@@ -25,21 +27,18 @@ from pathlib import Path
 import psycopg
 
 from backup_pipelines.errors import BackupError, ConfigurationError
-from backup_pipelines.processes import (
-    ToolFailed,
-    free_loopback_port,
-    run_tool,
-    unprivileged_user,
-)
+from backup_pipelines.processes import ToolFailed, ToolMissing, run_tool, unprivileged_user
 from backup_pipelines.sources.postgres.cluster import Cluster
 from backup_pipelines.sources.source import Log
 
 SERVER_BINARIES = Path("/usr/lib/postgresql")
 """Debian's layout: one `<major>/bin` per installed server version."""
+SOCKET_PORT = 5432
+"""The throwaway cluster's port: only its socket's name, in a directory of its own."""
 SERVER_USER = "postgres"
 """The OS user a recovered data directory (a base backup's) belongs to, as PostgreSQL's own."""
 THROWAWAY_SETTINGS = {
-    "listen_addresses": "'127.0.0.1'",
+    "listen_addresses": "''",  # its Unix socket only, in its own directory
     "fsync": "off",
     "synchronous_commit": "off",
     "full_page_writes": "off",
@@ -77,23 +76,44 @@ def throwaway_cluster(major: int | None, log: Log) -> Iterator[Cluster]:
     bin_dir = server_bin_dir(major)
     user = unprivileged_user()
     home = Path(tempfile.mkdtemp(prefix="backup-drill-postgres-"))
-    data, port, password = home / "data", free_loopback_port(), secrets.token_urlsafe(24)
+    data, password = home / "data", secrets.token_urlsafe(24)
     try:
         if user:
             shutil.chown(home, user)
-        log(f"making a scratch PostgreSQL {bin_dir.parent.name} cluster on 127.0.0.1:{port}")
+        log(f"making a scratch PostgreSQL {bin_dir.parent.name} cluster in {home}")
         _initdb(bin_dir, data, password, user)
-        settings = {**THROWAWAY_SETTINGS, "port": str(port), "unix_socket_directories": f"'{home}'"}
+        settings = {**THROWAWAY_SETTINGS, "port": str(SOCKET_PORT),
+                    "unix_socket_directories": f"'{home}'"}  # fmt: skip
         with (data / "postgresql.conf").open("a") as conf:
             conf.writelines(f"{name} = {value}\n" for name, value in settings.items())
-        _server_tool(bin_dir, "pg_ctl", ["-D", str(data), "-l", str(home / "server.log"),
-                                         "-w", "-t", "60", "start"], user)  # fmt: skip
+        start = ["-D", str(data), "-l", str(home / "server.log"), "-w", "-t", "60", "start"]
+        _start_without_network(bin_dir, start, user, log)
         try:
-            yield Cluster(f"postgresql://postgres:{password}@127.0.0.1:{port}/postgres")
+            yield Cluster(
+                f"postgresql://postgres:{password}@/postgres?host={home}&port={SOCKET_PORT}"
+            )
         finally:
             _server_tool(bin_dir, "pg_ctl", ["-D", str(data), "-m", "immediate", "stop"], user)
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+def _start_without_network(bin_dir: Path, args: list[str], user: str | None, log: Log) -> None:
+    """`pg_ctl start` in a network namespace of its own (`unshare --net`), as `user`: the
+    server answers on its Unix socket alone and reaches no network at all, whatever SQL the
+    snapshot holds. Where namespaces cannot be made (not root, a container without the
+    right), it starts as before, saying so."""
+    if user is None:
+        _server_tool(bin_dir, "pg_ctl", args, user)
+        return
+    gid = pwd.getpwnam(user).pw_gid
+    isolated = ["unshare", "--net", "--", "setpriv", f"--reuid={user}", f"--regid={gid}",
+                "--init-groups", str(bin_dir / "pg_ctl"), *args]  # fmt: skip
+    try:
+        run_tool(isolated, label="pg_ctl start of the drill's cluster", cwd=Path("/"))
+    except (ToolFailed, ToolMissing) as exc:
+        log(f"the drill's cluster starts with this host's network ({exc})")
+        _server_tool(bin_dir, "pg_ctl", args, user)
 
 
 def _initdb(bin_dir: Path, data: Path, password: str, user: str | None) -> None:
