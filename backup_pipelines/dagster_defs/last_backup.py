@@ -10,6 +10,8 @@ the backup jobs leave the check out, and executing it by hand reads the store.
 `backup-pipelines status` answers the same from the store alone.
 """
 
+import logging
+
 from dagster import (
     AssetCheckEvaluation,
     AssetCheckExecutionContext,
@@ -24,10 +26,13 @@ from dagster import (
 )
 
 from backup_pipelines.dagster_defs.definition_names import backup_asset_key
+from backup_pipelines.errors import BackupError
 from backup_pipelines.operations.status import Standing
 from backup_pipelines.runtime import Runtime
 from backup_pipelines.snapshot.manifest import format_utc, utc_now
 from backup_pipelines.snapshot.store import StoredSnapshot
+
+logger = logging.getLogger(__name__)
 
 LAST_BACKUP = "last_backup"
 
@@ -65,21 +70,27 @@ def report_last_backup(
     summary = found.summary(utc_now())
     if failure is not None:
         summary = f"FAILED at {format_utc(utc_now())}: {failure}; {summary}"
-    instance.report_runless_asset_event(
-        AssetCheckEvaluation(
-            asset_key=backup_asset_key(source),
-            check_name=LAST_BACKUP,
-            passed=passed,
-            severity=AssetCheckSeverity.WARN,
-            metadata={**_metadata(found), "failure": failure or ""},
-            description=summary,
-        )
+    evaluation = AssetCheckEvaluation(
+        asset_key=backup_asset_key(source),
+        check_name=LAST_BACKUP,
+        passed=passed,
+        severity=AssetCheckSeverity.WARN,
+        metadata={**_metadata(found), "failure": failure or ""},
+        description=summary,
     )
+    try:
+        instance.report_runless_asset_event(evaluation)
+    except Exception as exc:  # Dagster's storage failing must not fail a committed backup
+        logger.warning("the last_backup check of %s was not recorded: %s", source, exc)
 
 
 def report_failure(instance: DagsterInstance, runtime: Runtime, source: str, error: str) -> None:
-    """A backup of `source` failed for good: said beside its last good snapshot."""
-    snapshots = runtime.store.list_snapshots(source)
+    """A backup of `source` failed for good: said beside its last good snapshot (none named
+    when the store cannot be read: it may be what failed)."""
+    try:
+        snapshots = runtime.store.list_snapshots(source)
+    except BackupError:
+        snapshots = []
     report_last_backup(instance, source, snapshots[0] if snapshots else None, error)
 
 
