@@ -24,7 +24,7 @@ from backup_pipelines.errors import BackupError, ConfigurationError
 from backup_pipelines.records.audit import AuditLog
 from backup_pipelines.records.dropped import DroppedSnapshots
 from backup_pipelines.records.verdicts import Verdicts
-from backup_pipelines.settings import BackupSettings, read_settings, secret_values
+from backup_pipelines.settings import BackupSettings, read_settings, secret_values, split_commas
 from backup_pipelines.snapshot.encryption import identities_for, parse_recipients
 from backup_pipelines.snapshot.manifest import format_utc
 from backup_pipelines.snapshot.reader import SnapshotReader
@@ -148,9 +148,7 @@ class Services:
 
 def split_urls(urls: SecretStr | None) -> tuple[str, ...]:
     """`BACKUP_NOTIFY_URLS` (or a source's own) as URLs: comma-separated."""
-    if urls is None:
-        return ()
-    return tuple(url.strip() for url in urls.get_secret_value().split(",") if url.strip())
+    return tuple(split_commas(urls.get_secret_value())) if urls is not None else ()
 
 
 def read_store_specs(shared: BackupSettings) -> list[StoreSpec]:

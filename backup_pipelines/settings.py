@@ -156,7 +156,7 @@ def check_notify_urls(value: SecretStr | None) -> SecretStr | None:
         return None
     import apprise  # only where notifications are configured: its import takes a second
 
-    urls = [url.strip() for url in value.get_secret_value().split(",") if url.strip()]
+    urls = split_commas(value.get_secret_value())
     unknown = [str(n) for n, url in enumerate(urls, 1) if not apprise.Apprise().add(url)]
     if unknown:
         raise ValueError(

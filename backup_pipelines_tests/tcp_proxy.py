@@ -8,36 +8,24 @@ import threading
 import time
 
 
-class CuttingProxy:
-    """Forwards 127.0.0.1:<port> to an upstream port until `cut_after` bytes went upstream.
+class _Proxy:
+    """Forwards 127.0.0.1:<port> to an upstream port, one pump per direction; each kind of
+    proxy says in `_pump` what it does to the bytes."""
 
-    Then it closes every connection and its listening socket, so the endpoint
-    behaves like a server that died mid-upload: resets, then refusals.
-    """
-
-    def __init__(self, upstream_port: int, cut_after: int):
+    def __init__(self, upstream_port: int):
         self._upstream_port = upstream_port
-        self._cut_after = cut_after
-        self._sent = 0
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
-        self.cut = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def sent(self) -> int:
-        """Bytes forwarded upstream so far."""
-        with self._lock:
-            return self._sent
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def _accept(self) -> None:
-        while not self.cut.is_set():
+        while True:
             try:
                 client, _ = self._listener.accept()
             except OSError:
@@ -45,13 +33,44 @@ class CuttingProxy:
             upstream = socket.create_connection(("127.0.0.1", self._upstream_port))
             with self._lock:
                 self._sockets += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+            for pump in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pump, args=pump, daemon=True).start()
 
-    def _pump(self, source: socket.socket, target: socket.socket, counts: bool) -> None:
+    def _pump(self, source: socket.socket, target: socket.socket, to_upstream: bool) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in [self._listener, *sockets]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+class CuttingProxy(_Proxy):
+    """Forwards 127.0.0.1:<port> to an upstream port until `cut_after` bytes went upstream.
+
+    Then it closes every connection and its listening socket, so the endpoint
+    behaves like a server that died mid-upload: resets, then refusals.
+    """
+
+    def __init__(self, upstream_port: int, cut_after: int):
+        self._cut_after = cut_after
+        self._sent = 0
+        self.cut = threading.Event()
+        super().__init__(upstream_port)
+
+    @property
+    def sent(self) -> int:
+        """Bytes forwarded upstream so far."""
+        with self._lock:
+            return self._sent
+
+    def _pump(self, source: socket.socket, target: socket.socket, to_upstream: bool) -> None:
         try:
             while data := source.recv(65536):
-                if counts:
+                if to_upstream:
                     with self._lock:
                         self._sent += len(data)
                         over = self._sent > self._cut_after
@@ -64,12 +83,7 @@ class CuttingProxy:
 
     def close(self) -> None:
         self.cut.set()
-        with self._lock:
-            sockets, self._sockets = self._sockets, []
-        for sock in [self._listener, *sockets]:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
+        super().close()
 
 
 class SwitchableProxy:
@@ -132,45 +146,24 @@ def _pump(source: socket.socket, target: socket.socket, rate: float | None = Non
         target.shutdown(socket.SHUT_WR)
 
 
-class StallingProxy:
+class StallingProxy(_Proxy):
     """Forwards 127.0.0.1:<port> to an upstream port until `stall_after` bytes came back from
     it; then forwards nothing more either way and keeps every connection open, as a server
     that stopped answering (SIGSTOPped, or a network dropping every packet) behaves. With
     `stall_after=0` it answers nothing at all."""
 
     def __init__(self, upstream_port: int, stall_after: int = 0):
-        self._upstream_port = upstream_port
         self._stall_after = stall_after
         self._received = 0
-        self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
         self.stalled = threading.Event()
         if stall_after == 0:
             self.stalled.set()
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(upstream_port)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self._upstream_port))
-            with self._lock:
-                self._sockets += [client, upstream]
-            for pump in ((client, upstream, False), (upstream, client, True)):
-                threading.Thread(target=self._pump, args=pump, daemon=True).start()
-
-    def _pump(self, source: socket.socket, target: socket.socket, downstream: bool) -> None:
+    def _pump(self, source: socket.socket, target: socket.socket, to_upstream: bool) -> None:
         try:
             while (data := source.recv(65536)) and not self.stalled.is_set():
-                if downstream:
+                if not to_upstream:
                     with self._lock:
                         self._received += len(data)
                         if self._received > self._stall_after:
@@ -179,11 +172,3 @@ class StallingProxy:
                 target.sendall(data)
         except OSError:
             pass
-
-    def close(self) -> None:
-        with self._lock:
-            sockets, self._sockets = self._sockets, []
-        for sock in [self._listener, *sockets]:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()

@@ -24,7 +24,7 @@ from backup_pipelines.operations.copy import copy
 from backup_pipelines.operations.drill import drill
 from backup_pipelines.operations.prune import Pruned, prune
 from backup_pipelines.operations.restore import holding_store, restore
-from backup_pipelines.operations.status import standing
+from backup_pipelines.operations.status import standings
 from backup_pipelines.operations.verify import verify
 from backup_pipelines.redaction import redact
 from backup_pipelines.runtime import Runtime, Settings, load_settings
@@ -127,15 +127,15 @@ def cmd_status(args: argparse.Namespace, runtime: Runtime) -> int:
     snapshot, or has none."""
     names = selected(runtime, args.source)
     shown = [name for name in names if runtime.sources[name].enabled or args.source]
-    standings = [standing(runtime, name) for name in shown]
+    found_standings = standings(runtime, shown)
     if args.json:
-        print(json.dumps([found.report() for found in standings], indent=2))
+        print(json.dumps([found.report() for found in found_standings], indent=2))
     else:
         now = utc_now()
-        width = max((len(found.source) for found in standings), default=10)
-        for found in standings:
+        width = max((len(found.source) for found in found_standings), default=10)
+        for found in found_standings:
             print(f"{found.source:<{width}}  {found.summary(now)}")
-    return EXIT_OK if all(found.healthy for found in standings) else EXIT_FAILURE
+    return EXIT_OK if all(found.healthy for found in found_standings) else EXIT_FAILURE
 
 
 def cmd_verify(args: argparse.Namespace, runtime: Runtime) -> int:

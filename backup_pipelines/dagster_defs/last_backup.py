@@ -50,7 +50,7 @@ def last_backup_check(source: str) -> AssetChecksDefinition:
         context: AssetCheckExecutionContext, runtime: ResourceParam[Runtime]
     ) -> AssetCheckResult:
         snapshots = runtime.store.list_snapshots(source)
-        found = Standing(source, snapshots[0] if snapshots else None, None)
+        found = Standing(source, snapshots[0] if snapshots else None)
         return AssetCheckResult(
             passed=found.healthy,
             severity=AssetCheckSeverity.WARN,
@@ -65,18 +65,15 @@ def report_last_backup(
     instance: DagsterInstance, source: str, last_good: StoredSnapshot | None, failure: str | None
 ) -> None:
     """Record the check's outcome now: `failure` (one line, masked) or a success."""
-    found = Standing(source, last_good, None)
-    passed = failure is None and last_good is not None
-    summary = found.summary(utc_now())
-    if failure is not None:
-        summary = f"FAILED at {format_utc(utc_now())}: {failure}; {summary}"
+    now = utc_now()
+    found = Standing(source, last_good, now if failure is not None else None, failure)
     evaluation = AssetCheckEvaluation(
         asset_key=backup_asset_key(source),
         check_name=LAST_BACKUP,
-        passed=passed,
+        passed=found.healthy,
         severity=AssetCheckSeverity.WARN,
         metadata={**_metadata(found), "failure": failure or ""},
-        description=summary,
+        description=found.summary(now),
     )
     try:
         instance.report_runless_asset_event(evaluation)

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 import pika
 from dagster import (
     DagsterInstance,
-    DefaultSensorStatus,
     ResourceParam,
     RunRequest,
     RunsFilter,
@@ -23,6 +22,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import AMQPError
 
 from backup_pipelines.dagster_defs.dagster_internals import RUN_KEY_TAG, SENSOR_NAME_TAG
+from backup_pipelines.dagster_defs.schedules import sensor_status
 from backup_pipelines.events.broker import DEAD_LETTER_QUEUE, REQUESTS_QUEUE
 from backup_pipelines.events.outbox import confirmed_channel
 from backup_pipelines.runtime import Runtime
@@ -152,7 +152,7 @@ def backup_requests_sensor(
         name=REQUESTS_SENSOR,
         jobs=list(jobs.values()),
         minimum_interval_seconds=30,
-        default_status=DefaultSensorStatus.RUNNING if running else DefaultSensorStatus.STOPPED,
+        default_status=sensor_status(running),
         description=f"Launches the backups other services ask for on the queue {REQUESTS_QUEUE}"
         f" (each request once; acked once its run exists); malformed requests go to "
         f"{DEAD_LETTER_QUEUE}.",

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from dagster import (
     DefaultScheduleStatus,
+    DefaultSensorStatus,
     FreshnessPolicy,
     JobDefinition,
     RunRequest,
@@ -65,6 +66,11 @@ def schedule_status(running: bool) -> DefaultScheduleStatus:
     """How a schedule starts: running, or stopped until turned on in the UI
     (`BACKUP_START_STOPPED`: a first `make dev` touches no shared system by itself)."""
     return DefaultScheduleStatus.RUNNING if running else DefaultScheduleStatus.STOPPED
+
+
+def sensor_status(running: bool) -> DefaultSensorStatus:
+    """How a sensor that launches backups starts (as `schedule_status`)."""
+    return DefaultSensorStatus.RUNNING if running else DefaultSensorStatus.STOPPED
 
 
 def backup_schedule(

@@ -32,7 +32,7 @@ from backup_pipelines.dagster_defs.definition_names import (
     source_of_asset,
 )
 from backup_pipelines.dagster_defs.last_backup import report_failure
-from backup_pipelines.dagster_defs.schedules import overdue_after
+from backup_pipelines.dagster_defs.schedules import overdue_after, sensor_status
 from backup_pipelines.errors import ConfigurationError
 from backup_pipelines.events.messages import short_error
 from backup_pipelines.operations import alerts, backup
@@ -60,7 +60,7 @@ def change_sensor(
         name=change_sensor_name(source),
         job=job,
         minimum_interval_seconds=60,
-        default_status=DefaultSensorStatus.RUNNING if running else DefaultSensorStatus.STOPPED,
+        default_status=sensor_status(running),
         description=f"Backs up {source} after its data changed and was quiet for "
         f"{quiet_period_s:.0f} s (or after {max_wait_s:.0f} s of constant change).",
     )

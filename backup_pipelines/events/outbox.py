@@ -151,12 +151,15 @@ class EventPublisher:
             )
             return
         if self.notifier is not None:
-            self._notice(body)
+            self._notice(self.notifier, body)
         self.flush()
 
-    def _notice(self, body: dict[str, Any]) -> None:
+    @staticmethod
+    def _notice(notifier: Notifier, body: dict[str, Any]) -> None:
+        """The event's messages kept for their services; a full disk costs them, not the
+        backup."""
         try:
-            self.notifier.notice(body)  # type: ignore[union-attr]
+            notifier.notice(body)
         except (sqlite3.Error, OSError) as exc:
             logger.error("could not keep the %s notification (%s)", body["event"], exc)
 

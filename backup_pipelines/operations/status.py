@@ -9,6 +9,7 @@ hides that a good snapshot is a minute older.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,12 +28,14 @@ FAILURES_LOOK_BACK = timedelta(days=8)
 class Standing:
     source: str
     last_good: StoredSnapshot | None
-    failed: AuditRecord | None
-    """The newest failed backup after the last good snapshot; None when there is none."""
+    failed_at: datetime | None = None
+    """When the newest backup after the last good snapshot failed; None when none did."""
+    failure: str | None = None
+    """Why, in one line (masked)."""
 
     @property
     def healthy(self) -> bool:
-        return self.last_good is not None and self.failed is None
+        return self.last_good is not None and self.failed_at is None
 
     def summary(self, now: datetime) -> str:
         """One line: failing since when and why, and the last good snapshot and its age."""
@@ -43,9 +46,9 @@ class Standing:
             good = (
                 f"last good {manifest.snapshot_id} ({age} ago, {human_bytes(manifest.size_bytes)})"
             )
-        if self.failed is None:
+        if self.failed_at is None:
             return good
-        return f"FAILED at {format_utc(self.failed.at)}: {self.failed.error}; {good}"
+        return f"FAILED at {format_utc(self.failed_at)}: {self.failure}; {good}"
 
     def report(self) -> dict[str, Any]:
         """`status --json`'s entry for the source."""
@@ -55,22 +58,30 @@ class Standing:
             "healthy": self.healthy,
             "last_good_snapshot_id": last_good.snapshot_id if last_good else None,
             "last_good_at": format_utc(last_good.manifest.finished_at) if last_good else None,
-            "failed_at": format_utc(self.failed.at) if self.failed else None,
-            "failure": self.failed.error if self.failed else None,
+            "failed_at": format_utc(self.failed_at) if self.failed_at else None,
+            "failure": self.failure,
         }
 
 
-def standing(runtime: Runtime, source: str) -> Standing:
-    """`source`'s last good snapshot and the failure after it (from the store alone)."""
+def standings(runtime: Runtime, sources: Sequence[str]) -> list[Standing]:
+    """Each of `sources`' last good snapshot and the failure after it, from the store alone
+    (the audit trail read once for all of them: it is one object per record)."""
+    since = utc_now() - FAILURES_LOOK_BACK
+    failures = [
+        record
+        for record in runtime.audit.records(since=since)
+        if record.operation == "backup" and record.outcome == "failed"
+    ]
+    return [_standing(runtime, source, failures) for source in sources]
+
+
+def _standing(runtime: Runtime, source: str, failures: Sequence[AuditRecord]) -> Standing:
     snapshots = runtime.store.list_snapshots(source)
     last_good = snapshots[0] if snapshots else None
-    since = utc_now() - FAILURES_LOOK_BACK
-    backups = [r for r in runtime.audit.records(source, since) if r.operation == "backup"]
-    mine = [record for record in backups if record.source == source]
-    failed = next((record for record in mine if record.outcome == "failed"), None)
-    if failed is not None and last_good is not None and failed.at < last_good.manifest.finished_at:
-        failed = None
-    return Standing(source, last_good, failed)
+    failed = next((record for record in failures if record.source == source), None)  # newest
+    if failed is None or (last_good is not None and failed.at < last_good.manifest.finished_at):
+        return Standing(source, last_good)
+    return Standing(source, last_good, failed.at, failed.error)
 
 
 def _age(span: timedelta) -> str:

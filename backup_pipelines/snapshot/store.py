@@ -240,12 +240,15 @@ class SnapshotStore:
         fetched = self._fetch_manifest(source, snapshot_id)
         if fetched is None:
             return None
-        location = self.location(source, snapshot_id)
+        return self._parsed(source, snapshot_id, fetched)
+
+    def _parsed(self, source: str, snapshot_id: str, fetched: Fetched) -> StoredSnapshot:
+        """A fetched manifest through `parse_manifest`, with what the store says of it."""
         return parse_manifest(
             fetched.data,
             source,
             snapshot_id,
-            location,
+            self.location(source, snapshot_id),
             fetched.locked_until,
             fetched.modified,
             fetched.rewritten,
@@ -274,15 +277,7 @@ class SnapshotStore:
                 if fetched is None:
                     self._add_attempt(survey, source, snapshot_id)
                     continue
-                snapshot = parse_manifest(
-                    fetched.data,
-                    source,
-                    snapshot_id,
-                    location,
-                    fetched.locked_until,
-                    fetched.modified,
-                    fetched.rewritten,
-                )
+                snapshot = self._parsed(source, snapshot_id, fetched)
                 if reason := snapshot.ahead_of_clocks(utc_now()):
                     survey.ahead.append((snapshot, reason))
                 else:
