@@ -82,3 +82,4 @@ bench: install services
 	$(BIN)/python bench/metrics.py
 	$(BIN)/python bench/pitr.py
 	$(BIN)/python bench/copy_stores.py
+	$(BIN)/python bench/recover.py

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from backup_pipelines.runtime import load_settings
+from backup_pipelines.recovery_targets import read_into_file
+from backup_pipelines.runtime import load_runtime, load_settings
 from backup_pipelines.settings import BackupSettings, env_names
 from backup_pipelines.sources.registry import SOURCES
 
@@ -35,7 +36,7 @@ STATEFUL = {  # service → the directory its data lives in
     "minio": "/data",
     "minio-offsite": "/data",
 }
-ONE_SHOT = ("minio-bucket", "minio-offsite-bucket")  # each runs once and exits: no health
+ONE_SHOT = ("minio-bucket", "minio-offsite-bucket", "recover")  # each runs once: no health
 REQUIRED_SERVICES = (*STATEFUL, *ONE_SHOT, *BACKUP_SERVICES, "ui-proxy")
 INSTANCE_ENV = {
     "BACKUP_DATABASE_URL",
@@ -43,6 +44,15 @@ INSTANCE_ENV = {
     "DAGSTER_CODE_SERVER_PORT",
     "DAGSTER_VERIFIER_HOST",
     "DAGSTER_VERIFIER_PORT",
+}
+READS_AND_DECRYPTS = {  # the verifier's and recover's: every store, and every snapshot opened
+    "BACKUP_STORES_FILE",
+    "BACKUP_S3_ENDPOINT_URL",
+    "BACKUP_S3_BUCKET",
+    "BACKUP_S3_ACCESS_KEY",
+    "BACKUP_S3_SECRET_KEY",
+    "BACKUP_AGE_IDENTITY_FILE",
+    "BACKUP_RESTIC_PASSWORD",
 }
 REQUIRED_ENV = {
     "code-server": INSTANCE_ENV
@@ -63,17 +73,7 @@ REQUIRED_ENV = {
         "BACKUP_DOCUMENTS_ROOT",
         "BACKUP_RESTIC_PASSWORD",
     },
-    "verifier": INSTANCE_ENV
-    | {
-        "BACKUP_STORES_FILE",
-        "BACKUP_S3_ENDPOINT_URL",
-        "BACKUP_S3_BUCKET",
-        "BACKUP_S3_ACCESS_KEY",
-        "BACKUP_S3_SECRET_KEY",
-        "BACKUP_AGE_IDENTITY_FILE",
-        "BACKUP_RESTIC_PASSWORD",
-        "BACKUP_RABBITMQ_URL",
-    },
+    "verifier": INSTANCE_ENV | READS_AND_DECRYPTS | {"BACKUP_RABBITMQ_URL"},
     "pruner": {
         "BACKUP_STORES_FILE",
         "BACKUP_S3_ENDPOINT_URL",
@@ -91,6 +91,7 @@ REQUIRED_ENV = {
         "BACKUP_S3_ACCESS_KEY",
         "BACKUP_S3_SECRET_KEY",
     },
+    "recover": READS_AND_DECRYPTS,
     "webserver": INSTANCE_ENV,
     "daemon": INSTANCE_ENV,
 }
@@ -98,6 +99,7 @@ PRUNE_KEYS = {"BACKUP_S3_PRUNE_ACCESS_KEY", "BACKUP_S3_PRUNE_SECRET_KEY"}
 KEPT_FROM = {  # service → variables it must not be given: the keys of another role
     "code-server": {"BACKUP_AGE_IDENTITY_FILE", *PRUNE_KEYS},
     "verifier": PRUNE_KEYS,
+    "recover": PRUNE_KEYS,
     "exporter": {"BACKUP_AGE_IDENTITY_FILE", *PRUNE_KEYS},
 }
 SECRETS = (
@@ -336,3 +338,21 @@ def test_the_dockerfile_copies_only_what_exists():
 
     assert copied, "the Dockerfile copies nothing"
     assert [source for source in copied if not (REPO / source).exists()] == []
+
+
+def test_the_recover_service_reads_its_into_file_with_the_stacks_passwords(monkeypatch):
+    service = compose_config(COMPOSE_FILE, ENV_EXAMPLE)["services"]["recover"]
+    for name, value in service["environment"].items():
+        monkeypatch.setenv(name, value)
+    mounted = {volume_target(volume): volume for volume in service["volumes"]}
+    into = "/etc/backup-pipelines/recover-into.yaml"
+    assert into in service["entrypoint"] and into in mounted and "/documents" in mounted
+    assert service["profiles"] == ["recover"]  # never started by `up`
+    monkeypatch.setenv("BACKUP_STORES_FILE", str(REPO / "deploy" / "stores.yaml"))
+
+    targets = read_into_file(
+        REPO / "deploy" / "recover-into.yaml", load_runtime().sources, os.environ
+    )
+
+    assert list(targets.options) == ["postgres", "redis", "rabbitmq", "consul", "documents"]
+    assert os.environ["REDIS_PASSWORD"] in targets.secrets  # masked wherever it could appear

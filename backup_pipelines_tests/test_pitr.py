@@ -23,6 +23,7 @@ from backup_pipelines.cli import main
 from backup_pipelines.cli.wal import EXIT_STOP_RECOVERY
 from backup_pipelines.dagster_defs.continuous_archive import archive_sensor
 from backup_pipelines.errors import BackupError
+from backup_pipelines.processes import free_loopback_port
 from backup_pipelines.snapshot.reader import SnapshotReader
 from backup_pipelines.sources.postgres.base.untar import untar_artifact
 from backup_pipelines.sources.registry import archiving
@@ -183,11 +184,12 @@ def test_damaged_or_missing_wal_stops_recovery_with_a_clear_message(local_pitr, 
     path.chmod(0o644)
     path.write_bytes(bytes(stored))
 
-    target = restore()
-    with pytest.raises(RecoveryFailed) as stopped:
-        start_restored(target)
-    said = str(stopped.value)
-    assert f"{damaged}-" in said and "does not match its sha256" in said
+    target = restore_dir()  # started by the restore itself, which waits for the promotion
+    argv = ["--target-dir", str(target), "--port", str(free_loopback_port())]
+    assert main(["restore", "postgres_base", *argv]) == 1
+    said = capsys.readouterr().err
+    assert "stopped before it promoted" in said and f"{damaged}-" in said
+    assert "does not match its sha256" in said
     assert f'could not restore file "{damaged}" from archive' in said
     remove_restore(target)
 

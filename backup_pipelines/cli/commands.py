@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -23,14 +24,16 @@ from backup_pipelines.operations.caller import Caller
 from backup_pipelines.operations.copy import copy
 from backup_pipelines.operations.drill import drill
 from backup_pipelines.operations.prune import Pruned, prune
+from backup_pipelines.operations.recover import Recovery, plan_recovery, recover
 from backup_pipelines.operations.restore import holding_store, restore
 from backup_pipelines.operations.status import standings
 from backup_pipelines.operations.verify import verify
+from backup_pipelines.recovery_targets import read_into_file
 from backup_pipelines.redaction import redact
 from backup_pipelines.runtime import Runtime, Settings, load_settings
 from backup_pipelines.snapshot.manifest import format_utc, utc_now
 from backup_pipelines.snapshot.store import LATEST, StoredSnapshot, Unreadable
-from backup_pipelines.storage.streams import human_bytes
+from backup_pipelines.storage.streams import human_bytes, human_span
 from backup_pipelines.stores import PRIMARY
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -209,6 +212,56 @@ def cmd_restore(args: argparse.Namespace, runtime: Runtime) -> int:
     return EXIT_OK
 
 
+def cmd_recover(args: argparse.Namespace, runtime: Runtime) -> int:
+    """The plan, or the recovery: exit 0 when every source named has a usable snapshot (with
+    `--plan`) or was restored; the report names the source that stopped it."""
+    targets = read_into_file(args.into, runtime.sources, os.environ)
+    runtime = Runtime(runtime.settings, [*runtime.typed_secrets, *targets.secrets])
+    recovery = plan_recovery(runtime, COMMAND, args.at, targets.options, args.store)
+    if not args.plan:
+        recover(runtime, COMMAND, recovery)
+    if args.json:
+        print(json.dumps({**recovery.report(), "plan": args.plan}, indent=2))
+    else:
+        print_recovery(recovery, args.plan)
+    if stopped := recovery.failed:
+        state = "unusable" if stopped.outcome == "unusable" else "failed"
+        untouched = [step.source for step in recovery.due if step.outcome == "not started"]
+        later = f"; not restored: {', '.join(untouched)}" if untouched else ""
+        print(f"error: {stopped.source} {state}: {stopped.reason}{later}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def print_recovery(recovery: Recovery, planned: bool) -> None:
+    """One line per source: its snapshot and recovery point, how far before the moment, its
+    size, and the time its restore took (or should take); then what each restore did (or,
+    planned, how and where it would restore)."""
+    print(f"{'plan of the recovery' if planned else 'recovery'} to {format_utc(recovery.at)}")
+    width = max(10, *(len(step.source) for step in recovery.steps))
+    print(
+        f"{'SOURCE':<{width}} {'OUTCOME':<11} {'SNAPSHOT':<26} {'RECOVERY POINT':<20} "
+        f"{'BEFORE':>7} {'SIZE':>10}  TIME"
+    )
+    for step in recovery.steps:
+        point, lag = step.point, step.before(recovery.at)
+        if point is None or lag is None:
+            print(f"{step.source:<{width}} {step.outcome:<11} {step.reason or ''}")
+            continue
+        expected = f"about {human_span(point.expected_s)}"
+        took = f"{human_span(step.duration_s)} ({expected})" if step.duration_s else expected
+        print(
+            f"{step.source:<{width}} {step.outcome:<11} {point.snapshot.snapshot_id:<26} "
+            f"{format_utc(point.reached):<20} {human_span(lag.total_seconds()):>7} "
+            f"{human_bytes(point.snapshot.manifest.size_bytes):>10}  {took}"
+        )
+    for step in recovery.steps:
+        if step.summary:
+            print(f"{step.source}: {step.summary}")
+        elif planned and step.point is not None:
+            print(f"{step.source}: {step.point.how}, into {step.destination}")
+
+
 def cmd_prune(args: argparse.Namespace, runtime: Runtime) -> int:
     first, *copies = prune(runtime, COMMAND, dry_run=args.dry_run, store=args.store)
     if args.json:
@@ -296,6 +349,7 @@ COMMANDS = {
     "verify": cmd_verify,
     "drill": cmd_drill,
     "restore": cmd_restore,
+    "recover": cmd_recover,
     "prune": cmd_prune,
     "metrics": cmd_metrics,
     "audit": cmd_audit,

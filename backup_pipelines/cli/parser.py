@@ -48,7 +48,7 @@ def add_snapshot_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def since_time(text: str) -> datetime:
-    """`--since`: an ISO-8601 date or time; without a zone, UTC."""
+    """`--since`, `--at`: an ISO-8601 date or time; without a zone, UTC."""
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
@@ -128,6 +128,37 @@ def build_parser(
             "read this store (without it: the primary, or the first copy that holds the "
             "snapshot when the primary cannot be reached)",
         )
+
+    recover = commands.add_parser(
+        "recover",
+        help="recover every source the into file names to one moment, in the runbook's order",
+    )
+    recover.add_argument(
+        "--at",
+        type=since_time,
+        required=True,
+        metavar="T",
+        help="the moment (ISO-8601; UTC if no zone): each source from its newest snapshot "
+        "complete then, or a base backup and its WAL replayed to exactly T",
+    )
+    recover.add_argument(
+        "--into",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="YAML: each source to recover, with the options restore takes (target_dsn: ..., "
+        "target_url: ..., target_dir: ...); sources it leaves out are skipped",
+    )
+    recover.add_argument(
+        "--plan", action="store_true", help="say what would be restored from where; restore nothing"
+    )
+    recover.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_store_flag(
+        recover,
+        stores,
+        "read this store (without it: the primary, or the first copy store that holds a "
+        "source's snapshots when the primary cannot be reached)",
+    )
 
     metrics = commands.add_parser(
         "metrics", help="Prometheus metrics of every source, read from the store alone"

@@ -5,7 +5,7 @@ source, or each enabled target of the targets file) a backup asset (with
 its upstream `crm/...` node, freshness and pool), its checks, job and
 schedule; per kind with targets a job backing all of them up; per archive
 kept between snapshots its asset; per copy store its asset, job and the
-copy sensor; then `backup_all_job`, `restore_job`,
+copy sensor; then `backup_all_job`, `restore_job`, `recover_job`,
 `retention_job`, the sensors, and the resources: the runtime built by the
 composition root, and the IO manager over its services.
 """
@@ -31,6 +31,7 @@ from backup_pipelines.dagster_defs.definition_names import (
 )
 from backup_pipelines.dagster_defs.io_manager import SnapshotIOManager
 from backup_pipelines.dagster_defs.last_backup import last_backup_check, without_last_backup
+from backup_pipelines.dagster_defs.recover_job import recover_job
 from backup_pipelines.dagster_defs.requests_sensor import backup_requests_sensor
 from backup_pipelines.dagster_defs.restore_job import restore_job
 from backup_pipelines.dagster_defs.retention_job import retention_job
@@ -134,6 +135,7 @@ def build_definitions(runtime: Runtime) -> Definitions:
             *jobs.values(),
             *copy_jobs,
             restore_job(runtime.settings.kinds),
+            recover_job(),
             retention_job,
         ],
         schedules=[

@@ -109,10 +109,12 @@ def options_of(config: Config) -> dict[str, Any]:
     }
 
 
-def refuse_from_the_ui(runtime: Runtime, source: str, config: Config) -> None:
-    """`ConfigurationError` for what the UI may not ask: a directory outside the restore
-    roots, or `force` without `confirm` repeating the target (or the directory) it replaces."""
-    options = options_of(config)
+def refuse_from_the_ui(
+    runtime: Runtime, source: str, options: Mapping[str, Any], confirm: str | None
+) -> None:
+    """`ConfigurationError` for what the UI may not ask of a restore of `source` with
+    `options`: a directory outside the restore roots, or `force` without `confirm` repeating
+    the target (or the directory) it replaces."""
     kind = runtime.sources[source].restore_options
     places = [str(options["target"])] if "target" in options else []
     for name, value in options.items():
@@ -120,7 +122,7 @@ def refuse_from_the_ui(runtime: Runtime, source: str, config: Config) -> None:
         if field is not None and PathType in (field.annotation, *get_args(field.annotation)):
             inside_restore_roots(name, str(value), runtime.shared.restore_roots)
             places.append(str(value))
-    if options.get("force") and config.confirm not in places:
+    if options.get("force") and confirm not in places:
         raise ConfigurationError(
             "'force' replaces what the target holds: set 'confirm' to the target exactly as "
             "given above"
@@ -160,7 +162,7 @@ def restore_job(sources: Mapping[str, type[Source]]) -> JobDefinition:
         source = config.source
         caller = in_run(context.run_id, context.log)
         try:
-            refuse_from_the_ui(runtime, source, config)
+            refuse_from_the_ui(runtime, source, options_of(config), config.confirm)
             if config.store:
                 reading = runtime.on_store(config.store)
             else:

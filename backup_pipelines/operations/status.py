@@ -18,7 +18,7 @@ from backup_pipelines.records.audit import AuditRecord
 from backup_pipelines.runtime import Runtime
 from backup_pipelines.snapshot.manifest import format_utc, utc_now
 from backup_pipelines.snapshot.store import StoredSnapshot
-from backup_pipelines.storage.streams import human_bytes
+from backup_pipelines.storage.streams import human_bytes, human_span
 
 FAILURES_LOOK_BACK = timedelta(days=8)
 """How far back the audit trail is read for a failure (a week's nights, and a day)."""
@@ -42,7 +42,7 @@ class Standing:
         good = "no snapshot yet"
         if self.last_good is not None:
             manifest = self.last_good.manifest
-            age = _age(now - manifest.finished_at)
+            age = human_span((now - manifest.finished_at).total_seconds())
             good = (
                 f"last good {manifest.snapshot_id} ({age} ago, {human_bytes(manifest.size_bytes)})"
             )
@@ -82,12 +82,3 @@ def _standing(runtime: Runtime, source: str, failures: Sequence[AuditRecord]) ->
     if failed is None or (last_good is not None and failed.at < last_good.manifest.finished_at):
         return Standing(source, last_good)
     return Standing(source, last_good, failed.at, failed.error)
-
-
-def _age(span: timedelta) -> str:
-    minutes = max(0, int(span.total_seconds()) // 60)
-    if minutes < 120:
-        return f"{minutes} min"
-    if minutes < 48 * 60:
-        return f"{minutes // 60} h"
-    return f"{minutes // 1440} d"

@@ -43,7 +43,7 @@ ERROR_LIMIT = 500
 DAY = "%Y%m%d"
 
 Operation = Literal[
-    "backup", "restore", "verify", "drill", "prune", "copy", "wal-push", "wal-fetch"
+    "backup", "restore", "recover", "verify", "drill", "prune", "copy", "wal-push", "wal-fetch"
 ]
 Via = Literal["command", "dagster"]
 Outcome = Literal["succeeded", "failed", "skipped"]

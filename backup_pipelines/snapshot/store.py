@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -63,6 +64,12 @@ CLOCK_SLACK = timedelta(minutes=10)
 (the store's clock and ours may differ a little)."""
 MAX_MANIFEST_BYTES = 16 << 20
 """Far above any real manifest; a larger file is not read into memory at all."""
+
+
+def finished_by(manifest: Manifest) -> datetime:
+    """When a snapshot had finished at the latest: a manifest keeps whole seconds (the
+    contract's format), cut down, so one that says 10:00:00 may have finished at 10:00:00.9."""
+    return manifest.finished_at + timedelta(seconds=1)
 
 
 @dataclass(frozen=True)
@@ -323,6 +330,30 @@ class SnapshotStore:
                 f" (list them with 'backup-pipelines snapshots {source}')"
             )
         return snapshot
+
+    def newest_complete_at(
+        self,
+        source: str,
+        moment: datetime,
+        complete: Callable[[StoredSnapshot], datetime] = lambda s: finished_by(s.manifest),
+    ) -> StoredSnapshot | None:
+        """The newest snapshot of `source` that was complete at `moment` (by `complete`: when
+        its manifest says it finished, or a source's own consistency point), or None. Ids that began
+        after the moment are passed over unread, so a long history costs one listing and a
+        manifest or two; unreadable ones and those ahead of the clocks are passed over as by
+        `latest`."""
+        for snapshot_id in self.location_ids(source):
+            if snapshot_started(snapshot_id) > moment:
+                continue
+            with contextlib.suppress(UnreadableManifest):
+                snapshot = self.read_manifest(source, snapshot_id)
+                if (
+                    snapshot is not None
+                    and complete(snapshot) <= moment
+                    and not snapshot.ahead_of_clocks(utc_now())
+                ):
+                    return snapshot
+        return None
 
     def open_file(
         self, source: str, snapshot_id: str, name: str

@@ -31,7 +31,7 @@ from typing import Any, ClassVar, Generic, Self, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from backup_pipelines.errors import ConfigurationError, SourceUnavailable
+from backup_pipelines.errors import ConfigurationError, SnapshotNotFound, SourceUnavailable
 from backup_pipelines.redaction import mask_url, validation_problems
 from backup_pipelines.settings import (
     BackupSettings,
@@ -41,6 +41,7 @@ from backup_pipelines.settings import (
     field_variables,
     secret_values,
 )
+from backup_pipelines.snapshot.manifest import format_utc
 from backup_pipelines.snapshot.reader import SnapshotReader
 from backup_pipelines.snapshot.staging import StagedSnapshot
 from backup_pipelines.snapshot.store import SnapshotStore, StoredSnapshot
@@ -204,6 +205,27 @@ class ContinuousArchive(ABC):
 
 
 @dataclass(frozen=True)
+class RecoveryPoint:
+    """What a recovery to a moment takes from one source: the snapshot, the moment its
+    target will then hold (never after the one asked for), how, and the restore options
+    that reach it (a base backup's WAL replayed to a time)."""
+
+    snapshot: StoredSnapshot
+    reached: datetime
+    how: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    expected_s: float = 0.0
+    """How long the restore should take, from the snapshot's own figures."""
+
+
+def backup_seconds(snapshot: StoredSnapshot) -> float:
+    """How long the snapshot took to make: what its restore is expected to take (a restore
+    moves the same bytes, through the same tools, the other way)."""
+    manifest = snapshot.manifest
+    return max(0.0, (manifest.finished_at - manifest.started_at).total_seconds())
+
+
+@dataclass(frozen=True)
 class Target:
     """One named system of a kind, as the targets file declares it."""
 
@@ -339,6 +361,22 @@ class Source(ABC, Generic[SettingsT, OptionsT]):
     ) -> StoredSnapshot:
         """The snapshot a restore with `options` uses: `snapshot_id`, or the newest."""
         return store.find(self.name, snapshot_id)
+
+    def recovery_point(self, store: SnapshotStore, moment: datetime) -> RecoveryPoint:
+        """The newest snapshot complete at `moment`: its target then holds the data as it was
+        when that snapshot began (nothing written after `moment` can be in it)."""
+        snapshot = store.newest_complete_at(self.name, moment)
+        if snapshot is None:
+            raise SnapshotNotFound(
+                f"no {self.name} snapshot in {store.describe()} was complete at "
+                f"{format_utc(moment)}"
+            )
+        return RecoveryPoint(
+            snapshot,
+            snapshot.manifest.started_at,
+            "the snapshot, as it began",
+            expected_s=backup_seconds(snapshot),
+        )
 
     def copy_own_data(
         self,

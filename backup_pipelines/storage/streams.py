@@ -27,6 +27,18 @@ def human_bytes(count: float) -> str:
     raise AssertionError("unreachable")
 
 
+def human_span(seconds: float) -> str:
+    """A duration as a person reads it: seconds under a minute, then minutes, hours, days."""
+    if seconds < 60:
+        return f"{max(0.0, seconds):.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    minutes = int(seconds) // 60
+    if minutes < 120:
+        return f"{minutes} min"
+    if minutes < 48 * 60:
+        return f"{minutes // 60} h"
+    return f"{minutes // 1440} d"
+
+
 class IteratorReader(io.RawIOBase):
     """A readable file over an iterator of byte chunks (a Python-side producer).
 

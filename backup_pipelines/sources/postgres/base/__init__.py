@@ -38,6 +38,7 @@ from backup_pipelines.sources.postgres.base.basebackup import (
     segments_behind,
 )
 from backup_pipelines.sources.postgres.base.drill import drill_base, verify_base
+from backup_pipelines.sources.postgres.base.promotion import start_and_wait
 from backup_pipelines.sources.postgres.base.recovery import (
     configure_recovery,
     hand_to_server_user,
@@ -54,8 +55,10 @@ from backup_pipelines.sources.source import (
     ContinuousArchive,
     DrillResult,
     Log,
+    RecoveryPoint,
     RestoreOptions,
     Source,
+    backup_seconds,
     cli,
 )
 from backup_pipelines.storage.layout import wal_archive_of
@@ -68,6 +71,12 @@ logger = logging.getLogger(__name__)
 STORE_CLOCK_SLACK = timedelta(minutes=5)
 """How far the store's clock (S3 keeps whole seconds, its own clock) may trail ours before a
 target time after the newest archived WAL file is refused as unreachable."""
+
+
+ARCHIVING_OFF = (
+    "\nIts WAL archiving is off (--keep-archiving keeps it): once it serves as the primary, "
+    "turn archiving back on."
+)
 
 
 class PostgresBaseSettings(SourceSettings):
@@ -102,6 +111,14 @@ class PostgresBaseRestore(RestoreOptions):
         description="recover to this moment (ISO-8601, UTC when no zone is given); default: "
         "the end of the archive",
         json_schema_extra=cli(metavar="T"),
+    )
+    port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="start the restored server on this port and wait until it has recovered "
+        "and promoted (default: print the command that starts it)",
+        json_schema_extra=cli(metavar="PORT"),
     )
     keep_archiving: bool = Field(
         False,
@@ -198,10 +215,10 @@ class PostgresBase(Source[PostgresBaseSettings, PostgresBaseRestore]):
                     "one, or leave --snapshot out"
                 )
             return snapshot
+        snapshot = store.newest_complete_at(self.name, moment, ends_at)
+        if snapshot is not None:
+            return snapshot
         snapshots = store.list_snapshots(self.name)
-        for snapshot in snapshots:
-            if ends_at(snapshot) <= moment:
-                return snapshot
         oldest = (
             f"; the oldest is consistent from {format_utc(ends_at(snapshots[-1]))}"
             if snapshots
@@ -210,6 +227,28 @@ class PostgresBase(Source[PostgresBaseSettings, PostgresBaseRestore]):
         raise SnapshotNotFound(
             f"no {self.name} base backup in {store.describe()} is consistent before "
             f"{format_utc(moment)}{oldest}"
+        )
+
+    def recovery_point(self, store: SnapshotStore, moment: datetime) -> RecoveryPoint:
+        """The newest base backup consistent before `moment`, and its WAL replayed to exactly
+        `moment` when the archive reaches it; else as far as the archive reaches: to the
+        moment before WAL given up while the store was down, or to the archive's end."""
+        options = PostgresBaseRestore.model_construct(target_time=moment)
+        snapshot = self.snapshot_to_restore(store, LATEST, options)
+        archive = self.archive(store)
+        wal = WalRange.of(snapshot)
+        if missing := wal.missing_from(archive):
+            raise BackupError(
+                f"{archive.describe()} lacks WAL the base backup {snapshot.snapshot_id} needs "
+                f"({', '.join(missing[:3])})"
+            )
+        reached, target_time, how = reach_of(snapshot, wal, archive, moment)
+        return RecoveryPoint(
+            snapshot,
+            reached,
+            how,
+            {"target_time": target_time},
+            expected_s=backup_seconds(snapshot) + replay_seconds(snapshot, wal, archive),
         )
 
     def restore(self, reader: SnapshotReader, options: PostgresBaseRestore, log: Log) -> str:
@@ -224,20 +263,22 @@ class PostgresBase(Source[PostgresBaseSettings, PostgresBaseRestore]):
             )
             configure_recovery(fresh, settings, f"backup-pipelines restore of {reader.where}")
             hand_to_server_user(fresh)
-        stats = reader.snapshot.manifest.stats
+        major = major_version(reader.snapshot.manifest.stats.get("server_version"))
         until = format_utc(options.target_time) if options.target_time else "the archive's end"
-        starting = start_command(options.target, major_version(stats.get("server_version")))
+        if options.port is not None:
+            start_and_wait(options.target, options.port, major, log)
+            return (
+                f"restored {reader.where} into {options.target}: recovered from "
+                f"{archive.describe()} to {until} and promoted; it serves on port "
+                f"{options.port}" + ("" if options.keep_archiving else ARCHIVING_OFF)
+            )
+        starting = start_command(options.target, major)
         summary = (
             f"restored {reader.where} into {options.target}: when started, it recovers from "
             f"{archive.describe()} to {until} and promotes. Start it with this command's "
             f"BACKUP_* environment (wal-fetch reads the store with it):\n  {starting}"
         )
-        if options.keep_archiving:
-            return summary
-        return summary + (
-            "\nIts WAL archiving is off (--keep-archiving keeps it): once it serves as the "
-            "primary, turn archiving back on."
-        )
+        return summary + ("" if options.keep_archiving else ARCHIVING_OFF)
 
     def drill(self, reader: SnapshotReader, log: Log) -> DrillResult:
         """The base backup restored into a throwaway cluster that recovers through the whole
@@ -352,3 +393,53 @@ def refuse_across_gap(
             f"snapshot {snapshot.snapshot_id} cannot pass it: choose {before}a base backup "
             "taken after it (take one now if there is none)"
         )
+
+
+def reach_of(
+    snapshot: StoredSnapshot, wal: WalRange, archive: WalArchive, moment: datetime
+) -> tuple[datetime, datetime | None, str]:
+    """How close to `moment` a recovery from `snapshot` gets: the moment reached, the
+    `target_time` that reaches it (None: the archive's end), and how, in words. Short of
+    `moment` only where the archive is: WAL given up (a gap) stops it before the gap, and an
+    archive whose newest file was stored before `moment` (give or take the store's clock)
+    ends it there."""
+    for gap in archive.gaps():
+        if segment_position(gap.last) < segment_position(wal.start):
+            continue  # before this base backup began: it does not need that WAL
+        reachable = gap.starts_after
+        if reachable is not None and moment <= reachable:
+            continue
+        if reachable is None or reachable < ends_at(snapshot):
+            raise BackupError(
+                f"{archive.describe()} lacks WAL given up while the store could not be "
+                f"reached ({gap.describe()}): recovery from the base backup "
+                f"{snapshot.snapshot_id} cannot pass it"
+            )
+        return (
+            reachable,
+            reachable,
+            (
+                f"base backup and WAL up to {format_utc(reachable)}, where WAL given up while "
+                "the store could not be reached begins"
+            ),
+        )
+    last = archive.last_archived()
+    if last is None or last + STORE_CLOCK_SLACK < moment:
+        reached = last or ends_at(snapshot)
+        return reached, None, "base backup and WAL to the archive's end, before the moment"
+    return moment, moment, "base backup and WAL up to exactly the moment"
+
+
+def replay_seconds(snapshot: StoredSnapshot, wal: WalRange, archive: WalArchive) -> float:
+    """How long replaying the WAL after the base backup (up to the archive's newest
+    segment) should take, at the pace the base backup itself was read."""
+    newest = archive.newest_segment()
+    seconds = backup_seconds(snapshot)
+    read = snapshot.manifest.stats.get("cluster_bytes") or snapshot.manifest.size_bytes
+    if newest is None or seconds <= 0 or not isinstance(read, int) or read <= 0:
+        return 0.0
+    per_high = (1 << 32) // wal.segment_bytes
+    high, low = segment_position(newest)
+    stop_high, stop_low = segment_position(wal.stop)
+    segments = max(0, (high - stop_high) * per_high + low - stop_low)
+    return segments * wal.segment_bytes * seconds / read

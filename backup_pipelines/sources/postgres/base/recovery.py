@@ -9,7 +9,8 @@ replaces anything. Only files, folders and links that stay inside the
 directory are unpacked, so a stored tar cannot write elsewhere or create
 devices.
 
-The restored server is not started here: the command prints how. Its
+The restored server is not started here: the command prints how, or
+`promotion.py` starts it (`--port`). Its
 `restore_command` is this installation's `wal-fetch`, reading the store
 with the environment the server starts with (the BACKUP_* variables, and
 the age identity for an encrypted archive). Archiving is switched off in
@@ -40,6 +41,8 @@ from backup_pipelines.storage.names import split_source
 
 RECOVERY_SIGNAL = "recovery.signal"
 AUTO_CONF = "postgresql.auto.conf"
+RECOVERY_LOG = "recovery.log"
+"""The server's log while it recovers, in its data directory (`pg_ctl -l`)."""
 
 
 def wal_fetch_command(archive: str) -> str:
@@ -124,7 +127,7 @@ def start_command(directory: Path, major: int | None) -> str:
     except ConfigurationError:
         pg_ctl = "pg_ctl"
     where = shlex.quote(str(directory.absolute()))
-    command = f"{pg_ctl} -D {where} -l {where}/recovery.log start"
+    command = f"{pg_ctl} -D {where} -l {where}/{RECOVERY_LOG} start"
     if os.geteuid() == 0:
         return f"runuser -u {SERVER_USER} --preserve-environment -- {command}"
     return command
