@@ -14,6 +14,10 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "backup_pipelines"
 DAGSTER_SIDE = ("dagster_defs", "definitions.py", "verification.py")
 """The Dagster adapters, and the two code locations the contract names."""
+TREES = {path: ast.parse(path.read_text()) for path in PACKAGE.rglob("*.py")}
+"""Every module's syntax tree, parsed once as the tests are collected: Python 3.11's parser
+is not safe beside another thread that parses (`SystemError: AST constructor recursion depth
+mismatch`), and a worker's earlier tests may leave such threads running."""
 
 
 def modules(*, dagster_side: bool) -> list[str]:
@@ -34,7 +38,7 @@ def modules(*, dagster_side: bool) -> list[str]:
 def imported_names(path: Path) -> set[str]:
     """The top-level packages a module imports, wherever in it (lazy imports count too)."""
     names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(TREES[path]):
         if isinstance(node, ast.Import):
             names |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -99,7 +103,7 @@ def test_only_the_layout_spells_where_things_live_in_a_store(word):
 
 def string_literals(path: Path) -> list[str]:
     """The module's strings, docstrings left out (they may say where things live)."""
-    tree = ast.parse(path.read_text())
+    tree = TREES[path]
     docstrings = {
         id(node.body[0].value)
         for node in ast.walk(tree)
@@ -122,7 +126,7 @@ def side_effects(path: Path) -> list[str]:
     log: `<x>.publish(...)`, `<x>.audit.append(...)`, `<x>.audit.operation(...)`,
     `AuditLog(...)`."""
     found = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(TREES[path]):
         if not isinstance(node, ast.Call):
             continue
         func = node.func
