@@ -163,7 +163,7 @@ class StoreCollector(Collector):
         """Every source's values in `store`; the primary's snapshots are kept in `primary`
         (it comes first) for the copies to be compared with."""
         found = {}
-        for source in self.runtime.backed_up:  # a kind or target turned off is not watched
+        for source in self.runtime.enabled:  # a kind or target turned off is not watched
             name = source.name
             snapshots = self.snapshots(store, name)
             values = self._values(store, source, snapshots)

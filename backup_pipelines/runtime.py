@@ -98,6 +98,8 @@ def load_settings() -> Settings:
         if shared is not None:
             sources.append(kind(settings, shared))
     problems += unknown_variables(os.environ)
+    if shared is not None and shared.site is not None and not problems:
+        problems += unknown_site(shared.site, sources)
     if problems or shared is None:
         raise InvalidSettings(problems)
     return Settings(shared, tuple(sources), tuple(stores))
@@ -116,6 +118,16 @@ def before_the_targets_file(kind: type[Source], shared: BackupSettings | None) -
     except InvalidSettings:
         return []
     return [kind(settings.model_copy(update={"enabled": False}), shared)]
+
+
+def unknown_site(site: str, sources: Sequence[Source]) -> list[str]:
+    """`BACKUP_SITE` must be a site the targets file gives a target: a location of a site
+    no target names would back up nothing, silently."""
+    sites = sorted({source.site for source in sources if source.site is not None})
+    if site in sites:
+        return []
+    named = f"its sites: {', '.join(sites)}" if sites else "it gives no target a site"
+    return [f"BACKUP_SITE: no target of the targets file is at site {site!r} ({named})"]
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
@@ -154,9 +166,25 @@ class Runtime(Services):
         return {name: split_urls(s.settings.notify_urls) for name, s in self.sources.items()}
 
     @property
-    def backed_up(self) -> list[Source]:
-        """The sources Dagster backs up: all but the targets the targets file disables."""
+    def enabled(self) -> list[Source]:
+        """Every source some code location backs up, at any site (what monitoring watches)."""
         return [source for source in self.sources.values() if source.enabled]
+
+    @property
+    def site(self) -> str | None:
+        return self.shared.site
+
+    @property
+    def here(self) -> dict[str, Source]:
+        """The sources of this location's site (turned off or not): what it may restore and
+        recover where it runs."""
+        return {name: s for name, s in self.sources.items() if s.site == self.site}
+
+    @property
+    def backed_up(self) -> list[Source]:
+        """The sources this code location backs up: those of its site (`BACKUP_SITE`; none:
+        the sources no target's `site` places elsewhere), but the targets turned off."""
+        return [s for s in self.sources.values() if s.enabled and s.site == self.site]
 
 
 def load_runtime() -> Runtime:

@@ -38,6 +38,7 @@ from backup_pipelines.cron import check_cron
 from backup_pipelines.errors import ConfigurationError
 from backup_pipelines.redaction import Location, secret_parts, validation_problems
 from backup_pipelines.storage.layout import STAGING
+from backup_pipelines.storage.names import is_site_name
 
 Unlimited = Literal["unlimited"]
 RetentionCount = int | Unlimited
@@ -283,6 +284,10 @@ class BackupSettings(EnvironmentSettings):
     """A group whose members may read the local store and the artifacts directory (a separate
     verifier's or exporter's account); unset, they are open to their owner alone."""
 
+    site: str | None = None
+    """The site this code location serves (a data centre, a region): it loads only the
+    targets the targets file gives this `site`, and is named `backup_pipelines_<site>`."""
+
     verify_cron: str = "0 5 * * *"
     """When the verification plane drills every source's latest snapshot (UTC)."""
 
@@ -309,6 +314,13 @@ class BackupSettings(EnvironmentSettings):
         return self
 
     _cron = field_validator("verify_cron")(check_cron)
+
+    @field_validator("site")
+    @classmethod
+    def _site_name(cls, value: str | None) -> str | None:
+        if value is not None and not is_site_name(value):
+            raise ValueError("must be lowercase letters, digits and _, starting with a letter")
+        return value
 
     @field_validator("encryption_recipients")
     @classmethod

@@ -22,7 +22,13 @@ import requests
 from psycopg import sql
 
 from backup_pipelines_tests.broker import scratch_vhost, vhost_url
-from backup_pipelines_tests.conftest import free_port, wait_for_http
+from backup_pipelines_tests.conftest import (
+    S3_ACCESS_KEY,
+    S3_SECRET_KEY,
+    free_port,
+    s3_client,
+    wait_for_http,
+)
 from backup_pipelines_tests.postgres_fixtures import (
     connect,
     create_rich_database,
@@ -151,14 +157,16 @@ class DagsterStack(DagsterUI):
     rabbitmq_url: str  # the vhost of its events and backup.requests
 
 
-def _start(name: str, command: list[str], env: Mapping[str, str], logs: Path) -> subprocess.Popen:
+def start_logged(
+    name: str, command: list[str], env: Mapping[str, str], logs: Path
+) -> subprocess.Popen:
     with (logs / f"{name}.log").open("wb") as log:  # the child keeps its own copy
         return subprocess.Popen(
             command, env=dict(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
 
 
-def _stop(process: subprocess.Popen) -> None:
+def stop_process(process: subprocess.Popen) -> None:
     process.terminate()
     try:
         process.wait(timeout=30)
@@ -167,7 +175,7 @@ def _stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
-def _wait_until(check, what: str, timeout_s: float, ui: DagsterUI) -> None:
+def wait_until(check, what: str, timeout_s: float, ui: DagsterUI) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if check():
@@ -176,14 +184,37 @@ def _wait_until(check, what: str, timeout_s: float, ui: DagsterUI) -> None:
     raise RuntimeError(f"{what} not ready within {timeout_s} s\n{ui.log_tails()}")
 
 
-def _grpc_healthy(bin_dir: Path, port: int, env: Mapping[str, str]) -> bool:
-    command = [str(bin_dir / "dagster"), "api", "grpc-health-check", "-p", str(port)]
+def grpc_healthy(bin_dir: Path, port: int, env: Mapping[str, str], host: str = "127.0.0.1") -> bool:
+    command = [
+        str(bin_dir / "dagster"),
+        "api",
+        "grpc-health-check",
+        "-p",
+        str(port),
+        "--host",
+        host,
+    ]
     return subprocess.run(command, env=dict(env), capture_output=True).returncode == 0
 
 
+def compute_logs_env(s3_endpoint: str) -> dict[str, str]:
+    """What `deploy/dagster.yaml`'s S3ComputeLogManager reads: a bucket of its own on moto's
+    server, and boto3's keys."""
+    bucket = unique_name("dagster-logs").replace("_", "-")
+    s3_client(s3_endpoint).create_bucket(Bucket=bucket)
+    return {
+        "DAGSTER_COMPUTE_LOGS_BUCKET": bucket,
+        "DAGSTER_COMPUTE_LOGS_ENDPOINT_URL": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
+
 @contextmanager
-def running_stack(workdir: Path) -> Iterator[DagsterStack]:
-    """The stack backing up a scratch CRM database, with events on a scratch vhost."""
+def running_stack(workdir: Path, s3_endpoint: str) -> Iterator[DagsterStack]:
+    """The stack backing up a scratch CRM database, with events on a scratch vhost and
+    compute logs on moto's S3 (`s3_endpoint`)."""
     crm_database, instance_database = unique_name("bp_e2e_crm"), unique_name("dagster_e2e")
     with scratch_vhost() as vhost, scratch_databases(crm_database, instance_database):
         create_rich_database(crm_database)
@@ -197,8 +228,8 @@ def running_stack(workdir: Path) -> Iterator[DagsterStack]:
             "BACKUP_RETRY_DELAY_S": "0",
         }
         base_env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("BACKUP_", "DAGSTER_"))
-        }
+            k: v for k, v in os.environ.items() if not k.startswith(("BACKUP_", "DAGSTER_", "AWS_"))
+        } | compute_logs_env(s3_endpoint)
         instance_url = f"postgresql://postgres@127.0.0.1:5432/{instance_database}"
         with _processes(workdir, {**base_env, **backup_env}, instance_url) as (url, logs):
             yield DagsterStack(
@@ -250,13 +281,13 @@ def _processes(workdir: Path, env: Mapping[str, str], instance_url: str) -> Iter
     with ExitStack() as cleanup:  # stops the processes in reverse order of start
         code_servers = {"code-server": code_port, "verifier": verifier_port}
         for name in code_servers:
-            cleanup.callback(_stop, _start(name, commands[name], env, logs))
+            cleanup.callback(stop_process, start_logged(name, commands[name], env, logs))
         for name, port in code_servers.items():
-            _wait_until(lambda port=port: _grpc_healthy(bin_dir, port, env), name, 90, ui)
+            wait_until(lambda port=port: grpc_healthy(bin_dir, port, env), name, 90, ui)
         for name in ("webserver", "daemon"):
-            cleanup.callback(_stop, _start(name, commands[name], env, logs))
+            cleanup.callback(stop_process, start_logged(name, commands[name], env, logs))
         wait_for_http(f"{url}/server_info", timeout_s=90)
-        _wait_until(lambda: not ui.unhealthy_daemons(), "the daemons", 90, ui)
+        wait_until(lambda: not ui.unhealthy_daemons(), "the daemons", 90, ui)
         yield url, logs
 
 
@@ -272,10 +303,10 @@ def dev_stack(workdir: Path, env: Mapping[str, str]) -> Iterator[DagsterUI]:
     command = [str(Path(sys.executable).parent / "dagster"), "dev", "-w",
                str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
     ui = DagsterUI(url=f"http://127.0.0.1:{port}", logs=logs)
-    process = _start("dagster-dev", command, {**env, "DAGSTER_HOME": str(home)}, logs)
+    process = start_logged("dagster-dev", command, {**env, "DAGSTER_HOME": str(home)}, logs)
     try:
         wait_for_http(f"{ui.url}/server_info", timeout_s=120)
-        _wait_until(lambda: not ui.unhealthy_daemons(), "the daemons", 120, ui)
+        wait_until(lambda: not ui.unhealthy_daemons(), "the daemons", 120, ui)
         yield ui
     finally:
-        _stop(process)
+        stop_process(process)

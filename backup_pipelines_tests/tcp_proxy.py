@@ -87,14 +87,18 @@ class CuttingProxy(_Proxy):
 
 
 class SwitchableProxy:
-    """Forwards 127.0.0.1:<port> to an upstream port while up; `down()` closes every
-    connection and stops listening (refusals, as from a store that is gone), `up()` listens on
-    the same port again. A store reached through it goes away and comes back unchanged.
-    `downstream_rate` (bytes per second) makes what the upstream sends arrive slowly, as over
-    a thin link."""
+    """Forwards <host>:<port> (127.0.0.1 unless `host` says otherwise: the address another
+    network namespace reaches this one at) to an upstream port on 127.0.0.1 while up;
+    `down()` closes every connection and stops listening (refusals, as from a store that is
+    gone), `up()` listens on the same port again. A store reached through it goes away and
+    comes back unchanged. `downstream_rate` (bytes per second) makes what the upstream sends
+    arrive slowly, as over a thin link."""
 
-    def __init__(self, upstream_port: int, *, downstream_rate: float | None = None):
+    def __init__(
+        self, upstream_port: int, *, downstream_rate: float | None = None, host: str = "127.0.0.1"
+    ):
         self._upstream_port = upstream_port
+        self._host = host
         self._rate = downstream_rate
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
@@ -104,10 +108,10 @@ class SwitchableProxy:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self._host}:{self.port}"
 
     def up(self) -> None:
-        listener = socket.create_server(("127.0.0.1", self.port))
+        listener = socket.create_server((self._host, self.port))
         self.port = listener.getsockname()[1]
         self._listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()

@@ -40,6 +40,10 @@ ONE_SHOT = ("minio-bucket", "minio-offsite-bucket", "recover")  # each runs once
 REQUIRED_SERVICES = (*STATEFUL, *ONE_SHOT, *BACKUP_SERVICES, "ui-proxy")
 INSTANCE_ENV = {
     "BACKUP_DATABASE_URL",
+    "DAGSTER_COMPUTE_LOGS_BUCKET",
+    "DAGSTER_COMPUTE_LOGS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
     "DAGSTER_CODE_SERVER_HOST",
     "DAGSTER_CODE_SERVER_PORT",
     "DAGSTER_VERIFIER_HOST",
@@ -126,6 +130,8 @@ SECRETS = (
     "OFFSITE_PRUNER_SECRET_KEY",
     "OFFSITE_VERIFIER_ACCESS_KEY",
     "OFFSITE_VERIFIER_SECRET_KEY",
+    "DAGSTER_LOGS_ACCESS_KEY",
+    "DAGSTER_LOGS_SECRET_KEY",
 )
 
 
@@ -356,3 +362,46 @@ def test_the_recover_service_reads_its_into_file_with_the_stacks_passwords(monke
 
     assert list(targets.options) == ["postgres", "redis", "rabbitmq", "consul", "documents"]
     assert os.environ["REDIS_PASSWORD"] in targets.secrets  # masked wherever it could appear
+
+
+SITES = REPO / "deploy" / "sites"
+
+
+def test_a_site_host_runs_its_named_location_against_the_central_instance(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text(ENV_EXAMPLE.read_text() + "BACKUP_SITE=east\nCENTRAL_HOST=10.0.0.1\n")
+    [service] = compose_config(SITES / "docker-compose.site.yml", env_file)["services"].values()
+
+    environment = service["environment"]
+    assert environment["BACKUP_SITE"] == "east" and service["healthcheck"]["test"]
+    workspace_hosts = {
+        name for name in INSTANCE_ENV if name.startswith(("DAGSTER_CODE", "DAGSTER_VER"))
+    }
+    assert INSTANCE_ENV - workspace_hosts <= environment.keys()  # the instance, not a workspace
+    command = " ".join(service["command"]).replace("$$", "$")  # compose's escape, for sh
+    assert "--location-name backup_pipelines_${BACKUP_SITE}" in command
+    known = settings_variables()
+    assert [v for v in environment if v.startswith("BACKUP_") and v not in known] == []
+    without_site = tmp_path / ".env-without-site"
+    without_site.write_text(ENV_EXAMPLE.read_text() + "CENTRAL_HOST=10.0.0.1\n")
+    with pytest.raises(AssertionError, match="set BACKUP_SITE"):
+        compose_config(SITES / "docker-compose.site.yml", without_site)
+
+
+def test_every_site_location_is_named_after_its_site_in_the_workspace_and_the_helm_values():
+    workspace = yaml.safe_load((SITES / "workspace.yaml").read_text())
+    names = [entry["grpc_server"]["location_name"] for entry in workspace["load_from"]]
+    assert names[:2] == ["backup_pipelines", "verification"]
+    assert all(name.startswith("backup_pipelines_") for name in names[2:]) and names[2:]
+
+    values = yaml.safe_load((REPO / "deploy" / "helm" / "values-sites.yaml").read_text())
+    assert values["computeLogManager"]["type"] == "S3ComputeLogManager"
+    sites = 0
+    for deployment in values["dagster-user-deployments"]["deployments"]:
+        site = {e["name"]: e["value"] for e in deployment.get("env", [])}.get("BACKUP_SITE")
+        args = deployment["dagsterApiGrpcArgs"]
+        location = args[args.index("--location-name") + 1]
+        if site:
+            sites += 1
+            assert location == f"backup_pipelines_{site}" and deployment["nodeSelector"]
+    assert sites >= 2

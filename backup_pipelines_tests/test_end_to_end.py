@@ -4,11 +4,13 @@ through the UI's GraphQL API, a request on RabbitMQ, and a real browser (Debian'
 """
 
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pika
@@ -29,7 +31,13 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from backup_pipelines.events.broker import EXCHANGE, REQUESTS_QUEUE
 from backup_pipelines.sources.registry import KINDS as SOURCES
-from backup_pipelines_tests.dagster_stack import VERIFICATION, DagsterStack, running_stack
+from backup_pipelines_tests.conftest import s3_client
+from backup_pipelines_tests.dagster_stack import (
+    VERIFICATION,
+    DagsterStack,
+    DagsterUI,
+    running_stack,
+)
 from backup_pipelines_tests.postgres_fixtures import (
     appeared_elsewhere,
     connect,
@@ -90,8 +98,8 @@ query Automation($repository: RepositorySelector!) {
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterStack]:
-    with running_stack(tmp_path_factory.mktemp("stack")) as running:
+def stack(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterator[DagsterStack]:
+    with running_stack(tmp_path_factory.mktemp("stack"), s3_endpoint) as running:
         yield running
 
 
@@ -113,6 +121,7 @@ def test_a_materialization_launched_as_the_ui_does_is_a_restorable_snapshot(stac
     }
     # drills belong to the verification plane; last_backup is reported beside the run
     assert checks.get("integrity") is True and set(checks) <= {"integrity", "last_backup"}
+    assert "postgres_backup" in compute_logs_read_from_s3(stack, stack.cli_env, run_id)
 
     restored = unique_name("bp_e2e_restored")
     with scratch_databases(restored):
@@ -124,6 +133,34 @@ def test_a_materialization_launched_as_the_ui_does_is_a_restorable_snapshot(stac
         )  # fmt: skip
         assert restore.returncode == 0, restore.stderr
         assert database_state(restored) == database_state(stack.crm_database)
+
+
+CAPTURED_QUERY = """
+query Captured($runId: ID!) {
+  logsForRun(runId: $runId) {
+    ... on EventConnection { events { ... on LogsCapturedEvent { fileKey } } }
+  }
+}
+"""
+COMPUTE_LOGS_QUERY = """
+query ComputeLogs($logKey: [String!]!) { capturedLogs(logKey: $logKey) { stdout stderr } }
+"""
+
+
+def compute_logs_read_from_s3(ui: DagsterUI, env: Mapping[str, str], run_id: str) -> str:
+    """The run's stdout and stderr as the webserver serves them to the run's page, once the
+    run's own copy on this host is gone: read from the S3 compute log manager's bucket (as
+    `env` names it)."""
+    events = ui.graphql(CAPTURED_QUERY, runId=run_id)["logsForRun"]["events"]
+    [file_key] = {event["fileKey"] for event in events if "fileKey" in event}
+    shutil.rmtree(Path(tempfile.gettempdir()) / run_id)  # where the run staged them
+    bucket = env["DAGSTER_COMPUTE_LOGS_BUCKET"]
+    s3 = s3_client(env["DAGSTER_COMPUTE_LOGS_ENDPOINT_URL"])
+    stored = s3.list_objects_v2(Bucket=bucket, Prefix="compute-logs/").get("Contents", [])
+    assert any(run_id in item["Key"] for item in stored), stored
+    log_key = [run_id, "compute_logs", file_key]
+    captured = ui.graphql(COMPUTE_LOGS_QUERY, logKey=log_key)["capturedLogs"]
+    return (captured["stdout"] or "") + (captured["stderr"] or "")
 
 
 LINEAGE_QUERY = """

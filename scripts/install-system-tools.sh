@@ -4,7 +4,8 @@
 # (pg_dump, redis-cli, restic) instead of re-implementing their protocols.
 # `install-system-tools.sh test` adds what only the tests use: Chromium and its
 # driver for the browser test, docker-compose to validate docker-compose.yml,
-# promtool (Debian's prometheus package) to check and test the alert rules.
+# promtool (Debian's prometheus package) to check and test the alert rules, and
+# iproute2's `ip netns` for the sites' test.
 set -euo pipefail
 
 declare -A package_of=(
@@ -21,7 +22,9 @@ if [ "${1:-}" = "test" ]; then
   # Chromium only recommends fonts, and renders no text without one.
   package_of+=([chromium]=chromium [chromedriver]=chromium-driver [docker-compose]=docker-compose
                [promtool]=prometheus
-               [/usr/share/fonts/truetype/liberation]=fonts-liberation)
+               [/usr/share/fonts/truetype/liberation]=fonts-liberation
+               # the sites' end-to-end test: a network namespace per site (ip netns)
+               [ip]=iproute2 [unshare]=util-linux)
 fi
 missing=()
 for tool in "${!package_of[@]}"; do

@@ -4,10 +4,15 @@ Everything is generated from the runtime's sources: per source (a kind's one
 source, or each enabled target of the targets file) a backup asset (with
 its upstream `crm/...` node, freshness and pool), its checks, job and
 schedule; per kind with targets a job backing all of them up; per archive
-kept between snapshots its asset; per copy store its asset, job and the
-copy sensor; then `backup_all_job`, `restore_job`, `recover_job`,
-`retention_job`, the sensors, and the resources: the runtime built by the
+kept between snapshots its asset; then `backup_all_job`, `restore_job`,
+`recover_job`, the sensors, and the resources: the runtime built by the
 composition root, and the IO manager over its services.
+
+A location started with `BACKUP_SITE` (`backup_pipelines_<site>`) has the
+targets of its site alone, and restores and recovers only those, where it
+runs. What concerns the whole store stays in the location without a site:
+`retention_job`, the copy stores' assets, jobs and sensor, the audit trail,
+and reading `backup.requests` (handing the sites' requests on to them).
 """
 
 from collections.abc import Sequence
@@ -106,7 +111,8 @@ def build_definitions(runtime: Runtime) -> Definitions:
     sources_of_job = {BACKUP_ALL_JOB: [s.name for s in sources]} | {
         jobs[asked].name: names for asked, names in covered.items()
     }
-    copies = runtime.stores[1:]
+    central = runtime.site is None  # what concerns the whole store, in one location only
+    copies = runtime.stores[1:] if central else ()
     copy_jobs = [
         define_asset_job(
             copy_job_name(store.name),
@@ -124,7 +130,7 @@ def build_definitions(runtime: Runtime) -> Definitions:
                 copy_store_asset(store, [backup_asset_key(s.name) for s in sources])
                 for store in copies
             ),
-            audit_trail,
+            *([audit_trail] if central else []),
         ],
         asset_checks=[
             *(integrity_check(source) for source in sources),
@@ -134,16 +140,20 @@ def build_definitions(runtime: Runtime) -> Definitions:
             backup_all_job,
             *jobs.values(),
             *copy_jobs,
-            restore_job(runtime.settings.kinds),
+            restore_job({name: type(source) for name, source in runtime.here.items()}),
             recover_job(),
-            retention_job,
+            *([retention_job] if central else []),
         ],
         schedules=[
             *(backup_schedule(source, jobs[source.name], running) for source in sources),
-            retention_schedule(retention_job, runtime.shared.prunes_elsewhere, running),
+            *(
+                [retention_schedule(retention_job, runtime.shared.prunes_elsewhere, running)]
+                if central
+                else []
+            ),
         ],
         sensors=[
-            backup_requests_sensor({**jobs, ALL_SOURCES: backup_all_job}, running),
+            backup_requests_sensor({**jobs, ALL_SOURCES: backup_all_job}, runtime, running),
             *(
                 change_sensor(s.name, jobs[s.name], running=running)
                 for s in sources

@@ -9,6 +9,7 @@ data. A downstream asset receives a `StoredSnapshot`: the manifest and
 where it is.
 """
 
+import socket
 from collections.abc import Mapping
 from typing import Any
 
@@ -67,6 +68,12 @@ def snapshot_metadata(stored: StoredSnapshot, duration_s: float) -> dict[str, An
     }
 
 
+def where_it_ran(site: str | None) -> dict[str, str]:
+    """The host the backup ran on (a site's code server, a run pod), and its site: with
+    several sites, which of them reached the system, said by the run itself."""
+    return {"ran_on": socket.gethostname(), **({"site": site} if site else {})}
+
+
 class SnapshotIOManager(ConfigurableIOManager):
     """Commits each staged snapshot with the `services` (the store, the audit trail, the
     events) and records what was committed as materialization metadata."""
@@ -79,6 +86,7 @@ class SnapshotIOManager(ConfigurableIOManager):
         except PERMANENT_ERRORS as exc:  # a full disk: retrying would fill it again
             raise Failure(description=str(exc), allow_retries=False) from None
         context.add_output_metadata(snapshot_metadata(committed.snapshot, committed.duration_s))
+        context.add_output_metadata(where_it_ran(self.services.shared.site))
         report_last_backup(context.step_context.instance, obj.source, committed.snapshot, None)
         context.add_output_metadata(self.usage(context, obj.source, committed))
 

@@ -74,7 +74,7 @@ def planned(
         problems: list[str] = []
         into = {name: dict(options) for name, options in config.into.items()}
         confirms = {name: options.pop("confirm", None) for name, options in into.items()}
-        targets = recovery_targets(into, runtime.sources, problems, environ=None)
+        targets = recovery_targets(into, runtime.here, problems, environ=None)
         if problems:
             raise ConfigurationError("'into': " + "; ".join(problems))
         for name, options in targets.options.items():
@@ -83,7 +83,10 @@ def planned(
             runtime.on_store(config.store)  # an unknown store is named before anything else
         runtime = Runtime(runtime.settings, [*runtime.typed_secrets, *targets.secrets])
         caller = in_run(context.run_id, context.log)
-        return plan_recovery(runtime, caller, at, targets.options, config.store), runtime
+        recovery = plan_recovery(
+            runtime, caller, at, targets.options, config.store, sources=runtime.here
+        )
+        return recovery, runtime
     except BackupError as exc:
         raise Failure(description=str(exc), allow_retries=False) from None
 

@@ -22,8 +22,14 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.exceptions import AMQPError
 
 from backup_pipelines.dagster_defs.dagster_internals import RUN_KEY_TAG, SENSOR_NAME_TAG
+from backup_pipelines.dagster_defs.definition_names import ALL_SOURCES
 from backup_pipelines.dagster_defs.schedules import sensor_status
-from backup_pipelines.events.broker import DEAD_LETTER_QUEUE, REQUESTS_QUEUE
+from backup_pipelines.events.broker import (
+    DEAD_LETTER_QUEUE,
+    REQUESTS_QUEUE,
+    SITE_REQUESTS_PREFIX,
+    site_requests_queue,
+)
 from backup_pipelines.events.outbox import confirmed_channel
 from backup_pipelines.runtime import Runtime
 from backup_pipelines.storage.names import shown
@@ -80,11 +86,17 @@ def take_requests(
     jobs: Mapping[str, str],
     launched: Callable[[str], bool],
     log: Callable[[str], None],
+    queue: str = REQUESTS_QUEUE,
+    handed_on: Mapping[str, Sequence[str]] | None = None,
 ) -> list[RunRequest]:
-    """Run requests for the messages on the queue; each is acked only once Dagster holds its run.
+    """Run requests for the messages on `queue`; each is acked only once Dagster holds its run.
 
     `jobs` maps what a request may ask for (a source, or `all`) to the job
-    that backs it up. A message whose run exists (launched at an earlier
+    that backs it up here; `handed_on`, what other sites' code locations
+    back up to their queues: such a request is copied there first (with
+    publisher confirms, its properties kept, so its run key stays the same
+    and a copy made twice still runs once), then acked unless a job here
+    has a part in it too. A message whose run exists (launched at an earlier
     tick) is acked now; a new one becomes a run request and stays un-acked,
     so it goes back to the queue when the connection closes and is acked at
     the next tick, after the daemon stored its run. A crash anywhere in
@@ -93,22 +105,26 @@ def take_requests(
     publisher confirms) to the dead-letter queue, so it never blocks the
     queue or its neighbours.
     """
+    handed_on = handed_on or {}
     with confirmed_channel(url) as channel:  # closing it returns what was not acked
-        channel.queue_declare(REQUESTS_QUEUE, durable=True)
+        channel.queue_declare(queue, durable=True)
         channel.queue_declare(DEAD_LETTER_QUEUE, durable=True)
         requests: dict[str, RunRequest] = {}
         for _ in range(REQUESTS_PER_TICK):
-            method, properties, body = channel.basic_get(REQUESTS_QUEUE)
+            method, properties, body = channel.basic_get(queue)
             if method is None:
                 break
             try:
-                source, reason = parse_request(body, list(jobs))
+                source, reason = parse_request(body, list(dict.fromkeys([*jobs, *handed_on])))
             except Exception as problem:  # whatever the body does, it must not block the queue
                 _set_aside(channel, body, _rejection(problem), log)
                 channel.basic_ack(method.delivery_tag)
                 continue
+            for other in handed_on.get(source, ()):
+                channel.queue_declare(other, durable=True)
+                channel.basic_publish("", other, body, properties, mandatory=True)
             key = request_key(properties, body)
-            if launched(key):
+            if source not in jobs or launched(key):
                 channel.basic_ack(method.delivery_tag)
             elif key not in requests:
                 requests[key] = RunRequest(
@@ -142,20 +158,44 @@ def launched_by_requests_sensor(instance: DagsterInstance) -> Callable[[str], bo
     return launched
 
 
+def handed_on_to_sites(runtime: Runtime) -> dict[str, list[str]]:
+    """What the location without a site hands on from `backup.requests`: each target a site
+    backs up to that site's queue, and a kind or `all` to every site with a part in it."""
+    queues: dict[str, list[str]] = {}
+    for source in runtime.enabled:
+        if source.site is None:
+            continue
+        queue = site_requests_queue(source.site)
+        for asked in (source.name, source.kind, ALL_SOURCES):
+            if queue not in queues.setdefault(asked, []):
+                queues[asked].append(queue)
+    return queues
+
+
 def backup_requests_sensor(
-    jobs: Mapping[str, "UnresolvedAssetJobDefinition"], running: bool = True
+    jobs: Mapping[str, "UnresolvedAssetJobDefinition"], runtime: Runtime, running: bool = True
 ) -> SensorDefinition:
-    """`jobs`: the job for each thing a request may name (every source, and `all`)."""
+    """`jobs`: the job for each thing a request may name (every source here, and `all`). A
+    site's location reads its own queue; the location without a site reads
+    `backup.requests` and hands on what the sites back up."""
     job_names = {request: job.name for request, job in jobs.items()}
+    site = runtime.site
+    queue = site_requests_queue(site) if site else REQUESTS_QUEUE
+    handed_on = handed_on_to_sites(runtime) if site is None else {}
 
     @sensor(
         name=REQUESTS_SENSOR,
         jobs=list(jobs.values()),
         minimum_interval_seconds=30,
         default_status=sensor_status(running),
-        description=f"Launches the backups other services ask for on the queue {REQUESTS_QUEUE}"
+        description=f"Launches the backups other services ask for on the queue {queue}"
         f" (each request once; acked once its run exists); malformed requests go to "
-        f"{DEAD_LETTER_QUEUE}.",
+        f"{DEAD_LETTER_QUEUE}."
+        + (
+            f" Requests for the sites' targets go on to {SITE_REQUESTS_PREFIX}<site>."
+            if handed_on
+            else ""
+        ),
     )
     def _sensor(
         context: SensorEvaluationContext, runtime: ResourceParam[Runtime]
@@ -163,12 +203,14 @@ def backup_requests_sensor(
         launched = launched_by_requests_sensor(context.instance)
         url = runtime.events.rabbitmq_url
         try:
-            requests = take_requests(url, job_names, launched, context.log.warning)
+            requests = take_requests(
+                url, job_names, launched, context.log.warning, queue, handed_on
+            )
         except (AMQPError, OSError) as exc:
             return SkipReason(
                 f"the broker at BACKUP_RABBITMQ_URL is unreachable ({type(exc).__name__}); "
                 "trying again"
             )
-        return requests or SkipReason(f"no new requests on {REQUESTS_QUEUE}")
+        return requests or SkipReason(f"no new requests on {queue}")
 
     return _sensor

@@ -31,7 +31,7 @@ from backup_pipelines.operations.restore import holding_store, restore
 from backup_pipelines.runtime import Runtime
 from backup_pipelines.snapshot.manifest import format_utc, utc_now
 from backup_pipelines.snapshot.store import CLOCK_SLACK, LATEST
-from backup_pipelines.sources.source import RecoveryPoint
+from backup_pipelines.sources.source import RecoveryPoint, Source
 
 Outcome = Literal["planned", "unusable", "skipped", "restored", "failed", "not started"]
 
@@ -102,6 +102,7 @@ class Recovery:
     def report(self) -> dict[str, Any]:
         return {
             "at": format_utc(self.at),
+            "usable": self.usable,
             "recovered": self.recovered,
             "sources": [step.report(self.at) for step in self.steps],
         }
@@ -128,14 +129,16 @@ def plan_recovery(
     at: datetime,
     into: Mapping[str, Mapping[str, Any]],
     store: str | None = None,
+    sources: Mapping[str, Source] | None = None,
 ) -> Recovery:
     """What a recovery of the sources in `into` (name → restore options) to `at` would use;
     nothing is restored. Each source's snapshots are read from `store`, or from the primary
-    (a copy store that holds them when the primary cannot be reached)."""
+    (a copy store that holds them when the primary cannot be reached). `sources`: those the
+    caller may recover (a site's location: its own), every source by default."""
     if at > utc_now() + CLOCK_SLACK:
         raise ConfigurationError(f"--at {format_utc(at)} lies ahead of this host's clock")
     steps = []
-    for name, source in runtime.sources.items():
+    for name, source in (runtime.sources if sources is None else sources).items():
         if name not in into:
             if source.enabled:
                 steps.append(Step(name, "skipped", reason="not in the into file"))

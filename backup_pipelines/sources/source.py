@@ -235,6 +235,9 @@ class Target:
     """A disabled target is backed up by nothing; its snapshots stay listed, restorable and
     pruned."""
     retention: RetentionOverrides = field(default_factory=RetentionOverrides)
+    site: str | None = None
+    """Where its backups run: only the code location started with this `BACKUP_SITE` loads
+    it (none: the location without one)."""
 
 
 SettingsT = TypeVar("SettingsT", bound=SourceSettings)
@@ -286,6 +289,12 @@ class Source(ABC, Generic[SettingsT, OptionsT]):
     def enabled(self) -> bool:
         """Backed up by Dagster: not turned off by `BACKUP_<KIND>_ENABLED` or its target."""
         return self.settings.enabled and (self.target is None or self.target.enabled)
+
+    @property
+    def site(self) -> str | None:
+        """The site whose code location backs it up (`Target.site`); None for every source
+        that is not a target given one."""
+        return self.target.site if self.target is not None else None
 
     @property
     def cron(self) -> str:

@@ -2,7 +2,8 @@
 
 The README's "Several targets per kind" shows one. Each kind maps target
 names to the kind's settings (the `BACKUP_<KIND>_*` names, lowercase and
-without the prefix), plus `enabled` and `retention`. A target is what the
+without the prefix), plus `enabled`, `retention` and `site` (where its
+backups run: the code location started with that `BACKUP_SITE`). A target is what the
 file says, with the contract's defaults for what it leaves out: the
 `BACKUP_<KIND>_*` variables never leak into it, so no target silently backs
 up the system another one describes. The settings that say where the
@@ -38,9 +39,9 @@ from backup_pipelines.redaction import validation_problems
 from backup_pipelines.settings import BackupSettings, SourceSettings
 from backup_pipelines.sources.registry import KINDS, kind_class
 from backup_pipelines.sources.source import Source, Target
-from backup_pipelines.storage.names import TARGET_NAME, shown
+from backup_pipelines.storage.names import TARGET_NAME, is_site_name, shown
 
-TARGET_KEYS = ("enabled", "retention")
+TARGET_KEYS = ("enabled", "retention", "site")
 
 
 class InvalidTargets(InvalidFile):
@@ -120,11 +121,17 @@ def _target(
     enabled = given.get("enabled", True)
     if not isinstance(enabled, bool):
         problems.append(f"{where}.enabled: must be true or false")
+    site = given.get("site")
+    if site is not None and not is_site_name(site):
+        problems.append(
+            f"{where}.site: {shown(site)} is not a site name (lowercase letters, digits and _, "
+            "starting with a letter)"
+        )
     retention = retention_overrides(given.get("retention"), where, problems)
     settings = _settings(model, values, where, problems)
     if len(problems) > before or settings is None or retention is None:
         return None
-    return source(settings, shared, Target(name, file, enabled, retention))
+    return source(settings, shared, Target(name, file, enabled, retention, site))
 
 
 @cache

@@ -19,7 +19,12 @@ WORD = r"[a-z][a-z0-9_]{0,62}"
 SOURCE_NAME = re.compile(rf"{WORD}(\.{WORD})?")
 """A kind (`<kind>`), or a kind and one of its targets (`<kind>.<target>`)."""
 TARGET_NAME = re.compile(WORD)
+"""A target's name, and a site's (`BACKUP_SITE`, a target's `site`)."""
 MAX_NAME_BYTES = 255  # what every common file system allows in one name
+
+
+def is_site_name(value: object) -> bool:
+    return isinstance(value, str) and TARGET_NAME.fullmatch(value) is not None
 
 
 def shown(value: object, limit: int = 60) -> str:

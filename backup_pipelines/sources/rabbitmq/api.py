@@ -15,7 +15,7 @@ from urllib.parse import quote
 import requests
 
 from backup_pipelines.errors import SourceRefused, SourceUnavailable, connection_cause
-from backup_pipelines.events.broker import OWN_EXCHANGES, OWN_QUEUES
+from backup_pipelines.events.broker import OWN_EXCHANGES, is_own_queue
 from backup_pipelines.redaction import mask_url
 
 TIMEOUT_S = (10, 300)
@@ -92,7 +92,7 @@ class ManagementApi:
         if vhost not in names:
             return 0, 0
         encoded = quote(vhost, safe="")
-        queues = [q for q in self.get(f"queues/{encoded}") if q["name"] not in OWN_QUEUES]
+        queues = [q for q in self.get(f"queues/{encoded}") if not is_own_queue(q["name"])]
         exchanges = [
             exchange
             for exchange in self.get(f"exchanges/{encoded}")
