@@ -83,3 +83,4 @@ bench: install services
 	$(BIN)/python bench/pitr.py
 	$(BIN)/python bench/copy_stores.py
 	$(BIN)/python bench/recover.py
+	$(BIN)/python bench/sites_scale.py

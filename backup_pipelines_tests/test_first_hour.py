@@ -62,7 +62,7 @@ def test_make_dev_stops_at_the_first_ctrl_c_even_when_its_children_hold_on(tmp_p
     marker = tmp_path / "stubborn.pid"
     stubborn = f"trap '' INT TERM; echo $$ > {marker}; while true; do sleep 1; done"
     wrapper = subprocess.Popen(["bash", str(REPO / "scripts" / "dev.sh"), "bash", "-c", stubborn])
-    while not marker.exists():
+    while not (marker.exists() and marker.read_text().endswith("\n")):  # written whole
         time.sleep(0.1)
     pid = int(marker.read_text())
     started = time.monotonic()

@@ -5,6 +5,8 @@ requests reach the site that backs the source up."""
 from __future__ import annotations
 
 import json
+import socket
+import threading
 from pathlib import Path
 
 import pika
@@ -12,7 +14,11 @@ import pytest
 
 from backup_pipelines.cli import main
 from backup_pipelines.dagster_defs.backup_location import build_definitions
-from backup_pipelines.dagster_defs.definition_names import backup_asset_key
+from backup_pipelines.dagster_defs.definition_names import (
+    backup_asset_key,
+    verification_asset_key,
+)
+from backup_pipelines.dagster_defs.verification_location import build_verification
 from backup_pipelines.events.broker import REQUESTS_QUEUE, site_requests_queue
 from backup_pipelines_tests.conftest import runtime_from_env
 from backup_pipelines_tests.test_sensors import RequestsSensor, requests_channel, waiting
@@ -115,3 +121,29 @@ def test_requests_reach_the_site_that_backs_the_source_up(sites, monkeypatch, re
     assert east.tick() == [] and waiting(requests_channel, site_requests_queue("east")) == 0
     monkeypatch.setenv("BACKUP_SITE", "west")
     assert [r.job_name for r in RequestsSensor().tick()] == ["redis_backup_job"]
+
+
+def test_a_location_loads_without_asking_any_system_anything(backup_env, tmp_path, monkeypatch):
+    """A schedule asks whether its system can be backed up when it fires, never while the
+    location loads: a server that does not answer would hold the load for its connect timeout,
+    once per target."""
+    silent = socket.create_server(("127.0.0.1", 0))  # accepts, and never answers
+    asked = threading.Event()
+    threading.Thread(target=lambda: silent.accept() and asked.set(), daemon=True).start()
+    dsn = f"postgresql://postgres@127.0.0.1:{silent.getsockname()[1]}/postgres"
+    targets = tmp_path / "targets.yaml"
+    targets.write_text(f'postgres_base:\n  crm: {{backup_dsn: "{dsn}"}}\n')
+    monkeypatch.setenv("BACKUP_TARGETS_FILE", str(targets))
+
+    build_definitions(runtime_from_env()).get_repository_def()
+
+    assert not asked.wait(0.5)
+    silent.close()
+
+
+def test_the_verification_plane_may_run_per_site(sites, monkeypatch):
+    monkeypatch.setenv("BACKUP_SITE", "west")
+    verifier = build_verification(runtime_from_env())
+
+    drilled = {key for key in asset_keys(verifier) if key.path[0].endswith("_verification")}
+    assert drilled == {verification_asset_key("redis.west_cache")}

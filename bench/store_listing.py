@@ -21,7 +21,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import median_of, print_table, timed  # noqa: E402
 
 from backup_pipelines.snapshot.manifest import FileEntry, Manifest, new_snapshot_id  # noqa: E402
+from backup_pipelines.storage.names import split_source  # noqa: E402
 from backup_pipelines_tests.conftest import free_port, wait_for_http  # noqa: E402
 
 SOURCE = "redis"
@@ -51,8 +52,9 @@ for page in pages:
 """
 
 
-def snapshots(count: int) -> list[tuple[str, bytes]]:
-    """(id, manifest bytes) of `count` hourly snapshots back from now."""
+def snapshots(count: int, source: str = SOURCE) -> list[tuple[str, bytes]]:
+    """(id, manifest bytes) of `count` hourly snapshots of `source` back from now."""
+    kind, target = split_source(source)
     entry = FileEntry(
         name="dump.rdb.zst", size=len(ARTIFACT), sha256=hashlib.sha256(ARTIFACT).hexdigest()
     )
@@ -62,7 +64,9 @@ def snapshots(count: int) -> list[tuple[str, bytes]]:
         started = newest - timedelta(hours=n)
         snapshot_id = new_snapshot_id(f"{n:08x}", started)
         manifest = Manifest(
-            source=SOURCE,
+            source=source,
+            kind=kind,
+            target=target,
             snapshot_id=snapshot_id,
             started_at=started,
             finished_at=started + timedelta(seconds=5),
@@ -81,7 +85,10 @@ def fill_local(root: Path, count: int) -> None:
         (directory / "manifest.json").write_bytes(manifest)
 
 
-def fill_s3(endpoint: str, bucket: str, count: int, locked: bool = False) -> None:
+def fill_s3(
+    endpoint: str, bucket: str, count: int, locked: bool = False, sources: Sequence[str] = (SOURCE,)
+) -> None:
+    """`count` snapshots of each of `sources` in a new bucket."""
     client = boto3.client(
         "s3",
         endpoint_url=endpoint,
@@ -94,10 +101,11 @@ def fill_s3(endpoint: str, bucket: str, count: int, locked: bool = False) -> Non
     if locked:
         until = datetime.now(UTC) + timedelta(days=1)
         lock = {"ObjectLockMode": "GOVERNANCE", "ObjectLockRetainUntilDate": until}
-    for snapshot_id, manifest in snapshots(count):
-        prefix = f"backups/{SOURCE}/{snapshot_id}"
-        client.put_object(Bucket=bucket, Key=f"{prefix}/dump.rdb.zst", Body=ARTIFACT, **lock)
-        client.put_object(Bucket=bucket, Key=f"{prefix}/manifest.json", Body=manifest, **lock)
+    for source in sources:
+        for snapshot_id, manifest in snapshots(count, source):
+            prefix = f"backups/{source}/{snapshot_id}"
+            client.put_object(Bucket=bucket, Key=f"{prefix}/dump.rdb.zst", Body=ARTIFACT, **lock)
+            client.put_object(Bucket=bucket, Key=f"{prefix}/manifest.json", Body=manifest, **lock)
 
 
 @contextmanager

@@ -76,8 +76,9 @@ def sensor_status(running: bool) -> DefaultSensorStatus:
 def backup_schedule(
     source: Source, job: "UnresolvedAssetJobDefinition", running: bool = True
 ) -> ScheduleDefinition:
-    """The source's schedule; it skips, saying why, while the source is not configured."""
-    not_configured = source.not_configured()
+    """The source's schedule; it skips, saying why, while the source is not configured. That
+    is asked at each tick, never while the location loads: a system that does not answer
+    would hold the load for its connect timeout, once per target (minutes at a hundred)."""
 
     @schedule(
         name=schedule_name(source.name),
@@ -88,7 +89,7 @@ def backup_schedule(
         description=f"A {source.name} snapshot on {source.setting('cron')} ({source.cron}, UTC).",
     )
     def _schedule(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
-        if not_configured:
+        if not_configured := source.not_configured():
             return SkipReason(not_configured)
         return RunRequest(tags={"backup/trigger": "schedule"})
 
