@@ -184,7 +184,7 @@ class Runtime(Services):
     def backed_up(self) -> list[Source]:
         """The sources this code location backs up: those of its site (`BACKUP_SITE`; none:
         the sources no target's `site` places elsewhere), but the targets turned off."""
-        return [s for s in self.sources.values() if s.enabled and s.site == self.site]
+        return [source for source in self.here.values() if source.enabled]
 
 
 def load_runtime() -> Runtime:
