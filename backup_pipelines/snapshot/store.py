@@ -338,10 +338,10 @@ class SnapshotStore:
         complete: Callable[[StoredSnapshot], datetime] = lambda s: finished_by(s.manifest),
     ) -> StoredSnapshot | None:
         """The newest snapshot of `source` that was complete at `moment` (by `complete`: when
-        its manifest says it finished, or a source's own consistency point), or None. Ids that began
-        after the moment are passed over unread, so a long history costs one listing and a
-        manifest or two; unreadable ones and those ahead of the clocks are passed over as by
-        `latest`."""
+        its manifest says it finished, or a source's own consistency point), or None. Ids
+        that began after the moment are passed over unread, so a long history costs one
+        listing and a manifest or two; unreadable ones and those ahead of the clocks are
+        passed over as by `latest`."""
         for snapshot_id in self.location_ids(source):
             if snapshot_started(snapshot_id) > moment:
                 continue
