@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import boto3
+import pika
 import pytest
 import requests
 from dagster import DagsterInstance, ExecuteInProcessResult
@@ -33,6 +34,7 @@ from backup_pipelines.dagster_defs.definition_names import (
     verification_asset_key,
 )
 from backup_pipelines.dagster_defs.verification_location import build_verification
+from backup_pipelines.events.broker import DEAD_LETTER_QUEUE, REQUESTS_QUEUE
 from backup_pipelines.processes import free_loopback_port as free_port
 from backup_pipelines.runtime import Runtime, load_runtime
 from backup_pipelines.snapshot.manifest import MANIFEST_NAME
@@ -205,6 +207,18 @@ def broker_definitions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Non
 
 
 @pytest.fixture
+def requests_channel(broker_url):
+    """This worker's backup.requests and its dead-letter queue, emptied for the test."""
+    connection = pika.BlockingConnection(pika.URLParameters(broker_url))
+    channel = connection.channel()
+    for queue in (REQUESTS_QUEUE, DEAD_LETTER_QUEUE):
+        channel.queue_declare(queue, durable=True)
+        channel.queue_purge(queue)
+    yield channel
+    connection.close()
+
+
+@pytest.fixture
 def backup_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, broker_url: str) -> Path:
     """A clean BACKUP_* environment with a local store under tmp_path, and this worker's
     vhost for events."""
@@ -332,6 +346,22 @@ def run_backup(source: str, instance: DagsterInstance | None = None) -> ExecuteI
     return run_job(backup_job_name(source), instance)
 
 
+def timed_backup(source: str) -> tuple[ExecuteInProcessResult, float]:
+    """A backup run as `run_backup` runs it, and the seconds it took, retries included."""
+    started = time.monotonic()
+    result = run_backup(source)
+    return result, time.monotonic() - started
+
+
+def step_failures(result: ExecuteInProcessResult) -> list[str]:
+    """What each failed step said, in the order they failed (a retried step fails again)."""
+    return [
+        str(event.step_failure_data.user_failure_data.description)
+        for event in result.all_events
+        if event.is_step_failure
+    ]
+
+
 def run_verification(
     source: str, instance: DagsterInstance | None = None
 ) -> ExecuteInProcessResult:
@@ -365,9 +395,9 @@ def failed_at_once(result: ExecuteInProcessResult, *secrets: str) -> str:
     """The failure description of a run that failed in one step, without a retry (a wrong
     password, a missing database), after checking no secret reached it or the run's log."""
     assert not result.success
-    failures = [event for event in result.all_events if event.is_step_failure]
+    failures = step_failures(result)
     assert len(failures) == 1 and not any(e.is_step_up_for_retry for e in result.all_events)
-    message = str(failures[0].step_failure_data.user_failure_data.description)
+    message = failures[0]
     every_log = " ".join(str(event.message) for event in result.all_events)
     for secret in secrets:
         assert secret not in message + every_log

@@ -26,7 +26,9 @@ from backup_pipelines_tests.conftest import (
     failed_at_once,
     make_local_store,
     run_backup,
+    step_failures,
     store_from_env,
+    timed_backup,
 )
 from backup_pipelines_tests.dagster_stack import DagsterUI, dev_stack
 from backup_pipelines_tests.postgres_fixtures import (
@@ -207,18 +209,12 @@ def test_a_postgresql_that_stops_answering_mid_dump_fails_the_backup_within_its_
         monkeypatch.setenv("BACKUP_POSTGRES_DATABASES", name)
         monkeypatch.setenv("BACKUP_STALL_TIMEOUT_S", "2")
         try:
-            started = time.monotonic()
-            result = run_backup("postgres")
-            took = time.monotonic() - started
+            result, took = timed_backup("postgres")
         finally:
             proxy.close()
     assert proxy.stalled.is_set(), "the server never stopped answering: no test"
     assert not result.success and took < 90
-    said = " ".join(
-        str(event.step_failure_data.user_failure_data.description)
-        for event in result.all_events
-        if event.is_step_failure
-    )
+    said = " ".join(step_failures(result))
     assert f"pg_dump of database {name!r}" in said and "gave nothing for 2 s" in said
     assert not list((backup_env / "postgres").glob("*/manifest.json"))
 

@@ -29,7 +29,9 @@ from backup_pipelines_tests.conftest import (
     run_job,
     run_verification,
     runtime_from_env,
+    step_failures,
     store_from_env,
+    timed_backup,
     verification_of,
 )
 from backup_pipelines_tests.redis_fixtures import (
@@ -348,16 +350,13 @@ def test_a_server_that_hangs_mid_backup_fails_it_within_the_stall_timeout(
         )
         freezer.start()
         try:
-            started = time.monotonic()
-            result = run_backup("redis")
-            took = time.monotonic() - started
+            result, took = timed_backup("redis")
         finally:
             freezer.join()
             os.kill(pid, signal.SIGCONT)
         assert stopped.is_set(), "the server was never frozen: no test"
         assert not result.success and took < 60
-        failures = [e for e in result.all_events if e.is_step_failure]
-        said = str(failures[-1].step_failure_data.user_failure_data.description)
+        said = step_failures(result)[-1]
         assert "gave nothing for 2 s and was stopped: is the source hung" in said
         assert not list((backup_env / "redis").glob("*/manifest.json"))
 

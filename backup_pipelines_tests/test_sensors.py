@@ -27,18 +27,6 @@ from backup_pipelines.sources.registry import KINDS as SOURCE_NAMES
 from backup_pipelines_tests.conftest import runtime_from_env
 
 
-@pytest.fixture
-def requests_channel(broker_url):
-    """This worker's backup.requests and its dead-letter queue, emptied for the test."""
-    connection = pika.BlockingConnection(pika.URLParameters(broker_url))
-    channel = connection.channel()
-    for queue in (REQUESTS_QUEUE, DEAD_LETTER_QUEUE):
-        channel.queue_declare(queue, durable=True)
-        channel.queue_purge(queue)
-    yield channel
-    connection.close()
-
-
 def evaluate(sensor, context) -> list:
     result = sensor(context)
     return list(result) if result is not None and not isinstance(result, RunRequest) else [result]

@@ -21,9 +21,7 @@ from backup_pipelines.dagster_defs.definition_names import (
 from backup_pipelines.dagster_defs.verification_location import build_verification
 from backup_pipelines.events.broker import REQUESTS_QUEUE, site_requests_queue
 from backup_pipelines_tests.conftest import runtime_from_env
-from backup_pipelines_tests.test_sensors import RequestsSensor, requests_channel, waiting
-
-__all__ = ["requests_channel"]  # the fixture, shared with test_sensors
+from backup_pipelines_tests.test_sensors import RequestsSensor, waiting
 
 TARGETS = """\
 redis:

@@ -6,6 +6,7 @@ come to the UI from S3, and a site whose code server is down fails only its own 
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -61,8 +62,9 @@ def sites(tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str) -> Iterato
         stack.enter_context(scratch_databases(instance_db))
         with connect("postgres") as admin:
             admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(instance_db)))
-        east = stack.enter_context(site_namespace("east", 17))
-        west = stack.enter_context(site_namespace("west", 18))
+        subnet = random.randrange(0, 254)  # of 10.231.x.0/30: none a left-over run holds
+        east = stack.enter_context(site_namespace("east", subnet))
+        west = stack.enter_context(site_namespace("west", subnet + 1))
         for site in (east, west):
             stack.enter_context(site_redis(site, workdir, KEYS[site.name]))
         moto_port = int(s3_endpoint.rsplit(":", 1)[1])

@@ -45,7 +45,7 @@ from backup_pipelines_tests.redis_fixtures import (
 )
 from backup_pipelines_tests.test_redis import port_of
 from backup_pipelines_tests.test_retention import add_history
-from backup_pipelines_tests.test_sensors import RequestsSensor, requests_channel  # noqa: F401
+from backup_pipelines_tests.test_sensors import RequestsSensor
 
 PG_PASSWORD = "pg-pw-from-the-environment"
 CACHE_PASSWORD = "cache-pw-from-the-environment"
@@ -224,7 +224,7 @@ def test_each_target_backs_up_lists_verifies_and_restores_on_its_own(two_of_each
     assert not any(secret in out.out + out.err for secret in SECRETS)
 
 
-def test_requests_name_a_target_or_a_kind(two_of_each, requests_channel):  # noqa: F811
+def test_requests_name_a_target_or_a_kind(two_of_each, requests_channel):
     for body in (b'{"source": "postgres.crm"}', b'{"source": "redis"}', b'{"source": "postgres"}'):
         requests_channel.basic_publish("", REQUESTS_QUEUE, body)
     requests = RequestsSensor().tick()

@@ -33,7 +33,7 @@ from backup_pipelines.redaction import redact
 from backup_pipelines.runtime import Runtime, Settings, load_settings
 from backup_pipelines.snapshot.manifest import format_utc, utc_now
 from backup_pipelines.snapshot.store import LATEST, StoredSnapshot, Unreadable
-from backup_pipelines.storage.streams import human_bytes, human_span
+from backup_pipelines.storage.streams import human_bytes
 from backup_pipelines.stores import PRIMARY
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -244,16 +244,13 @@ def print_recovery(recovery: Recovery, planned: bool) -> None:
         f"{'BEFORE':>7} {'SIZE':>10}  TIME"
     )
     for step in recovery.steps:
-        point, lag = step.point, step.before(recovery.at)
-        if point is None or lag is None:
+        shown = step.shown(recovery.at)
+        if shown is None:
             print(f"{step.source:<{width}} {step.outcome:<11} {step.reason or ''}")
             continue
-        expected = f"about {human_span(point.expected_s)}"
-        took = f"{human_span(step.duration_s)} ({expected})" if step.duration_s else expected
         print(
-            f"{step.source:<{width}} {step.outcome:<11} {point.snapshot.snapshot_id:<26} "
-            f"{format_utc(point.reached):<20} {human_span(lag.total_seconds()):>7} "
-            f"{human_bytes(point.snapshot.manifest.size_bytes):>10}  {took}"
+            f"{step.source:<{width}} {step.outcome:<11} {shown.snapshot:<26} {shown.point:<20} "
+            f"{shown.before:>7} {shown.size:>10}  {shown.time}"
         )
     for step in recovery.steps:
         if step.summary:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from itertools import pairwise
 from pathlib import Path
 
 from backup_pipelines.cli.wal import add_wal_commands
 from backup_pipelines.redaction import secret_parts
+from backup_pipelines.snapshot.manifest import typed_moment
 from backup_pipelines.snapshot.store import LATEST
 from backup_pipelines.sources.registry import SOURCES
 from backup_pipelines.sources.source import SECRET_OPTION, RestoreOptions, Source
@@ -50,10 +51,9 @@ def add_snapshot_flag(parser: argparse.ArgumentParser) -> None:
 def since_time(text: str) -> datetime:
     """`--since`, `--at`: an ISO-8601 date or time; without a zone, UTC."""
     try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO-8601 date or time") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        return typed_moment(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_store_flag(parser: argparse.ArgumentParser, stores: Sequence[str], help: str) -> None:

@@ -16,7 +16,7 @@ run config, directories only inside `BACKUP_RESTORE_ROOTS`, and `force`
 only with `confirm` repeating the target, per source.
 """
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from dagster import (
@@ -41,8 +41,7 @@ from backup_pipelines.errors import BackupError, ConfigurationError
 from backup_pipelines.operations.recover import Recovery, plan_recovery, recover
 from backup_pipelines.recovery_targets import recovery_targets
 from backup_pipelines.runtime import Runtime
-from backup_pipelines.snapshot.manifest import format_utc
-from backup_pipelines.storage.streams import human_bytes, human_span
+from backup_pipelines.snapshot.manifest import format_utc, typed_moment
 
 PLAN_STEP, RECOVER_STEP = "plan_recovery", "recover_to_the_moment"
 
@@ -93,10 +92,9 @@ def planned(
 
 def moment(text: str) -> datetime:
     try:
-        found = datetime.fromisoformat(text)
-    except ValueError:
-        raise ConfigurationError(f"'at': {text!r} is not an ISO-8601 date or time") from None
-    return found if found.tzinfo else found.replace(tzinfo=UTC)
+        return typed_moment(text)
+    except ValueError as exc:
+        raise ConfigurationError(f"'at': {exc}") from None
 
 
 def plan_table(recovery: Recovery) -> str:
@@ -106,16 +104,13 @@ def plan_table(recovery: Recovery) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for step in recovery.steps:
-        point, lag = step.point, step.before(recovery.at)
-        if point is None or lag is None:
+        shown = step.shown(recovery.at)
+        if shown is None or step.point is None:
             rows.append(f"| {step.source} | {step.outcome} | {step.reason or ''} | | | | |")
             continue
-        took = f"{human_span(step.duration_s)}, " if step.duration_s is not None else ""
         rows.append(
-            f"| {step.source} | {step.outcome} | {point.snapshot.snapshot_id} | "
-            f"{format_utc(point.reached)} ({point.how}) | {human_span(lag.total_seconds())} | "
-            f"{human_bytes(point.snapshot.manifest.size_bytes)} | "
-            f"{took}about {human_span(point.expected_s)} expected |"
+            f"| {step.source} | {step.outcome} | {shown.snapshot} | {shown.point} "
+            f"({step.point.how}) | {shown.before} | {shown.size} | {shown.time} |"
         )
     return "\n".join(rows)
 

@@ -32,8 +32,21 @@ from backup_pipelines.runtime import Runtime
 from backup_pipelines.snapshot.manifest import format_utc, utc_now
 from backup_pipelines.snapshot.store import CLOCK_SLACK, LATEST
 from backup_pipelines.sources.source import RecoveryPoint, Source
+from backup_pipelines.storage.streams import human_bytes, human_span
 
 Outcome = Literal["planned", "unusable", "skipped", "restored", "failed", "not started"]
+
+
+@dataclass(frozen=True)
+class Shown:
+    """A step's figures in words, for the command's table and the UI's."""
+
+    snapshot: str
+    point: str
+    before: str
+    size: str
+    time: str
+    """How long its restore took, and the time expected; or the time expected alone."""
 
 
 @dataclass
@@ -54,6 +67,21 @@ class Step:
 
     def before(self, at: datetime) -> timedelta | None:
         return at - self.point.reached if self.point else None
+
+    def shown(self, at: datetime) -> Shown | None:
+        """The step's figures as a report shows them; None without a snapshot."""
+        point, lag = self.point, self.before(at)
+        if point is None or lag is None:
+            return None
+        expected = f"about {human_span(point.expected_s)}"
+        taken = self.duration_s
+        return Shown(
+            snapshot=point.snapshot.snapshot_id,
+            point=format_utc(point.reached),
+            before=human_span(lag.total_seconds()),
+            size=human_bytes(point.snapshot.manifest.size_bytes),
+            time=f"{human_span(taken)} ({expected})" if taken is not None else expected,
+        )
 
     def report(self, at: datetime) -> dict[str, Any]:
         """The step as the report's JSON gives it."""

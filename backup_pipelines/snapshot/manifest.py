@@ -47,6 +47,16 @@ def format_utc(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def typed_moment(text: str) -> datetime:
+    """A moment as an operator types it (a flag, run config): an ISO-8601 date or time, UTC
+    when it names no zone. `ValueError` when it is none."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an ISO-8601 date or time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def new_snapshot_id(run_id: str, started_at: datetime) -> str:
     """`YYYYMMDDTHHMMSSZ-<8 hex of the run id>`: sorts in time order, ties broken by run."""
     stamp = started_at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")

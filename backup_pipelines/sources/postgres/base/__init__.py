@@ -65,6 +65,7 @@ from backup_pipelines.storage.layout import wal_archive_of
 from backup_pipelines.stores import build_store, primary_store
 from backup_pipelines.wal.archive import WalArchive
 from backup_pipelines.wal.names import segment_position
+from backup_pipelines.wal.queue import Gap
 
 logger = logging.getLogger(__name__)
 
@@ -237,11 +238,7 @@ class PostgresBase(Source[PostgresBaseSettings, PostgresBaseRestore]):
         snapshot = self.snapshot_to_restore(store, LATEST, options)
         archive = self.archive(store)
         wal = WalRange.of(snapshot)
-        if missing := wal.missing_from(archive):
-            raise BackupError(
-                f"{archive.describe()} lacks WAL the base backup {snapshot.snapshot_id} needs "
-                f"({', '.join(missing[:3])})"
-            )
+        require_wal(snapshot, wal, archive)
         reached, target_time, how = reach_of(snapshot, wal, archive, moment)
         return RecoveryPoint(
             snapshot,
@@ -357,35 +354,14 @@ class WalArchiving(ContinuousArchive):
 
 def check_reachable(snapshot: StoredSnapshot, archive: WalArchive, moment: datetime | None) -> None:
     """The archive holds what the base backup needs, and reaches `moment` (give or take the
-    store's clock: PostgreSQL itself refuses to start a recovery that ends short of it)."""
+    store's clock: PostgreSQL itself refuses to start a recovery that ends short of it). A
+    recovery that would have to pass WAL given up while the store could not be reached
+    (`wal/queue.py`) is refused, naming the gap; a base backup taken after the gap recovers
+    past it."""
     wal = WalRange.of(snapshot)
-    missing = wal.missing_from(archive)
-    if missing:
-        raise BackupError(
-            f"{archive.describe()} lacks WAL this base backup needs ({', '.join(missing[:3])})"
-        )
-    refuse_across_gap(snapshot, wal, archive, moment)
-    last = archive.last_archived()
-    if moment is not None and (last is None or last + STORE_CLOCK_SLACK < moment):
-        raise ConfigurationError(
-            f"--target-time {format_utc(moment)} is after the end of {archive.describe()} "
-            f"(its newest WAL file was stored {format_utc(last) if last else 'never'}): "
-            "recovery could not reach it; leave --target-time out to recover to the end"
-        )
-
-
-def refuse_across_gap(
-    snapshot: StoredSnapshot, wal: WalRange, archive: WalArchive, moment: datetime | None
-) -> None:
-    """A recovery from `snapshot` to `moment` (None: the archive's end) that would have to
-    pass WAL given up while the store could not be reached (`wal/queue.py`) is refused,
-    naming the gap; a base backup taken after the gap recovers past it."""
-    for gap in archive.gaps():
-        if segment_position(gap.last) < segment_position(wal.start):
-            continue  # before this base backup began: it does not need that WAL
+    require_wal(snapshot, wal, archive)
+    if (gap := gap_in_the_way(wal, archive, moment)) is not None:
         reachable = gap.starts_after
-        if moment is not None and reachable is not None and moment <= reachable:
-            continue
         before = f"--target-time at or before {format_utc(reachable)}, or " if reachable else ""
         raise ConfigurationError(
             f"{archive.describe()} lacks WAL given up while the store could not be reached "
@@ -393,6 +369,42 @@ def refuse_across_gap(
             f"snapshot {snapshot.snapshot_id} cannot pass it: choose {before}a base backup "
             "taken after it (take one now if there is none)"
         )
+    last = archive.last_archived()
+    if moment is not None and ends_short_of(last, moment):
+        raise ConfigurationError(
+            f"--target-time {format_utc(moment)} is after the end of {archive.describe()} "
+            f"(its newest WAL file was stored {format_utc(last) if last else 'never'}): "
+            "recovery could not reach it; leave --target-time out to recover to the end"
+        )
+
+
+def require_wal(snapshot: StoredSnapshot, wal: WalRange, archive: WalArchive) -> None:
+    """`BackupError` when the archive lacks WAL the base backup itself needs."""
+    if missing := wal.missing_from(archive):
+        raise BackupError(
+            f"{archive.describe()} lacks WAL the base backup {snapshot.snapshot_id} needs "
+            f"({', '.join(missing[:3])})"
+        )
+
+
+def gap_in_the_way(wal: WalRange, archive: WalArchive, moment: datetime | None) -> Gap | None:
+    """The first stretch of WAL given up while the store could not be reached that a
+    recovery from a base backup (its WAL from `wal.start`) to `moment` (None: the archive's
+    end) would have to pass; None when there is none."""
+    for gap in archive.gaps():
+        if segment_position(gap.last) < segment_position(wal.start):
+            continue  # before this base backup began: it does not need that WAL
+        reachable = gap.starts_after
+        if moment is not None and reachable is not None and moment <= reachable:
+            continue
+        return gap
+    return None
+
+
+def ends_short_of(last_archived: datetime | None, moment: datetime) -> bool:
+    """Whether an archive whose newest file was stored at `last_archived` ends before
+    `moment`, give or take the store's clock."""
+    return last_archived is None or last_archived + STORE_CLOCK_SLACK < moment
 
 
 def reach_of(
@@ -401,30 +413,22 @@ def reach_of(
     """How close to `moment` a recovery from `snapshot` gets: the moment reached, the
     `target_time` that reaches it (None: the archive's end), and how, in words. Short of
     `moment` only where the archive is: WAL given up (a gap) stops it before the gap, and an
-    archive whose newest file was stored before `moment` (give or take the store's clock)
-    ends it there."""
-    for gap in archive.gaps():
-        if segment_position(gap.last) < segment_position(wal.start):
-            continue  # before this base backup began: it does not need that WAL
+    archive whose newest file was stored before `moment` ends it there."""
+    if (gap := gap_in_the_way(wal, archive, moment)) is not None:
         reachable = gap.starts_after
-        if reachable is not None and moment <= reachable:
-            continue
         if reachable is None or reachable < ends_at(snapshot):
             raise BackupError(
                 f"{archive.describe()} lacks WAL given up while the store could not be "
                 f"reached ({gap.describe()}): recovery from the base backup "
                 f"{snapshot.snapshot_id} cannot pass it"
             )
-        return (
-            reachable,
-            reachable,
-            (
-                f"base backup and WAL up to {format_utc(reachable)}, where WAL given up while "
-                "the store could not be reached begins"
-            ),
+        how = (
+            f"base backup and WAL up to {format_utc(reachable)}, where WAL given up while the "
+            "store could not be reached begins"
         )
+        return reachable, reachable, how
     last = archive.last_archived()
-    if last is None or last + STORE_CLOCK_SLACK < moment:
+    if ends_short_of(last, moment):
         reached = last or ends_at(snapshot)
         return reached, None, "base backup and WAL to the archive's end, before the moment"
     return moment, moment, "base backup and WAL up to exactly the moment"
